@@ -1,0 +1,92 @@
+"""The background writer: one thread, a bounded queue, errors raised where the user is.
+
+The training thread submits jobs (callables); the writer thread runs them in
+order and, whenever ``interval`` seconds pass, calls ``flush`` so rows handed
+over are committed within seconds even when no chunk filled. A job that fails
+stops the thread; the failure is re-raised, chained, at the next ``submit``
+and at ``close``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from .errors import RecordingError
+
+_STOP = object()
+
+
+class BackgroundWriter:
+    """Runs submitted jobs in one daemon thread with back-pressure.
+
+    Parameters
+    ----------
+    flush : callable
+        Called in the writer thread every ``interval`` seconds and at close.
+    maxsize : int
+        Jobs that may wait; ``submit`` blocks beyond that.
+    interval : float
+        Seconds between flushes.
+    """
+
+    def __init__(self, flush: Callable[[], None], *, maxsize: int, interval: float) -> None:
+        self._flush = flush
+        self._interval = interval
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="snapstore-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        try:
+            while True:
+                try:
+                    job = self._queue.get(timeout=max(0.0, last + self._interval - time.monotonic()))
+                except queue.Empty:
+                    job = None
+                if job is _STOP:
+                    self._flush()
+                    return
+                if job is not None:
+                    job()
+                if time.monotonic() - last >= self._interval:
+                    self._flush()
+                    last = time.monotonic()
+        except BaseException as e:  # handed back to the training thread by check()
+            self._error = e
+
+    @property
+    def failed(self) -> bool:
+        """Whether a job or a flush has failed."""
+        return self._error is not None
+
+    def check(self) -> None:
+        """Raise ``RecordingError`` if the writer thread has failed."""
+        if self._error is not None:
+            raise RecordingError(
+                f"recording failed in the background writer: {self._error!r}; everything committed before "
+                "the failure is readable with snapstore.open"
+            ) from self._error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job``; blocks while the queue is full. Raises ``RecordingError`` after a failure."""
+        while True:
+            self.check()
+            try:
+                self._queue.put(job, timeout=0.1)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    self.check()
+                    raise RecordingError("the background writer stopped unexpectedly")
+
+    def close(self) -> None:
+        """Run the remaining jobs, flush, stop the thread; re-raise its failure if any."""
+        if self._thread.is_alive():
+            self.submit(_STOP)
+            self._thread.join()
+        self.check()

@@ -1,0 +1,268 @@
+"""Capture exact dataset indices and raw samples inside the loader's workers.
+
+``RecordingLoader`` rebuilds the user's DataLoader from its public
+attributes around two wrappers: a dataset wrapper that returns each fetched
+item together with its index (and, on first sight, its raw sample), and a
+collate wrapper that hands the user's ``collate_fn`` exactly the items it
+would have received and returns ``Tagged(batch, tags)``. The tags travel with
+the batch through workers, prefetching and out-of-order delivery, so the
+indices of every batch are exact whatever the sampler.
+
+Raw samples are flattened and stacked in the worker (one array per field per
+batch) so they cross the worker pipe as a few arrays, and a shared-memory
+bitmap of recorded indices keeps workers from sending a raw sample twice.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset, get_worker_info
+
+from .errors import SchemaError, UsageError
+from .schema import Structure, check, flatten
+
+TRANSFORM_ATTRS = ("transform", "transforms", "target_transform")
+
+
+class RawBlock(NamedTuple):
+    """Raw samples of one batch: ``indices`` (int64, (n,)) and stacked field rows."""
+
+    indices: np.ndarray
+    structure: Structure
+    fields: dict[str, Any]  # path -> (FieldInfo, ndarray (n, *shape))
+
+
+class Tags:
+    """What travels with a batch: its dataset indices and first-seen raw samples.
+
+    A plain object, so ``pin_memory`` passes it through untouched.
+    """
+
+    __slots__ = ("indices", "raw")
+
+    def __init__(self, indices: np.ndarray, raw: RawBlock | None) -> None:
+        self.indices = indices
+        self.raw = raw
+
+
+class Tagged(NamedTuple):
+    """What the inner loader yields: the user's batch and its tags."""
+
+    batch: Any
+    tags: Tags
+
+
+class _Items:
+    """Items fetched for one batch, with their indices and raw block (worker side)."""
+
+    __slots__ = ("indices", "items", "raw")
+
+    def __init__(self, indices: np.ndarray, items: Any, raw: RawBlock | None) -> None:
+        self.indices = indices
+        self.items = items
+        self.raw = raw
+
+
+def locate(dataset: Any, index: int) -> tuple[Any, int]:
+    """The innermost dataset and index that ``dataset[index]`` reads, through ``Subset``/``ConcatDataset``."""
+    while True:
+        if isinstance(dataset, Subset):
+            dataset, index = dataset.dataset, int(dataset.indices[index])
+        elif isinstance(dataset, ConcatDataset):
+            if index < 0:
+                index += len(dataset)
+            d = bisect.bisect_right(dataset.cumulative_sizes, index)
+            index -= dataset.cumulative_sizes[d - 1] if d else 0
+            dataset = dataset.datasets[d]
+        else:
+            return dataset, index
+
+
+def _bases(dataset: Any) -> list[Any]:
+    if isinstance(dataset, Subset):
+        return _bases(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        return [b for d in dataset.datasets for b in _bases(d)]
+    return [dataset]
+
+
+def has_transforms(dataset: Any) -> bool:
+    """Whether any dataset under ``dataset`` has a torchvision-style transform set."""
+    return any(getattr(b, a, None) is not None for b in _bases(dataset) for a in TRANSFORM_ATTRS)
+
+
+class Untransformed:
+    """``index -> dataset[index]`` with the transforms of the dataset that serves it disabled."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __call__(self, index: int) -> Any:
+        base, local = locate(self.dataset, index)
+        saved = {a: getattr(base, a) for a in TRANSFORM_ATTRS if getattr(base, a, None) is not None}
+        try:
+            for a in saved:
+                setattr(base, a, None)
+            return base[local]
+        finally:
+            for a, v in saved.items():
+                setattr(base, a, v)
+
+
+def raw_source(raw: Any, dataset: Any) -> tuple[Callable[[int], Any] | None, bool]:
+    """Resolve ``Recorder.wrap(raw=...)`` to ``(fetch, record)``.
+
+    ``record`` says whether raw samples are recorded at all; ``fetch(index)``
+    returns one, or is ``None`` when the raw sample is the fetched item
+    itself (no second fetch).
+    """
+    if raw is None:
+        return None, False
+    if isinstance(raw, str):
+        if raw != "auto":
+            raise UsageError(f"raw={raw!r} is not understood; pass 'auto', None, a Dataset or a callable index -> sample")
+        if isinstance(dataset, IterableDataset) or not has_transforms(dataset):
+            return None, True
+        return Untransformed(dataset), False
+    if isinstance(raw, Dataset):
+        return raw.__getitem__, False
+    if callable(raw):
+        return raw, False
+    raise UsageError(f"raw={raw!r} is not understood; pass 'auto', None, a Dataset or a callable index -> sample")
+
+
+def stack_raw(indices: np.ndarray, samples: list[Any]) -> RawBlock:
+    """Flatten raw samples and stack each field's rows into one array."""
+    structure, first = flatten(samples[0], None)
+    blocks = {p: [a] for p, (_, a) in first.items()}
+    for i, s in zip(indices[1:], samples[1:]):
+        st, fields = flatten(s, None)
+        check(structure, {p: f for p, (f, _) in first.items()}, st, {p: f for p, (f, _) in fields.items()}, f"raw sample {i}")
+        for p, (_, a) in fields.items():
+            blocks[p].append(a)
+    return RawBlock(indices, structure, {p: (first[p][0], np.concatenate(blocks[p])) for p in first})
+
+
+def _index_array(indices: Any) -> np.ndarray:
+    try:
+        a = np.asarray(indices, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise SchemaError(
+            f"the sampler yielded {indices!r}; snapstore records integer dataset indices, so use a sampler or "
+            "batch_sampler that yields ints"
+        ) from None
+    return a
+
+
+class CaptureMap(Dataset):
+    """Map-style wrapper: ``__getitems__`` returns the fetched items with their indices.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The user's dataset; fetched exactly as the DataLoader would.
+    fetch_raw : callable or None
+        ``index -> raw sample``; ``None`` takes the fetched item itself.
+    recorded : torch.Tensor of bool, shape (len(dataset),), in shared memory, or None
+        Indices whose raw sample is already recorded; ``None`` records no raw samples.
+    """
+
+    def __init__(self, dataset: Any, fetch_raw: Callable[[int], Any] | None, recorded: torch.Tensor | None) -> None:
+        self.dataset = dataset
+        self.fetch_raw = fetch_raw
+        self.recorded = recorded
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _raw(self, indices: np.ndarray, items: list[Any] | None) -> RawBlock | None:
+        if self.recorded is None:
+            return None
+        new = np.nonzero(~self.recorded.numpy()[indices])[0]
+        if len(new) == 0:
+            return None
+        if self.fetch_raw is not None:
+            samples = [self.fetch_raw(int(indices[k])) for k in new]
+        elif items is not None:
+            samples = [items[k] for k in new]
+        else:  # __getitems__ returned no per-index list: fetch the raw items again
+            samples = [self.dataset[int(indices[k])] for k in new]
+        return stack_raw(indices[new], samples)
+
+    def __getitem__(self, index: Any) -> _Items:  # batch_size=None: one index per fetch
+        indices = _index_array(index)
+        item = self.dataset[index]
+        return _Items(indices, item, self._raw(indices, [item]))
+
+    def __getitems__(self, indices: Any) -> _Items:
+        idx = _index_array(indices)
+        if getattr(self.dataset, "__getitems__", None):
+            items = self.dataset.__getitems__(indices)
+        else:
+            items = [self.dataset[i] for i in indices]
+        per_index = isinstance(items, list) and len(items) == len(idx)
+        return _Items(idx, items, self._raw(idx, items if per_index else None))
+
+
+class CaptureIterable(IterableDataset):
+    """Iterable wrapper: tags each item with its position in the stream.
+
+    With ``W`` workers, the ``p``-th item of worker ``w`` gets position
+    ``p * W + w`` (its place in the round-robin interleaving the DataLoader
+    delivers when workers yield equal shares); with no workers, ``p``.
+    """
+
+    def __init__(self, dataset: Any, fetch_raw: Callable[[int], Any] | None, record_raw: bool) -> None:
+        self.dataset = dataset
+        self.fetch_raw = fetch_raw
+        self.record_raw = record_raw
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for p, item in enumerate(self.dataset):
+            idx = np.array([p * workers + worker], dtype=np.int64)
+            if self.fetch_raw is not None:
+                raw = stack_raw(idx, [self.fetch_raw(int(idx[0]))])
+            elif self.record_raw:
+                raw = stack_raw(idx, [item])
+            else:
+                raw = None
+            yield _Items(idx, item, raw)
+
+
+def _merge_raw(blocks: list[RawBlock | None]) -> RawBlock | None:
+    blocks = [b for b in blocks if b is not None]
+    if not blocks:
+        return None
+    if len(blocks) == 1:
+        return blocks[0]
+    first = blocks[0]
+    for b in blocks[1:]:
+        check(first.structure, {p: f for p, (f, _) in first.fields.items()}, b.structure, {p: f for p, (f, _) in b.fields.items()}, f"raw sample {b.indices[0]}")
+    return RawBlock(
+        np.concatenate([b.indices for b in blocks]),
+        first.structure,
+        {p: (info, np.concatenate([b.fields[p][1] for b in blocks])) for p, (info, _) in first.fields.items()},
+    )
+
+
+class CaptureCollate:
+    """Calls the user's ``collate_fn`` on exactly the fetched items; returns ``Tagged``."""
+
+    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, data: _Items | list[_Items]) -> Tagged:
+        if isinstance(data, list):  # iterable dataset with batching: one _Items per item
+            indices = np.concatenate([d.indices for d in data])
+            items: Any = [d.items for d in data]
+            raw = _merge_raw([d.raw for d in data])
+        else:
+            indices, items, raw = data.indices, data.items, data.raw
+        return Tagged(self.collate_fn(items), Tags(indices, raw))

@@ -1,0 +1,27 @@
+"""Defaults, as named constants. Nothing here reads the environment."""
+
+from __future__ import annotations
+
+#: Target uncompressed bytes of one chunk of a per-row field (the unit of
+#: compression, checksumming and random access).
+DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
+
+#: Most rows per chunk, whatever the row size.
+MAX_CHUNK_ROWS = 65536
+
+#: Seconds after which rows handed to the recorder are committed even when no
+#: chunk is full.
+DEFAULT_FLUSH_INTERVAL = 2.0
+
+#: Batches that may wait for the background writer before the training loop
+#: blocks (back-pressure).
+DEFAULT_QUEUE_BATCHES = 16
+
+#: Rows preallocated for an epoch whose length the loader cannot tell.
+DEFAULT_UNKNOWN_ROWS = 65536
+
+#: Decoded chunks a reader keeps per array for random access.
+DEFAULT_CACHED_CHUNKS = 4
+
+#: Compressor applied to every chunk before its CRC32C checksum.
+DEFAULT_COMPRESSOR = "lz4"

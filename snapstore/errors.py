@@ -1,0 +1,72 @@
+"""Exceptions raised by snapstore.
+
+Every error derives from :class:`SnapstoreError`; leaves also inherit the
+matching builtin so ``except FileNotFoundError`` keeps working::
+
+    SnapstoreError
+    ├── SnapshotNotFoundError   (+ FileNotFoundError)  no snapshot at the path
+    ├── SnapshotExistsError     (+ FileExistsError)    refusing to overwrite
+    ├── NotASnapshotError       (+ ValueError)         a store without snapstore's marker
+    ├── FormatVersionError      (+ ValueError)         written by a newer snapstore
+    ├── SchemaError             (+ TypeError)          a batch the schema cannot hold
+    ├── CorruptionError         (+ ValueError)         a chunk that fails to decode or checksum
+    ├── RecordingError          (+ RuntimeError)       the background writer failed
+    └── UsageError              (+ ValueError)         an argument snapstore cannot act on
+
+:class:`SnapstoreWarning` is the one warning category.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CorruptionError",
+    "FormatVersionError",
+    "NotASnapshotError",
+    "RecordingError",
+    "SchemaError",
+    "SnapshotExistsError",
+    "SnapshotNotFoundError",
+    "SnapstoreError",
+    "SnapstoreWarning",
+    "UsageError",
+]
+
+
+class SnapstoreError(Exception):
+    """Root of every error snapstore raises."""
+
+
+class SnapshotNotFoundError(SnapstoreError, FileNotFoundError):
+    """No snapshot exists at the given path."""
+
+
+class SnapshotExistsError(SnapstoreError, FileExistsError):
+    """A snapshot (or other data) exists where a new one was to be written."""
+
+
+class NotASnapshotError(SnapstoreError, ValueError):
+    """The path holds data, but not a snapstore snapshot."""
+
+
+class FormatVersionError(SnapstoreError, ValueError):
+    """The snapshot was written in a format this snapstore cannot read."""
+
+
+class SchemaError(SnapstoreError, TypeError):
+    """A batch, sample or output does not fit the recorded schema."""
+
+
+class CorruptionError(SnapstoreError, ValueError):
+    """Stored bytes fail to decode or fail their checksum."""
+
+
+class RecordingError(SnapstoreError, RuntimeError):
+    """The background writer failed; the cause is chained."""
+
+
+class UsageError(SnapstoreError, ValueError):
+    """An argument or a call that snapstore cannot act on."""
+
+
+class SnapstoreWarning(UserWarning):
+    """The single warning category snapstore emits."""

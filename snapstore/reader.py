@@ -1,0 +1,382 @@
+"""Open a snapshot read-only and recover what was recorded.
+
+``open(path) -> Snapshot``; ``snapshot[name] -> Stream``; ``stream.epoch(e)
+-> Epoch``. Readers trust only what the manifests say was committed, and
+never write to the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from . import layout, store
+from .errors import CorruptionError, SchemaError, SnapstoreError, UsageError
+from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
+from .schema import Structure, leaf_paths, rebuild_leaf, unflatten
+
+__all__ = ["Epoch", "RawSamples", "Snapshot", "Stream", "open"]
+
+
+def open(path: Any, *, storage_options: dict[str, Any] | None = None) -> Snapshot:  # noqa: A001
+    """Open the snapshot at ``path`` read-only.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A snapshot directory or fsspec URL written by ``snapstore.Recorder``.
+    storage_options : dict, optional
+        fsspec options for URLs.
+
+    Raises
+    ------
+    SnapshotNotFoundError
+        Nothing is at ``path``.
+    NotASnapshotError
+        ``path`` holds something that is not a snapshot.
+    FormatVersionError
+        The snapshot was written by a newer snapstore.
+    """
+    path = str(path)
+    root = store.open_group(path, mode="r", storage_options=storage_options)
+    manifest = SnapshotManifest.from_dict(root.attrs.get(layout.SNAPSHOT_ATTR), path=path)
+    return Snapshot(path, root, manifest)
+
+
+def _node(group: Any, name: str, what: str) -> Any:
+    node = store.child(group, name)
+    if node is None:
+        raise CorruptionError(f"{what}: {name!r} is missing from {group.path or 'the snapshot root'!r}; the snapshot is damaged")
+    return node
+
+
+class Snapshot:
+    """A read-only snapshot: a mapping of stream names to ``Stream``."""
+
+    def __init__(self, path: str, root: Any, manifest: SnapshotManifest) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._root = root
+
+    @cached_property
+    def streams(self) -> list[str]:
+        """Names of the recorded streams, sorted."""
+        return sorted(name for name, g in self._root.groups() if layout.STREAM_ATTR in g.attrs)
+
+    def __getitem__(self, name: str) -> Stream:
+        if name not in self.streams:
+            raise KeyError(f"no stream {name!r} in {self.path}; streams: {self.streams}")
+        return Stream(self._root[name], f"{self.path}/{name}")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.streams
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.streams)
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary: format version, versions, and per stream its fields and epochs."""
+        return {
+            "path": self.path,
+            "format_version": self.manifest.format_version,
+            "created": self.manifest.created,
+            "versions": self.manifest.versions,
+            "bytes_stored": store.array_nbytes_stored(self._root),
+            "streams": {name: self[name].info() for name in self.streams},
+        }
+
+    def __repr__(self) -> str:
+        return f"<Snapshot {self.path} streams={self.streams}>"
+
+
+class Stream:
+    """One recorded loader: its schema, raw samples and epochs."""
+
+    def __init__(self, group: Any, path: str) -> None:
+        self._group = group
+        self.path = path
+        self.manifest = StreamManifest.from_dict(group.attrs[layout.STREAM_ATTR])
+        self.name = self.manifest.name
+
+    @property
+    def fields(self) -> dict[str, FieldInfo]:
+        """Seen fields by path, e.g. ``{"0": FieldInfo(...), "1": ...}``."""
+        return dict(self.manifest.fields)
+
+    @property
+    def output_fields(self) -> dict[str, FieldInfo]:
+        """Logged outputs by name."""
+        return dict(self.manifest.outputs)
+
+    @cached_property
+    def epochs(self) -> list[int]:
+        """Recorded epoch numbers, ascending (complete or not)."""
+        group = store.child(self._group, layout.EPOCHS_GROUP)
+        if group is None:
+            return []
+        return sorted(int(n) for n, g in group.groups() if layout.EPOCH_ATTR in g.attrs)
+
+    def epoch(self, number: int) -> Epoch:
+        """Epoch ``number`` (negative numbers count from the last)."""
+        epochs = self.epochs
+        if not epochs:
+            raise KeyError(f"stream {self.name!r} has no recorded epoch")
+        if number < 0:
+            number = epochs[number] if -number <= len(epochs) else number
+        if number not in epochs:
+            raise KeyError(f"stream {self.name!r} has no epoch {number}; recorded epochs: {epochs}")
+        group = self._group[f"{layout.EPOCHS_GROUP}/{layout.epoch_name(number)}"]
+        return Epoch(self, group)
+
+    def __iter__(self) -> Iterator[Epoch]:
+        return (self.epoch(e) for e in self.epochs)
+
+    @cached_property
+    def raw(self) -> RawSamples:
+        """Raw samples by dataset index, as a map-style ``Dataset``."""
+        return RawSamples(self)
+
+    def to_tensor_dataset(self, epoch: int | None = None) -> TensorDataset:
+        """Recorded data as a ``TensorDataset``, one tensor per field in structure order.
+
+        ``epoch=None``: raw samples in dataset-index order (every index
+        ``0..len(dataset)-1`` must have been recorded). ``epoch=e``: the seen
+        rows of epoch ``e`` in the order the model saw them.
+
+        Raises
+        ------
+        SnapstoreError
+            Raw samples are missing for some indices, or a field holds strings.
+        """
+        if epoch is None:
+            raw = self.raw
+            missing = len(raw) - len(raw.indices)
+            if missing:
+                raise SnapstoreError(
+                    f"stream {self.name!r} holds raw samples for {len(raw.indices)} of {len(raw)} dataset indices "
+                    f"({missing} never fetched); pass epoch=e for the rows an epoch saw, or use stream.raw"
+                )
+            arrays = raw.to_numpy()
+            infos, paths = self.manifest.raw_fields, leaf_paths(self.manifest.raw_structure or {"type": "none"})
+        else:
+            arrays = self.epoch(epoch).to_numpy()
+            infos, paths = self.manifest.fields, leaf_paths(self.manifest.structure or {"type": "none"})
+        for p in paths:
+            if infos[p].dtype == "str":
+                raise SchemaError(f"field {p!r} holds strings, which a TensorDataset cannot; use to_numpy() for it")
+        return TensorDataset(*(_as_tensor(infos[p], arrays[p]) for p in paths))
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary of the stream."""
+        return {
+            "iterable": self.manifest.iterable,
+            "dataset_len": self.manifest.dataset_len,
+            "fields": {p: f.to_dict() for p, f in self.manifest.fields.items()},
+            "outputs": {p: f.to_dict() for p, f in self.manifest.outputs.items()},
+            "raw_samples": len(self.raw.indices),
+            "epochs": [
+                {"epoch": ep.number, "rows": len(ep), "batches": len(ep.batch_sizes), "complete": ep.complete}
+                for ep in self
+            ],
+        }
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.name!r} epochs={self.epochs} fields={list(self.manifest.fields)}>"
+
+
+def _as_tensor(info: FieldInfo, rows: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(rows))
+    return t.view(torch.bfloat16) if info.dtype == "bfloat16" else t
+
+
+class _Fields:
+    """Chunk readers for the fields of one group, rebuilding rows into structures."""
+
+    def __init__(self, group: Any, structure: Structure | None, infos: dict[str, FieldInfo], what: str) -> None:
+        self.structure = structure or {"type": "none"}
+        self.infos = infos
+        self.readers = {p: store.ChunkReader(_node(group, p, what)) for p in infos}
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        return {p: r.read(start, stop) for p, r in self.readers.items()}
+
+    def build(self, rows: dict[str, np.ndarray], batched: bool) -> Any:
+        return unflatten(self.structure, lambda p: rebuild_leaf(self.infos[p], rows[p], batched))
+
+
+class RawSamples(Dataset):
+    """Raw samples by dataset index: ``raw[i]`` is ``dataset[i]`` as recorded (before transforms).
+
+    ``len(raw)`` is the dataset's length (for iterable streams: the number
+    recorded). ``raw.indices`` lists the recorded indices, sorted. Indexing an
+    index that was never fetched raises ``KeyError``.
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        group = store.child(stream._group, layout.RAW_GROUP)
+        self._rows = int(group.attrs.get(layout.RAW_ATTR, {}).get("rows", 0)) if group is not None else 0
+        self._group = group
+        manifest = stream.manifest
+        self._fields = _Fields(_node(group, layout.RAW_FIELDS, stream.path), manifest.raw_structure, manifest.raw_fields, stream.path) if self._rows else None
+
+    @cached_property
+    def _index(self) -> np.ndarray:
+        """Dataset index of each raw row, in order of capture (int64, (rows,))."""
+        if not self._rows:
+            return np.empty(0, dtype=np.int64)
+        return store.ChunkReader(_node(self._group, layout.RAW_INDEX, self._stream.path)).read(0, self._rows)
+
+    @cached_property
+    def _row_of(self) -> dict[int, int]:
+        return {int(i): r for r, i in enumerate(self._index)}
+
+    @cached_property
+    def indices(self) -> np.ndarray:
+        """Dataset indices with a recorded raw sample, ascending (int64)."""
+        return np.sort(self._index)
+
+    def __len__(self) -> int:
+        n = self._stream.manifest.dataset_len
+        return n if n is not None else self._rows
+
+    def __getitem__(self, index: int) -> Any:
+        row = self._row_of.get(int(index))
+        if row is None or self._fields is None:
+            raise KeyError(f"no raw sample of dataset index {index} in stream {self._stream.name!r}: no epoch fetched it")
+        return self._fields.build(self._fields.read(row, row + 1), batched=False)
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """``{"index": sorted indices, field: rows in index order}``."""
+        out: dict[str, np.ndarray] = {"index": self.indices}
+        if self._fields is None:
+            return out
+        rows = np.argsort(self._index, kind="stable")
+        for p, reader in self._fields.readers.items():
+            out[p] = reader.gather(rows)
+        return out
+
+
+class Epoch:
+    """One recorded pass over a stream's loader."""
+
+    def __init__(self, stream: Stream, group: Any) -> None:
+        self.stream = stream
+        self._group = group
+        self.manifest = EpochManifest.from_dict(group.attrs[layout.EPOCH_ATTR])
+        self.number = self.manifest.number
+        what = f"{stream.path} epoch {self.number}"
+        m = stream.manifest
+        self._seen = _Fields(_node(group, layout.SEEN_GROUP, what), m.structure, m.fields, what) if len(self) else None
+        self._what = what
+
+    def __len__(self) -> int:
+        return self.manifest.rows
+
+    @property
+    def complete(self) -> bool:
+        """False for an epoch cut short (a crash, an exception, a ``break``)."""
+        return self.manifest.complete
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Loader configuration, sampler state, seeds, versions and host at epoch start."""
+        return self.manifest.provenance
+
+    @cached_property
+    def order(self) -> np.ndarray:
+        """Dataset index at each position, in the order the model saw them (int64, (rows,))."""
+        return self._small(layout.ORDER, len(self))
+
+    @cached_property
+    def batch_sizes(self) -> np.ndarray:
+        """Rows of each yielded batch (int64, (batches,)); 1 per item for ``batch_size=None``."""
+        return self._small(layout.BATCH_SIZES, self.manifest.batches)
+
+    @cached_property
+    def _offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.batch_sizes)])
+
+    def _small(self, name: str, n: int) -> np.ndarray:
+        if n == 0:
+            return np.empty(0, dtype=np.int64)
+        return store.ChunkReader(_node(self._group, name, self._what)).read(0, n)
+
+    def __getitem__(self, position: int) -> Any:
+        """The seen sample at ``position`` (one row of its batch, without the batch dimension)."""
+        n = len(self)
+        if not -n <= position < n:
+            raise IndexError(f"position {position} is outside epoch {self.number} of stream {self.stream.name!r} ({n} rows)")
+        position %= n
+        assert self._seen is not None
+        return self._seen.build(self._seen.read(position, position + 1), batched=False)
+
+    def positions(self, index: int) -> np.ndarray:
+        """Every position where dataset ``index`` was seen in this epoch (int64, ascending)."""
+        return np.nonzero(self.order == index)[0]
+
+    def sample(self, *, index: int) -> Any:
+        """The seen sample of dataset ``index`` (its first occurrence). ``KeyError`` if never seen."""
+        where = self.positions(index)
+        if len(where) == 0:
+            raise KeyError(f"dataset index {index} was not seen in epoch {self.number} of stream {self.stream.name!r}")
+        return self[int(where[0])]
+
+    def batch(self, j: int) -> Any:
+        """Batch ``j`` exactly as the loader yielded it."""
+        nb = len(self.batch_sizes)
+        if not -nb <= j < nb:
+            raise IndexError(f"batch {j} is outside epoch {self.number} of stream {self.stream.name!r} ({nb} batches)")
+        j %= nb
+        assert self._seen is not None
+        rows = self._seen.read(int(self._offsets[j]), int(self._offsets[j + 1]))
+        return self._seen.build(rows, batched=self.stream.manifest.batched)
+
+    def batches(self) -> Iterator[Any]:
+        """Every batch in the order the loader yielded them; bitwise equal to the originals."""
+        for j in range(len(self.batch_sizes)):
+            yield self.batch(j)
+
+    @cached_property
+    def outputs(self) -> Mapping[str, np.ndarray]:
+        """Logged outputs by name, aligned with ``order`` (rows never logged read as NaN or 0)."""
+        return _Outputs(self)
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """``{"index": order, field: seen rows in seen order}`` as NumPy arrays."""
+        out = {"index": self.order}
+        if self._seen is not None:
+            out.update(self._seen.read(0, len(self)))
+        return out
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "incomplete"
+        return f"<Epoch {self.number} of {self.stream.name!r}: {len(self)} rows, {len(self.batch_sizes)} batches, {state}>"
+
+
+class _Outputs(Mapping):
+    def __init__(self, epoch: Epoch) -> None:
+        self._epoch = epoch
+        self._names = [n for n in epoch.stream.manifest.outputs if store.child(epoch._group, f"{layout.OUTPUTS_GROUP}/{n}") is not None]
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(f"no output {name!r} in epoch {self._epoch.number}; logged outputs: {self._names}")
+        if name not in self._cache:
+            array = self._epoch._group[f"{layout.OUTPUTS_GROUP}/{name}"]
+            self._cache[name] = store.ChunkReader(array).read(0, len(self._epoch))
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+

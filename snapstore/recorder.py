@@ -1,0 +1,586 @@
+"""Recorder, RecordingLoader and record(): what the model saw, written while it trains.
+
+The training thread only captures and hands off: it flattens each batch into
+fields, checks them against the stream's schema, copies them (the loop may
+modify the batch in place afterwards) and queues a job. The background writer
+(``_writer.py``) stages rows into whole chunks and commits the epoch manifest
+every few seconds and at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from . import config, layout, store
+from ._writer import BackgroundWriter
+from .capture import CaptureCollate, CaptureIterable, CaptureMap, RawBlock, Tagged, raw_source
+from .errors import SchemaError, SnapshotExistsError, UsageError
+from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
+from .provenance import epoch_provenance, utc_now, versions
+from .schema import check, flatten
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Recorder", "RecordingLoader", "record"]
+
+
+def _expected_rows(loader: DataLoader) -> int | None:
+    """Rows one epoch will yield, when the loader can tell without iterating."""
+    try:
+        if isinstance(loader.dataset, IterableDataset):
+            return None
+        if loader.batch_sampler is None:
+            return len(loader.sampler)  # type: ignore[arg-type]
+        if type(loader.batch_sampler) is torch.utils.data.BatchSampler:
+            n = len(loader.batch_sampler.sampler)  # type: ignore[arg-type]
+            bs = loader.batch_sampler.batch_size
+            return n - n % bs if loader.batch_sampler.drop_last else n
+    except TypeError:  # a sampler without __len__
+        pass
+    return None
+
+
+class _EpochSink:
+    """Writer-thread state of one epoch: its group, row sinks and commit record."""
+
+    def __init__(self, group: store.Group, manifest: EpochManifest, capacity: int, compressor: str) -> None:
+        self.group = group
+        self.manifest = manifest
+        self.capacity = capacity
+        self.compressor = compressor
+        self.sinks: dict[str, store.RowSink] = {}
+        self.rows = 0
+        self.batches = 0
+        store.write_attr(group, layout.EPOCH_ATTR, manifest.to_dict())
+
+    def _sink(self, name: str, info: FieldInfo, capacity: int) -> store.RowSink:
+        sink = self.sinks.get(name)
+        if sink is None:
+            array = store.create_rows_array(self.group, name, info, capacity, self.compressor)
+            sink = self.sinks[name] = store.RowSink(array)
+        return sink
+
+    def put_rows(self, pos: int, indices: np.ndarray, fields: dict[str, tuple[FieldInfo, np.ndarray]]) -> None:
+        self._sink(layout.ORDER, FieldInfo("ndarray", "int64", ()), self.capacity).put(pos, indices)
+        self._sink(layout.BATCH_SIZES, FieldInfo("ndarray", "int64", ()), self.capacity).put(
+            self.batches, np.array([len(indices)], dtype=np.int64)
+        )
+        for path, (info, rows) in fields.items():
+            self._sink(f"{layout.SEEN_GROUP}/{path}", info, self.capacity).put(pos, rows)
+        self.rows = pos + len(indices)
+        self.batches += 1
+
+    def put_outputs(self, pos: int, outputs: dict[str, tuple[FieldInfo, np.ndarray]]) -> None:
+        for name, (info, rows) in outputs.items():
+            self._sink(f"{layout.OUTPUTS_GROUP}/{name}", info, self.capacity).put(pos, rows)
+
+    def commit(self, *, complete: bool = False, final: bool = False) -> None:
+        for sink in self.sinks.values():
+            sink.flush()
+        self.manifest = EpochManifest(
+            number=self.manifest.number,
+            rows=self.rows,
+            batches=self.batches,
+            complete=complete,
+            started=self.manifest.started,
+            ended=utc_now() if final else None,
+            provenance=self.manifest.provenance,
+        )
+        store.write_attr(self.group, layout.EPOCH_ATTR, self.manifest.to_dict())
+
+
+class _RawSink:
+    """Writer-thread state of a stream's raw samples: appended in order of first capture."""
+
+    def __init__(self, group: store.Group, rows: int, capacity: int, compressor: str) -> None:
+        self.group = group
+        self.rows = rows
+        self.capacity = capacity
+        self.compressor = compressor
+        self.sinks: dict[str, store.RowSink] = {}
+
+    def _sink(self, name: str, info: FieldInfo) -> store.RowSink:
+        sink = self.sinks.get(name)
+        if sink is None:
+            array = store.child(self.group, name)
+            if array is None:
+                array = store.create_rows_array(self.group, name, info, self.capacity, self.compressor)
+            sink = self.sinks[name] = store.RowSink(array, resume_at=self.rows)
+        return sink
+
+    def put(self, block: RawBlock) -> None:
+        self._sink(layout.RAW_INDEX, FieldInfo("ndarray", "int64", ())).put(self.rows, block.indices)
+        for path, (info, rows) in block.fields.items():
+            self._sink(f"{layout.RAW_FIELDS}/{path}", info).put(self.rows, rows)
+        self.rows += len(block.indices)
+
+    def commit(self) -> None:
+        if self.sinks:
+            for sink in self.sinks.values():
+                sink.flush()
+            store.write_attr(self.group, layout.RAW_ATTR, {"rows": self.rows})
+
+
+class Recorder:
+    """Records DataLoaders into a snapshot: a Zarr v3 group on disk or object storage.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Snapshot location: a directory (``"runs/exp1.snap"``) or an fsspec
+        URL (``"s3://bucket/run.snap"``).
+    mode : {"w", "a"}, default "w"
+        ``"w"`` creates a new snapshot; ``"a"`` opens an existing one and
+        appends epochs to its streams (a resumed run).
+    overwrite : bool, default False
+        With ``mode="w"``, replace an existing snapshot at ``path``.
+    storage_options : dict, optional
+        Passed to fsspec for URLs (credentials, ``endpoint_url``).
+    compressor : {"lz4", "zstd", "none"}, default "lz4"
+        Codec for every chunk; a CRC32C checksum is always added.
+
+    Raises
+    ------
+    SnapshotExistsError
+        ``mode="w"`` and something exists at ``path`` (pass ``overwrite=True``
+        for a snapshot; anything else is never deleted).
+    SnapshotNotFoundError, NotASnapshotError, FormatVersionError
+        ``mode="a"`` and ``path`` is no snapshot this version can extend.
+
+    Examples
+    --------
+    >>> with snapstore.Recorder("runs/exp1.snap") as rec:  # doctest: +SKIP
+    ...     train = rec.wrap(train_loader, name="train")
+    ...     for x, y in train:
+    ...         train.log(loss=criterion(model(x), y))
+    """
+
+    def __init__(
+        self,
+        path: Any,
+        *,
+        mode: str = "w",
+        overwrite: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        compressor: str = config.DEFAULT_COMPRESSOR,
+    ) -> None:
+        self.path = str(path)
+        if mode not in ("w", "a"):
+            raise UsageError(f"mode={mode!r} is not one of 'w' (new snapshot) or 'a' (append epochs)")
+        if compressor not in store.COMPRESSORS:
+            raise UsageError(f"compressor={compressor!r} is not one of {store.COMPRESSORS}")
+        self.compressor = compressor
+        if mode == "w":
+            if store.has_data(self.path, storage_options):
+                self._refuse_overwrite(overwrite, storage_options)
+            self._root = store.open_group(self.path, mode="w", storage_options=storage_options)
+            manifest = SnapshotManifest(layout.FORMAT_VERSION, utc_now(), versions())
+            store.write_attr(self._root, layout.SNAPSHOT_ATTR, manifest.to_dict())
+        else:
+            self._root = store.open_group(self.path, mode="a", storage_options=storage_options)
+            SnapshotManifest.from_dict(self._root.attrs.get(layout.SNAPSHOT_ATTR), path=self.path)
+        self._loaders: dict[str, RecordingLoader] = {}
+        self._epochs: list[_EpochSink] = []  # open epochs, writer thread only
+        self._raws: list[_RawSink] = []
+        self._writer = BackgroundWriter(self._flush, maxsize=config.DEFAULT_QUEUE_BATCHES, interval=config.DEFAULT_FLUSH_INTERVAL)
+        self._closed = False
+
+    def _refuse_overwrite(self, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
+        try:
+            root = store.open_group(self.path, mode="r", storage_options=storage_options)
+            is_snapshot = layout.SNAPSHOT_ATTR in root.attrs
+        except Exception:  # anything unreadable is not ours to delete
+            is_snapshot = False
+        if not is_snapshot:
+            raise SnapshotExistsError(f"{self.path} exists and is not a snapshot; choose a new path (snapstore never deletes other data)")
+        if not overwrite:
+            raise SnapshotExistsError(f"{self.path} exists; pass overwrite=True or mode='a', or choose a new path")
+
+    # -- public API -------------------------------------------------------
+    def wrap(self, loader: DataLoader, *, name: str, raw: Any = "auto") -> RecordingLoader:
+        """Record ``loader`` as stream ``name``; iterate the result instead of the loader.
+
+        Parameters
+        ----------
+        loader : torch.utils.data.DataLoader
+            Any DataLoader: map-style or iterable dataset, any sampler or
+            batch_sampler, any number of workers, any collate_fn.
+        name : str
+            Stream name, e.g. ``"train"``; one wrap per name per Recorder.
+        raw : "auto", Dataset, callable or None, default "auto"
+            What to record as the raw sample of each dataset index, once:
+            ``"auto"`` fetches the item with torchvision-style
+            ``transform``/``transforms``/``target_transform`` disabled when a
+            dataset under ``loader.dataset`` sets them, and otherwise takes the
+            item itself (no second fetch); a ``Dataset`` or ``index -> sample``
+            callable gives raw samples explicitly; ``None`` records none.
+
+        Returns
+        -------
+        RecordingLoader
+
+        Raises
+        ------
+        UsageError
+            ``name`` is already wrapped or not a usable name, ``loader`` is not
+            a DataLoader, or the stream exists with another kind of loader.
+        """
+        self._check_open()
+        if not isinstance(loader, DataLoader):
+            raise UsageError(f"wrap() takes a torch.utils.data.DataLoader, got {type(loader).__name__}")
+        if not isinstance(name, str) or not name or "/" in name or name in (".", "..", "zarr.json"):
+            raise UsageError(f"stream name {name!r} is not usable; pass a non-empty str without '/', e.g. 'train'")
+        if name in self._loaders:
+            raise UsageError(f"stream {name!r} is already recorded by this Recorder; wrap each loader once and iterate it every epoch")
+        rl = RecordingLoader(self, loader, name, raw)
+        self._loaders[name] = rl
+        return rl
+
+    def close(self) -> None:
+        """Finish open epochs (as incomplete), write and commit everything, stop the writer.
+
+        Raises ``RecordingError`` if the background writer failed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for rl in self._loaders.values():
+            rl._end_epoch(complete=False)
+        self._writer.close()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Recorder({self.path!r}, streams={sorted(self._loaders)})"
+
+    # -- internals --------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"the Recorder for {self.path} is closed; open a new one with mode='a' to record more")
+
+    def _writer_failed(self) -> bool:
+        return self._writer.failed
+
+    def _submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        self._writer.submit(functools.partial(fn, *args, **kwargs))
+
+    def _flush(self) -> None:  # writer thread
+        for epoch in self._epochs:
+            epoch.commit()
+        for raw in self._raws:
+            raw.commit()
+
+
+class RecordingLoader:
+    """A DataLoader that records what it yields; returned by ``Recorder.wrap``.
+
+    Iterating it once is one epoch and yields exactly the loader's batches
+    (same objects, types, dtypes, shapes and values). ``len()`` and every
+    attribute it does not define (``sampler``, ``dataset``, ``batch_size``
+    ...) are the loader's, so ``stream.sampler.set_epoch(e)`` keeps working.
+    """
+
+    def __init__(self, recorder: Recorder, loader: DataLoader, name: str, raw: Any) -> None:
+        self._recorder = recorder
+        self._loader = loader
+        self._name = name
+        iterable = isinstance(loader.dataset, IterableDataset)
+        batched = loader.batch_size is not None if iterable else loader.batch_sampler is not None
+        dataset_len = None if iterable else len(loader.dataset)  # type: ignore[arg-type]
+        fetch_raw, record_raw = raw_source(raw, loader.dataset)
+
+        root = recorder._root
+        group = store.child(root, name)
+        if group is None:
+            group = root.create_group(name)
+            self._manifest = StreamManifest(name, iterable, batched, dataset_len)
+            store.write_attr(group, layout.STREAM_ATTR, self._manifest.to_dict())
+        else:
+            self._manifest = StreamManifest.from_dict(group.attrs[layout.STREAM_ATTR])
+            if (self._manifest.iterable, self._manifest.batched) != (iterable, batched):
+                raise UsageError(
+                    f"stream {name!r} in {recorder.path} was recorded from a loader with iterable={self._manifest.iterable}, "
+                    f"batched={self._manifest.batched}; this loader has iterable={iterable}, batched={batched}: "
+                    "record it under another name"
+                )
+        self._group = group
+        epochs = store.require_group(group, layout.EPOCHS_GROUP)
+        self._next_epoch = 1 + max((int(n) for n, _ in epochs.groups()), default=-1)
+
+        raw_group = store.require_group(group, layout.RAW_GROUP)
+        raw_rows = int(raw_group.attrs.get(layout.RAW_ATTR, {}).get("rows", 0))
+        self._recorded: np.ndarray | set[int]
+        shared = None
+        if record_raw and dataset_len is not None:
+            shared = torch.zeros(dataset_len, dtype=torch.bool).share_memory_()
+            self._recorded = shared.numpy()
+            index = store.child(raw_group, layout.RAW_INDEX)
+            if raw_rows and index is not None:
+                self._recorded[index[:raw_rows]] = True
+        else:
+            self._recorded = set()
+        self._record_raw = record_raw
+        self._raw_rows = raw_rows
+        self._raw_sink = _RawSink(raw_group, raw_rows, dataset_len or config.DEFAULT_UNKNOWN_ROWS, recorder.compressor)
+        recorder._raws.append(self._raw_sink)
+
+        self._batched = batched
+        capture = CaptureIterable(loader.dataset, fetch_raw, record_raw) if iterable else CaptureMap(loader.dataset, fetch_raw, shared)
+        self._inner = _rebuild(loader, capture, CaptureCollate(loader.collate_fn), iterable)
+        self._epoch: _EpochCursor | None = None
+
+    # -- transparency -----------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._loader, name)
+
+    def __repr__(self) -> str:
+        return f"RecordingLoader(name={self._name!r}, loader={self._loader!r})"
+
+    @property
+    def name(self) -> str:
+        """The stream name."""
+        return self._name
+
+    @property
+    def loader(self) -> DataLoader:
+        """The wrapped DataLoader."""
+        return self._loader
+
+    # -- one epoch --------------------------------------------------------
+    def __iter__(self):
+        self._recorder._check_open()
+        self._end_epoch(complete=False)  # a previous iteration abandoned mid-way
+        cursor = self._begin_epoch()
+        complete = False
+        try:
+            for tagged in self._inner:
+                self._hand_off(cursor, tagged)
+                yield tagged.batch
+            complete = True
+        finally:
+            cursor.current = None
+            if self._epoch is cursor:
+                self._end_epoch(complete=complete)
+
+    def _begin_epoch(self) -> _EpochCursor:
+        number = self._next_epoch
+        self._next_epoch += 1
+        manifest = EpochManifest(number, 0, 0, False, utc_now(), None, epoch_provenance(self._loader))
+        capacity = _expected_rows(self._loader) or config.DEFAULT_UNKNOWN_ROWS
+        cursor = _EpochCursor(number)
+        self._epoch = cursor
+        self._recorder._submit(self._open_sink, cursor, manifest, capacity)
+        return cursor
+
+    def _open_sink(self, cursor: _EpochCursor, manifest: EpochManifest, capacity: int) -> None:  # writer thread
+        epochs = self._group[layout.EPOCHS_GROUP]
+        group = epochs.create_group(layout.epoch_name(manifest.number))
+        cursor.sink = _EpochSink(group, manifest, capacity, self._recorder.compressor)
+        self._recorder._epochs.append(cursor.sink)
+
+    def _end_epoch(self, *, complete: bool) -> None:
+        cursor, self._epoch = self._epoch, None
+        if cursor is not None and not self._recorder._writer_failed():
+            self._recorder._submit(self._close_sink, cursor, complete)
+
+    def _close_sink(self, cursor: _EpochCursor, complete: bool) -> None:  # writer thread
+        cursor.sink.commit(complete=complete, final=True)
+        self._recorder._epochs.remove(cursor.sink)
+
+    def _hand_off(self, cursor: _EpochCursor, tagged: Tagged) -> None:
+        self._recorder._writer.check()
+        indices = tagged.tags.indices
+        where = f"stream {self._name!r} epoch {cursor.number} batch {cursor.batches}"
+        structure, fields = flatten(tagged.batch, len(indices) if self._batched else None)
+        for path, (_, rows) in fields.items():
+            if len(rows) != len(indices):
+                raise SchemaError(f"{where}: collate_fn returned {len(rows)} rows in field {path!r} for {len(indices)} samples; "
+                                  "snapstore records one row per fetched sample")
+        self._check_schema(structure, fields, where)
+        copies = {p: (info, np.array(rows, copy=True)) for p, (info, rows) in fields.items()}
+        if tagged.tags.raw is not None:
+            self._hand_off_raw(tagged.tags.raw)
+        self._recorder._submit(_put_rows, cursor, cursor.rows, indices, copies)
+        cursor.current = (cursor.rows, len(indices))
+        cursor.rows += len(indices)
+        cursor.batches += 1
+
+    def _check_schema(self, structure: Any, fields: dict[str, tuple[FieldInfo, np.ndarray]], where: str) -> None:
+        infos = {p: info for p, (info, _) in fields.items()}
+        m = self._manifest
+        if m.structure is None:
+            self._update_manifest(structure=structure, fields=infos)
+        else:
+            check(m.structure, m.fields, structure, infos, where)
+
+    def _hand_off_raw(self, block: RawBlock) -> None:
+        infos = {p: info for p, (info, _) in block.fields.items()}
+        m = self._manifest
+        if m.raw_structure is None:
+            self._update_manifest(raw_structure=block.structure, raw_fields=infos)
+        else:
+            check(m.raw_structure, m.raw_fields, block.structure, infos, f"stream {self._name!r} raw sample {block.indices[0]}")
+        if isinstance(self._recorded, set):
+            keep = [k for k, i in enumerate(block.indices.tolist()) if i not in self._recorded]
+            self._recorded.update(block.indices.tolist())
+        else:
+            _, first = np.unique(block.indices, return_index=True)
+            keep = first[~self._recorded[block.indices[first]]]
+            self._recorded[block.indices[keep]] = True
+        if len(keep) == 0:
+            return
+        keep = np.sort(np.asarray(keep))
+        new = RawBlock(block.indices[keep], block.structure, {p: (info, rows[keep]) for p, (info, rows) in block.fields.items()})
+        self._recorder._submit(self._raw_sink.put, new)
+
+    def _update_manifest(self, **changes: Any) -> None:
+        self._manifest = StreamManifest.from_dict({**self._manifest.to_dict(), **{k: _jsonable(v) for k, v in changes.items()}})
+        self._recorder._submit(store.write_attr, self._group, layout.STREAM_ATTR, self._manifest.to_dict())
+
+    def log(self, **outputs: Any) -> None:
+        """Record per-row outputs of the batch just yielded (predictions, losses).
+
+        Parameters
+        ----------
+        **outputs : torch.Tensor or numpy.ndarray
+            Each with the current batch's size as its first dimension, e.g.
+            ``loss=criterion(model(x), y)`` with ``reduction="none"``. Stored in
+            ``ep.outputs[name]``, aligned with ``ep.order``.
+
+        Raises
+        ------
+        UsageError
+            Called outside an iteration, or with a name that is not usable.
+        SchemaError
+            A value whose first dimension is not the batch size, or whose
+            dtype/shape differs from earlier batches.
+        """
+        cursor = self._epoch
+        if cursor is None or cursor.current is None:
+            raise UsageError(f"log() on stream {self._name!r} needs a current batch: call it inside the loop over the stream")
+        pos, n = cursor.current
+        staged = {}
+        for name, value in outputs.items():
+            if not name.isidentifier():
+                raise UsageError(f"output name {name!r} is not usable; use an identifier such as 'loss' or 'pred'")
+            if isinstance(value, (list, tuple)):
+                value = np.asarray(value)
+            if not isinstance(value, (torch.Tensor, np.ndarray)):
+                raise SchemaError(f"log({name}=...) got a {type(value).__name__}; pass a tensor or array with one value per row")
+            _, fields = flatten(value, n if self._batched else None, name)
+            info, rows = fields[name]
+            info = FieldInfo("ndarray", info.dtype, info.shape)
+            old = self._manifest.outputs.get(name)
+            if old is None:
+                self._update_manifest(outputs={**self._manifest.outputs, name: info})
+            elif old != info:
+                raise SchemaError(f"log({name}=...) got dtype {info.dtype} row shape {info.shape}; earlier batches logged "
+                                  f"dtype {old.dtype} row shape {old.shape}")
+            staged[name] = (info, np.array(rows, copy=True))
+        self._recorder._submit(_put_outputs, cursor, pos, staged)
+
+
+class _EpochCursor:
+    """Training-thread view of the epoch being iterated."""
+
+    __slots__ = ("number", "rows", "batches", "current", "sink")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.rows = 0
+        self.batches = 0
+        self.current: tuple[int, int] | None = None  # (first position, rows) of the batch just yielded
+        self.sink: _EpochSink  # set in the writer thread
+
+
+def _put_rows(cursor: _EpochCursor, pos: int, indices: np.ndarray, fields: dict) -> None:
+    cursor.sink.put_rows(pos, indices, fields)
+
+
+def _put_outputs(cursor: _EpochCursor, pos: int, outputs: dict) -> None:
+    cursor.sink.put_outputs(pos, outputs)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, FieldInfo):
+        return v.to_dict()
+    return v
+
+
+def _rebuild(loader: DataLoader, dataset: Any, collate: CaptureCollate, iterable: bool) -> DataLoader:
+    """A DataLoader with the loader's public settings around the capture wrappers."""
+    kwargs: dict[str, Any] = {
+        "num_workers": loader.num_workers,
+        "collate_fn": collate,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "generator": loader.generator,
+        "persistent_workers": loader.persistent_workers,
+        "in_order": getattr(loader, "in_order", True),
+    }
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    if loader.pin_memory_device:
+        kwargs["pin_memory_device"] = loader.pin_memory_device
+    if iterable:
+        return DataLoader(dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **kwargs)
+    if loader.batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=loader.batch_sampler, **kwargs)
+    return DataLoader(dataset, batch_size=None, sampler=loader.sampler, **kwargs)
+
+
+def record(loader: DataLoader, path: Any, *, name: str = "train", raw: Any = "auto", **recorder_options: Any) -> _OneStream:
+    """Record one loader into a new snapshot: ``with record(loader, path) as stream: ...``.
+
+    Parameters
+    ----------
+    loader : DataLoader
+    path : str or os.PathLike
+        Where the snapshot is written (see ``Recorder``).
+    name : str, default "train"
+        Stream name.
+    raw : see ``Recorder.wrap``.
+    **recorder_options
+        ``mode``, ``overwrite``, ``storage_options``, ``compressor`` of ``Recorder``.
+
+    Returns
+    -------
+    A context manager that yields the ``RecordingLoader`` and closes the
+    ``Recorder`` on exit.
+    """
+    return _OneStream(Recorder(path, **recorder_options), loader, name, raw)
+
+
+class _OneStream:
+    def __init__(self, recorder: Recorder, loader: DataLoader, name: str, raw: Any) -> None:
+        self.recorder = recorder
+        try:
+            self.stream = recorder.wrap(loader, name=name, raw=raw)
+        except BaseException:
+            recorder.close()
+            raise
+
+    def __enter__(self) -> RecordingLoader:
+        return self.stream
+
+    def __exit__(self, *exc: Any) -> None:
+        self.recorder.close()

@@ -1,0 +1,244 @@
+"""Everything that touches Zarr: opening snapshots, creating arrays, writing
+whole chunks, committing manifests, and reading chunks back through a cache.
+
+This is the only module that imports ``zarr``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.errors
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from . import config
+from .errors import CorruptionError, NotASnapshotError, SnapshotNotFoundError, UsageError
+from .layout import FieldInfo
+from .schema import numpy_dtype
+
+Group = zarr.Group
+Array = zarr.Array
+
+COMPRESSORS = ("lz4", "zstd", "none")
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _store(path: str, *, read_only: bool, storage_options: dict[str, Any] | None) -> Any:
+    if _is_url(path):
+        return zarr.storage.FsspecStore.from_url(path, storage_options=storage_options, read_only=read_only)
+    if storage_options:
+        raise UsageError(f"storage_options apply to URLs like s3://bucket/run.snap, not to the local path {path!r}")
+    return zarr.storage.LocalStore(path, read_only=read_only)
+
+
+def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
+    """Whether anything exists at ``path`` (a local directory with entries, or any key under a URL)."""
+    if not _is_url(path):
+        return os.path.exists(path) and (not os.path.isdir(path) or bool(os.listdir(path)))
+    store = _store(path, read_only=True, storage_options=storage_options)
+    return not zarr.core.sync.sync(store.is_empty(""))
+
+
+def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None) -> Group:
+    """Open the snapshot's root group: ``"r"`` read-only, ``"a"`` existing for writing, ``"w"`` new.
+
+    Raises ``SnapshotNotFoundError`` or ``NotASnapshotError`` for ``"r"``/``"a"``
+    when no readable Zarr group is there.
+    """
+    store = _store(path, read_only=mode == "r", storage_options=storage_options)
+    if mode == "w":
+        return zarr.create_group(store, zarr_format=3, overwrite=True)
+    try:
+        return zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3, use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+        if has_data(path, storage_options):
+            raise NotASnapshotError(f"{path} holds data but no Zarr v3 group; pass the path of a snapshot written by snapstore") from e
+        raise SnapshotNotFoundError(f"no snapshot at {path}; check the path, or record one with snapstore.Recorder") from e
+    except (json.JSONDecodeError, ValueError, TypeError, KeyError) as e:
+        raise NotASnapshotError(f"{path}: the root zarr.json cannot be read ({e}); the snapshot's metadata is damaged") from e
+
+
+def child(group: Group, name: str) -> Any:
+    """``group[name]``, or ``None`` when there is no such node."""
+    try:
+        return group[name]
+    except KeyError:
+        return None
+
+
+def require_group(group: Group, name: str) -> Group:
+    node = child(group, name)
+    return node if node is not None else group.create_group(name)
+
+
+def write_attr(node: Group | Array, key: str, value: dict[str, Any]) -> None:
+    """Replace one attribute; a single-key rewrite (atomic on local disk and object stores)."""
+    node.attrs.update({key: value})
+
+
+def chunk_rows(info: FieldInfo) -> int:
+    """Rows per chunk: the power of two nearest below ``DEFAULT_CHUNK_BYTES / row bytes``,
+    between 1 and ``MAX_CHUNK_ROWS`` (strings count 16 bytes a row)."""
+    itemsize = 16 if info.dtype == "str" else numpy_dtype(info.dtype).itemsize
+    rows = config.DEFAULT_CHUNK_BYTES // max(1, int(np.prod(info.shape, dtype=np.int64)) * itemsize)
+    return min(config.MAX_CHUNK_ROWS, 1 << max(0, int(rows).bit_length() - 1))
+
+
+def _codecs(dtype: np.dtype, compressor: str) -> list[Any]:
+    if compressor not in COMPRESSORS:
+        raise UsageError(f"compressor={compressor!r} is not one of {COMPRESSORS}")
+    if compressor == "none":
+        return [Crc32cCodec()]
+    shuffle = "shuffle" if dtype.kind in "iu" and dtype.itemsize > 1 else "noshuffle"
+    return [BloscCodec(cname=compressor, clevel=5 if compressor == "lz4" else 1, shuffle=shuffle), Crc32cCodec()]
+
+
+def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, compressor: str) -> Array:
+    """A preallocated ``(capacity, *info.shape)`` array chunked along rows, compressed and checksummed.
+
+    Floats are filled with NaN so unwritten rows are visible; committed row
+    counts live in the manifests, never in the fill value.
+    """
+    dtype = numpy_dtype(info.dtype)
+    fill = np.nan if dtype.kind in "fc" else None
+    return group.create_array(
+        name,
+        shape=(capacity, *info.shape),
+        dtype=str if info.dtype == "str" else dtype,
+        chunks=(chunk_rows(info), *info.shape),
+        compressors=_codecs(dtype, compressor),
+        fill_value=fill,
+        dimension_names=("row", *(f"dim_{i}" for i in range(1, len(info.shape) + 1))),
+        attributes={"field": info.to_dict()},
+        config={"write_empty_chunks": True},
+    )
+
+
+class RowSink:
+    """Stages rows of one array and writes each chunk whole, once it is full.
+
+    Rows arrive at increasing positions (gaps keep the fill value). ``flush``
+    writes the partly filled current chunk so a commit can cover it; the chunk
+    is written again, whole, when it fills. The array grows (never shrinks)
+    when a position passes its preallocated length.
+    """
+
+    def __init__(self, array: Array, *, resume_at: int = 0) -> None:
+        self.array = array
+        self.rows = array.chunks[0]
+        self._chunk = -1
+        self._buf = np.empty(0)
+        self._end = resume_at  # one past the highest staged position
+        self._dirty = False
+        if resume_at % self.rows:  # keep the committed rows of a partly written chunk
+            self._start_chunk(resume_at // self.rows)
+            lo = self._chunk * self.rows
+            self._buf[: resume_at - lo] = array[lo:resume_at]
+
+    def put(self, start: int, rows: np.ndarray) -> None:
+        stop = start + len(rows)
+        if stop > self.array.shape[0]:
+            self.array.resize((max(stop, 2 * self.array.shape[0]), *self.array.shape[1:]))
+        done = 0
+        while done < len(rows):
+            pos = start + done
+            chunk = pos // self.rows
+            if chunk != self._chunk:
+                self._write(whole=True)
+                self._start_chunk(chunk)
+            lo = pos - chunk * self.rows
+            n = min(len(rows) - done, self.rows - lo)
+            self._buf[lo : lo + n] = rows[done : done + n]
+            done += n
+            self._end = max(self._end, pos + n)
+            self._dirty = True
+
+    def _start_chunk(self, chunk: int) -> None:
+        self._chunk = chunk
+        self._buf = np.empty((self.rows, *self.array.shape[1:]), dtype=self.array.dtype)
+        self._buf[...] = self.array.fill_value
+
+    def _write(self, *, whole: bool) -> None:
+        if not self._dirty:
+            return
+        lo = self._chunk * self.rows
+        hi = min(lo + self.rows, self.array.shape[0]) if whole else self._end
+        self.array[lo:hi] = self._buf[: hi - lo]
+        self._dirty = not whole
+
+    def flush(self) -> None:
+        """Write the staged rows of the current chunk (a partial chunk write)."""
+        self._write(whole=False)
+        self._dirty = False
+
+    def close(self) -> None:
+        """Write the current chunk up to the last staged row."""
+        self.flush()
+
+
+class ChunkReader:
+    """Reads rows of one array chunk by chunk, keeping a few decoded chunks.
+
+    Sequential reads decode each chunk once; a random read of a recently read
+    chunk costs a slice. Decode and checksum failures become ``CorruptionError``
+    naming the array and the chunk.
+    """
+
+    def __init__(self, array: Array, *, cached_chunks: int = config.DEFAULT_CACHED_CHUNKS) -> None:
+        self.array = array
+        self.rows = array.chunks[0]
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cached_chunks = cached_chunks
+
+    def chunk(self, c: int) -> np.ndarray:
+        block = self._cache.get(c)
+        if block is not None:
+            self._cache.move_to_end(c)
+            return block
+        lo = c * self.rows
+        try:
+            block = self.array[lo : lo + self.rows]
+        except (ValueError, RuntimeError, OSError) as e:
+            raise CorruptionError(
+                f"chunk {c} (rows {lo}-{lo + self.rows - 1}) of array {self.array.path!r} cannot be read: {e}; "
+                "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
+            ) from e
+        self._cache[c] = block
+        if len(self._cache) > self._cached_chunks:
+            self._cache.popitem(last=False)
+        return block
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a new array."""
+        if stop - start == 0:
+            return np.empty((0, *self.array.shape[1:]), dtype=self.array.dtype)
+        first, last = start // self.rows, (stop - 1) // self.rows
+        parts = [
+            self.chunk(c)[max(start - c * self.rows, 0) : stop - c * self.rows]
+            for c in range(first, last + 1)
+        ]
+        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at ``positions`` (any order) as a new array, each chunk decoded once."""
+        out = np.empty((len(positions), *self.array.shape[1:]), dtype=self.array.dtype)
+        chunks = positions // self.rows
+        for c in np.unique(chunks):
+            sel = np.nonzero(chunks == c)[0]
+            out[sel] = self.chunk(int(c))[positions[sel] - c * self.rows]
+        return out
+
+
+def array_nbytes_stored(group: Group) -> int:
+    """Bytes the group's arrays occupy in the store (compressed, all chunks)."""
+    return sum(int(a.nbytes_stored()) for _, a in group.arrays()) + sum(
+        array_nbytes_stored(g) for _, g in group.groups()
+    )
