@@ -128,11 +128,11 @@ def raw_source(raw: Any, dataset: Any) -> tuple[Callable[[int], Any] | None, boo
             raise UsageError(f"raw={raw!r} is not understood; pass 'auto', None, a Dataset or a callable index -> sample")
         if isinstance(dataset, IterableDataset) or not has_transforms(dataset):
             return None, True
-        return Untransformed(dataset), False
+        return Untransformed(dataset), True
     if isinstance(raw, Dataset):
-        return raw.__getitem__, False
+        return raw.__getitem__, True
     if callable(raw):
-        return raw, False
+        return raw, True
     raise UsageError(f"raw={raw!r} is not understood; pass 'auto', None, a Dataset or a callable index -> sample")
 
 

@@ -215,20 +215,19 @@ def _namedtuple(name: str, fields: tuple[str, ...]) -> type:
 
 
 def rebuild_leaf(info: FieldInfo, rows: np.ndarray, batched: bool) -> Any:
-    """One field's value for a batch (``batched``) or a single row, from its row block."""
+    """One field's value from its row block: the whole block for a batch (``batched``),
+    else the single row ``rows[0]`` (a sample, or a batch of a ``batch_size=None`` loader)."""
     if info.kind == "tensor":
-        t = torch.from_numpy(np.ascontiguousarray(rows))
-        if info.dtype == "bfloat16":
-            t = t.view(torch.bfloat16)
-        return t if batched else t[0].clone()
+        t = torch.from_numpy(np.ascontiguousarray(rows) if batched else np.array(rows[0]))
+        return t.view(torch.bfloat16) if info.dtype == "bfloat16" else t
     if info.kind == "ndarray":
-        return rows if batched else rows[0].copy()
-    if info.kind in ("list", "tuple"):
-        values = rows.tolist()
-        return values if info.kind == "list" else tuple(values)
+        return rows if batched else np.array(rows[0])
     if info.kind == "numpy-scalar":
         return rows[0]
-    return _PY_TYPES[info.dtype](rows[0].item() if info.dtype != "str" else rows[0])
+    values = [_PY_TYPES[info.dtype](v) for v in rows.tolist()]
+    if not batched:
+        return values[0]
+    return values if info.kind != "tuple" else tuple(values)
 
 
 def unflatten(structure: Structure, leaf: Callable[[str], Any]) -> Any:
