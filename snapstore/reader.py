@@ -197,9 +197,10 @@ def _as_tensor(info: FieldInfo, rows: np.ndarray) -> torch.Tensor:
 class _Fields:
     """Chunk readers for the fields of one group, rebuilding rows into structures."""
 
-    def __init__(self, group: Any, structure: Structure | None, infos: dict[str, FieldInfo], what: str) -> None:
+    def __init__(self, parent: Any, name: str, structure: Structure | None, infos: dict[str, FieldInfo], what: str) -> None:
         self.structure = structure or {"type": "none"}
         self.infos = infos
+        group = _node(parent, name, what) if infos else None
         self.readers = {p: store.ChunkReader(_node(group, p, what)) for p in infos}
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
@@ -223,7 +224,7 @@ class RawSamples(Dataset):
         self._rows = int(group.attrs.get(layout.RAW_ATTR, {}).get("rows", 0)) if group is not None else 0
         self._group = group
         manifest = stream.manifest
-        self._fields = _Fields(_node(group, layout.RAW_FIELDS, stream.path), manifest.raw_structure, manifest.raw_fields, stream.path) if self._rows else None
+        self._fields = _Fields(group, layout.RAW_FIELDS, manifest.raw_structure, manifest.raw_fields, stream.path) if self._rows else None
 
     @cached_property
     def _index(self) -> np.ndarray:
@@ -272,7 +273,7 @@ class Epoch:
         self.number = self.manifest.number
         what = f"{stream.path} epoch {self.number}"
         m = stream.manifest
-        self._seen = _Fields(_node(group, layout.SEEN_GROUP, what), m.structure, m.fields, what) if len(self) else None
+        self._seen = _Fields(group, layout.SEEN_GROUP, m.structure, m.fields, what) if len(self) else None
         self._what = what
 
     def __len__(self) -> int:

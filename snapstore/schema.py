@@ -5,7 +5,8 @@ whose leaves are tensors, arrays, numbers, strings or ``None``. ``flatten``
 turns it into a JSON ``structure`` tree plus one row block per leaf (a
 NumPy array whose axis 0 is rows); ``unflatten`` rebuilds the same tree, with
 the same container and leaf types, from row blocks. Field names are the leaf
-paths: ``"0"``, ``"1"`` for ``(x, y)``; ``"image"``, ``"meta/id"`` for dicts.
+paths: ``"0"``, ``"1"`` for ``(x, y)``; ``"image"``, ``"meta/id"`` for dicts;
+namedtuple field names; ``"value"`` for a batch that is a single leaf.
 
 Namedtuples are rebuilt from their stored class name and field names, never
 by importing or unpickling the user's class.
@@ -25,6 +26,9 @@ from .errors import SchemaError
 from .layout import FieldInfo
 
 Structure = dict[str, Any]
+
+ROOT_FIELD = "value"
+"""Field name of a batch (or sample) that is a single leaf, e.g. a bare tensor."""
 
 _STR = np.dtypes.StringDType()
 _PY_SCALARS = {bool: "bool", int: "int64", float: "float64", str: "str"}
@@ -54,6 +58,7 @@ def _tensor_rows(t: torch.Tensor) -> tuple[str, np.ndarray]:
 
 
 def _leaf(path: str, kind: str, dtype: str, rows: np.ndarray) -> tuple[Structure, dict[str, tuple[FieldInfo, np.ndarray]]]:
+    path = path or ROOT_FIELD
     return {"type": "leaf", "field": path}, {path: (FieldInfo(kind, dtype, tuple(rows.shape[1:])), rows)}
 
 
