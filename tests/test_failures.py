@@ -121,17 +121,22 @@ def test_exception_in_the_training_loop_and_break(snap_path):
     assert len(stream.epoch(0)) == 8
 
 
-def test_shape_change_mid_epoch_names_field_and_keeps_committed_rows(snap_path):
-    loader = DataLoader(Indexed(30), batch_size=5, collate_fn=pad_collate)
+def rank_collate(items):
+    x = torch.stack([x for x, _ in items]).reshape(len(items), -1)
+    return (x if items[0][1] < 10 else x[..., None]), torch.tensor([i for _, i in items])
+
+
+def test_rank_change_mid_epoch_names_field_and_keeps_committed_rows(snap_path):
+    loader = DataLoader(Indexed(30), batch_size=5, collate_fn=rank_collate)
     with snapstore.record(loader, snap_path) as stream:
         with pytest.raises(snapstore.SchemaError) as err:
             list(stream)
     message = str(err.value)
-    assert "epoch 0 batch 1" in message and "field '0'" in message
-    assert "dtype float32 shape (5,)" in message and "dtype float32 shape (7,)" in message
+    assert "epoch 0 batch 2" in message and "field '0'" in message
+    assert "dtype float32 shape (48,)" in message and "dtype float32 shape (48, 1)" in message
     ep = snapstore.open(snap_path)["train"].epoch(0)
-    assert not ep.complete and len(ep) == 5
-    assert ep.batch(0)[1].tolist() == [0, 1, 2, 3, 4]
+    assert not ep.complete and len(ep) == 10
+    assert ep.batch(1)[1].tolist() == [5, 6, 7, 8, 9]
 
 
 def test_dtype_change_is_refused(snap_path):

@@ -1,4 +1,5 @@
-"""Property: whatever batch structure a loader yields, replay gives it back bitwise."""
+"""Property: whatever batch structure a loader yields (ragged leaves and string lists
+included), replay gives it back bitwise."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ leaves = st.one_of(
     st.tuples(st.just("tensor"), st.sampled_from(TENSOR_DTYPES), shapes),
     st.tuples(st.just("ndarray"), st.sampled_from(ARRAY_DTYPES), shapes),
     st.tuples(st.just("list"), st.sampled_from([str, int, float, bool]), st.just(())),
+    st.tuples(st.just("rows"), st.sampled_from(TENSOR_DTYPES), st.integers(1, 2)),  # list of ragged per-row tensors
+    st.tuples(st.just("padded"), st.sampled_from(TENSOR_DTYPES), st.integers(1, 2)),  # trailing size varies per batch
 )
 schemas = st.recursive(
     leaves,
@@ -52,6 +55,12 @@ def build(schema: Any, rows: int, rng: np.random.Generator) -> Any:
             return values.astype(dtype) if np.dtype(dtype).kind in "fc" else np.nan_to_num(values, posinf=7).astype(dtype)
         t = torch.from_numpy(values)
         return t.to(dtype) if dtype.is_floating_point or dtype.is_complex else torch.nan_to_num(t, posinf=7).to(dtype)
+    if kind == "rows":  # rows at least 5 long, so a row is never mistaken for a batch of <= 4
+        _, dtype, ndim = schema
+        return [build(("tensor", dtype, tuple(rng.integers(1, 3, ndim - 1))), int(rng.integers(5, 9)), rng) for _ in range(rows)]
+    if kind == "padded":
+        _, dtype, ndim = schema
+        return build(("tensor", dtype, tuple(rng.integers(1, 6, ndim))), rows, rng)
     if kind == "list":
         make = {str: lambda: rng.choice(["", "cat", "é✓ naïve", "a/b.png"]) + str(rng.integers(9)), int: lambda: int(rng.integers(-2**40, 2**40)),
                 float: lambda: float(rng.normal()), bool: lambda: bool(rng.integers(2))}[schema[1]]
