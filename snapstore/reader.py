@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, TensorDataset
 from . import layout, store
 from .errors import CorruptionError, SchemaError, SnapstoreError, UsageError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
-from .schema import Structure, leaf_paths, rebuild_leaf, unflatten
+from .schema import Structure, leaf_paths, numpy_dtype, rebuild_leaf, unflatten
 
 __all__ = ["Epoch", "RawSamples", "Snapshot", "Stream", "open"]
 
@@ -430,9 +430,12 @@ class Epoch:
     def to_numpy(self) -> dict[str, np.ndarray]:
         """``{"index": order, field: seen rows in seen order}``: NumPy arrays, a list of row
         arrays for a ragged field."""
-        out = {"index": self.order}
+        out: dict[str, Any] = {"index": self.order}
         if self._seen is not None:
             out.update(self._seen.read(0, len(self)))
+        else:  # nothing committed yet: empty rows of each field
+            out.update({p: [] if f.ragged else np.empty((0, *f.shape), dtype=numpy_dtype(f.dtype))
+                        for p, f in self.stream.manifest.fields.items()})
         return out
 
     def __repr__(self) -> str:

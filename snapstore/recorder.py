@@ -175,9 +175,9 @@ class Recorder:
         if mode == "w":
             if store.has_data(self.path, storage_options):
                 self._refuse_overwrite(overwrite, storage_options)
-            self._root = store.open_group(self.path, mode="w", storage_options=storage_options)
             manifest = SnapshotManifest(layout.FORMAT_VERSION, utc_now(), versions())
-            store.write_attr(self._root, layout.SNAPSHOT_ATTR, manifest.to_dict())
+            self._root = store.open_group(self.path, mode="w", storage_options=storage_options,
+                                          attributes={layout.SNAPSHOT_ATTR: manifest.to_dict()})
         else:
             self._root = store.open_group(self.path, mode="a", storage_options=storage_options)
             SnapshotManifest.from_dict(self._root.attrs.get(layout.SNAPSHOT_ATTR), path=self.path)

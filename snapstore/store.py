@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from collections import OrderedDict
 from typing import Any
 
@@ -47,15 +48,22 @@ def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
     return not zarr.core.sync.sync(store.is_empty(""))
 
 
-def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None) -> Group:
-    """Open the snapshot's root group: ``"r"`` read-only, ``"a"`` existing for writing, ``"w"`` new.
+def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None, attributes: dict[str, Any] | None = None) -> Group:
+    """Open the snapshot's root group: ``"r"`` read-only, ``"a"`` existing for writing, ``"w"`` new
+    (with ``attributes``, written in the same key as the group).
+
+    Opening a local snapshot for appending removes the temporary ``*.partial``
+    files a killed writer can leave behind.
 
     Raises ``SnapshotNotFoundError`` or ``NotASnapshotError`` for ``"r"``/``"a"``
     when no readable Zarr group is there.
     """
     store = _store(path, read_only=mode == "r", storage_options=storage_options)
     if mode == "w":
-        return zarr.create_group(store, zarr_format=3, overwrite=True)
+        return zarr.create_group(store, zarr_format=3, overwrite=True, attributes=attributes)
+    if mode == "a" and not _is_url(path):
+        for stray in Path(path).rglob("*.partial"):
+            stray.unlink(missing_ok=True)
     try:
         return zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
