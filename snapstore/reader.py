@@ -444,23 +444,29 @@ class Epoch:
 
 
 class _Outputs(Mapping):
+    """Logged outputs of an epoch by name, read on first access."""
+
     def __init__(self, epoch: Epoch) -> None:
         self._epoch = epoch
-        self._names = [n for n in epoch.stream.manifest.outputs if store.child(epoch._group, f"{layout.OUTPUTS_GROUP}/{n}") is not None]
+        self._infos = epoch.stream.manifest.outputs
         self._cache: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._names:
-            raise KeyError(f"no output {name!r} in epoch {self._epoch.number}; logged outputs: {self._names}")
+        if name not in self._infos:
+            raise KeyError(f"no output {name!r} in stream {self._epoch.stream.name!r}; logged outputs: {list(self._infos)}")
         if name not in self._cache:
-            array = self._epoch._group[f"{layout.OUTPUTS_GROUP}/{name}"]
-            self._cache[name] = store.ChunkReader(array).read(0, len(self._epoch))
+            array = store.child(self._epoch._group, f"{layout.OUTPUTS_GROUP}/{name}")
+            if array is None:  # never logged in this epoch (or not yet committed)
+                info = self._infos[name]
+                dtype = numpy_dtype(info.dtype)
+                fill = np.nan if dtype.kind in "fc" else 0
+                self._cache[name] = np.full((len(self._epoch), *info.shape), fill, dtype=dtype)
+            else:
+                self._cache[name] = store.ChunkReader(array).read(0, len(self._epoch))
         return self._cache[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
+        return iter(self._infos)
 
     def __len__(self) -> int:
-        return len(self._names)
-
-
+        return len(self._infos)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from . import config, layout, store
 from ._writer import BackgroundWriter
 from .capture import CaptureCollate, CaptureIterable, CaptureMap, RawBlock, Tagged, Tags, bases, is_wrapped, raw_source
-from .errors import SchemaError, SnapshotExistsError, UsageError
+from .errors import RecordingError, SchemaError, SnapshotExistsError, SnapstoreWarning, UsageError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
 from .provenance import epoch_provenance, utc_now, versions
 from .schema import DeviceCopy, Ragged, flatten, host_rows, reconcile
@@ -140,6 +141,12 @@ class Recorder:
         Passed to fsspec for URLs (credentials, ``endpoint_url``).
     compressor : {"lz4", "zstd", "none"}, default "lz4"
         Codec for every chunk; a CRC32C checksum is always added.
+    on_error : {"raise", "warn"}, default "raise"
+        When recording itself fails (disk full, permission denied, the store
+        vanished): ``"raise"`` raises ``RecordingError`` in the training loop
+        at the next batch; ``"warn"`` emits one ``SnapstoreWarning`` and keeps
+        training without recording. Either way, everything committed before
+        the failure stays readable.
 
     Raises
     ------
@@ -165,10 +172,16 @@ class Recorder:
         overwrite: bool = False,
         storage_options: dict[str, Any] | None = None,
         compressor: str = config.DEFAULT_COMPRESSOR,
+        on_error: str = "raise",
     ) -> None:
         self.path = str(path)
         if mode not in ("w", "a"):
             raise UsageError(f"mode={mode!r} is not one of 'w' (new snapshot) or 'a' (append epochs)")
+        if on_error not in ("raise", "warn"):
+            raise UsageError(f"on_error={on_error!r} is not one of 'raise' or 'warn'")
+        self.on_error = on_error
+        self._stopped = False  # recording failed and on_error="warn": the loop goes on unrecorded
+        self._reported = False  # a writer failure was raised in the loop
         if compressor not in store.COMPRESSORS:
             raise UsageError(f"compressor={compressor!r} is not one of {store.COMPRESSORS}")
         self.compressor = compressor
@@ -241,20 +254,30 @@ class Recorder:
     def close(self) -> None:
         """Finish open epochs (as incomplete), write and commit everything, stop the writer.
 
-        Raises ``RecordingError`` if the background writer failed.
+        Raises ``RecordingError`` if the background writer failed (unless ``on_error="warn"``).
         """
         if self._closed:
             return
         self._closed = True
         for rl in self._loaders.values():
             rl._end_epoch(complete=False)
-        self._writer.close()
+        try:
+            self._writer.close()
+        except RecordingError:
+            if self.on_error == "raise" and not self._reported:  # not yet raised in the loop
+                raise
 
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the loop's own exception propagates; a writer failure behind it is logged, not raised over it
+            self.close()
+        except RecordingError:
+            logger.exception("recording into %s also failed", self.path)
 
     def __repr__(self) -> str:
         return f"Recorder({self.path!r}, streams={sorted(self._loaders)})"
@@ -267,10 +290,34 @@ class Recorder:
     def _writer_failed(self) -> bool:
         return self._writer.failed
 
+    def _recording(self) -> bool:
+        """Whether batches should still be recorded; raises or warns once after a writer failure."""
+        if self._stopped:
+            return False
+        if self._writer.failed:
+            if self.on_error == "raise":
+                self._reported = True
+                self._writer.check()
+            self._stopped = True
+            warnings.warn(
+                f"recording into {self.path} stopped: {self._writer.error!r}; training goes on unrecorded and "
+                "everything committed before the failure is readable",
+                SnapstoreWarning,
+                stacklevel=4,
+            )
+            return False
+        return True
+
     def _submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        self._writer.submit(functools.partial(fn, *args, **kwargs))
+        if self._recording():
+            try:
+                self._writer.submit(functools.partial(fn, *args, **kwargs))
+            except RecordingError:
+                if self._recording():  # the writer failed while we waited: raise or warn now
+                    raise
 
     def _flush(self) -> None:  # writer thread
+        store.check_exists(self._root, self.path)
         for epoch in self._epochs:
             epoch.commit()
         for raw in self._raws:
@@ -402,7 +449,8 @@ class RecordingLoader:
         self._recorder._epochs.remove(cursor.sink)
 
     def _hand_off(self, cursor: _EpochCursor, tagged: Tagged) -> None:
-        self._recorder._writer.check()
+        if not self._recorder._recording():
+            return
         tags = tagged.tags
         n = len(tags.indices)
         where = f"stream {self._name!r} epoch {cursor.number} batch {cursor.batches}"
