@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
 from . import config, layout, store
 from ._writer import BackgroundWriter
 from .capture import CaptureCollate, CaptureIterable, CaptureMap, RawBlock, Tagged, Tags, bases, is_wrapped, raw_source
-from .errors import RecordingError, SchemaError, SnapshotExistsError, SnapstoreWarning, UsageError
+from .errors import RecordingError, SchemaError, SnapshotExistsError, SnapstoreError, SnapstoreWarning, UsageError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
 from .provenance import epoch_provenance, utc_now, versions
 from .schema import DeviceCopy, Ragged, flatten, host_rows, reconcile
@@ -185,12 +186,23 @@ class Recorder:
         if compressor not in store.COMPRESSORS:
             raise UsageError(f"compressor={compressor!r} is not one of {store.COMPRESSORS}")
         self.compressor = compressor
-        if mode == "w":
-            if store.has_data(self.path, storage_options):
-                self._refuse_overwrite(overwrite, storage_options)
-            manifest = SnapshotManifest(layout.FORMAT_VERSION, utc_now(), versions())
-            self._root = store.open_group(self.path, mode="w", storage_options=storage_options,
-                                          attributes={layout.SNAPSHOT_ATTR: manifest.to_dict()})
+        self.rank, self.world_size = _rank_and_world()
+        if mode == "w" and self.world_size > 1:  # rank 0 creates the snapshot, the others join it
+            failure = [None]
+            if self.rank == 0:
+                try:
+                    self._create(overwrite, storage_options)
+                except SnapstoreError as e:
+                    failure = [str(e)]
+                    dist.broadcast_object_list(failure, src=0)
+                    raise
+            dist.broadcast_object_list(failure, src=0)
+            if failure[0] is not None:
+                raise SnapstoreError(f"rank 0 could not create the snapshot: {failure[0]}")
+            if self.rank != 0:
+                self._root = store.open_group(self.path, mode="a", storage_options=storage_options)
+        elif mode == "w":
+            self._create(overwrite, storage_options)
         else:
             self._root = store.open_group(self.path, mode="a", storage_options=storage_options)
             SnapshotManifest.from_dict(self._root.attrs.get(layout.SNAPSHOT_ATTR), path=self.path)
@@ -199,6 +211,13 @@ class Recorder:
         self._raws: list[_RawSink] = []
         self._writer = BackgroundWriter(self._flush, maxsize=config.DEFAULT_QUEUE_BATCHES, interval=config.DEFAULT_FLUSH_INTERVAL)
         self._closed = False
+
+    def _create(self, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
+        if store.has_data(self.path, storage_options):
+            self._refuse_overwrite(overwrite, storage_options)
+        manifest = SnapshotManifest(layout.FORMAT_VERSION, utc_now(), versions())
+        self._root = store.open_group(self.path, mode="w", storage_options=storage_options,
+                                      attributes={layout.SNAPSHOT_ATTR: manifest.to_dict()})
 
     def _refuse_overwrite(self, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
         try:
@@ -212,7 +231,7 @@ class Recorder:
             raise SnapshotExistsError(f"{self.path} exists; pass overwrite=True or mode='a', or choose a new path")
 
     # -- public API -------------------------------------------------------
-    def wrap(self, loader: DataLoader, *, name: str, raw: Any = "auto") -> RecordingLoader:
+    def wrap(self, loader: DataLoader, *, name: str, raw: Any = "auto", resume_epoch: bool = False) -> RecordingLoader:
         """Record ``loader`` as stream ``name``; iterate the result instead of the loader.
 
         Parameters
@@ -229,6 +248,16 @@ class Recorder:
             dataset under ``loader.dataset`` sets them, and otherwise takes the
             item itself (no second fetch); a ``Dataset`` or ``index -> sample``
             callable gives raw samples explicitly; ``None`` records none.
+        resume_epoch : bool, default False
+            With ``mode="a"`` after a crash: the first iteration continues the
+            stream's last, incomplete epoch (a training job resumed from a
+            checkpoint mid-epoch); its rows are stored as a continuation that
+            ``Stream.epoch(e)`` stitches to the rows recorded before the crash.
+            Later iterations are new epochs.
+
+        Under ``torch.distributed`` with several ranks, every rank calls
+        ``wrap`` (it synchronises them once) and records its own rows into
+        ``<name>/rank<r>/``; readers merge the ranks.
 
         Returns
         -------
@@ -247,7 +276,13 @@ class Recorder:
             raise UsageError(f"stream name {name!r} is not usable; pass a non-empty str without '/', e.g. 'train'")
         if name in self._loaders:
             raise UsageError(f"stream {name!r} is already recorded by this Recorder; wrap each loader once and iterate it every epoch")
-        rl = RecordingLoader(self, loader, name, raw)
+        group = name
+        if self.world_size > 1:
+            if self.rank == 0 and store.child(self._root, name) is None:
+                self._root.create_group(name, attributes={layout.RANKS_ATTR: {"world_size": self.world_size}})
+            dist.barrier()
+            group = f"{name}/{layout.rank_name(self.rank)}"
+        rl = RecordingLoader(self, loader, name, group, raw, resume_epoch)
         self._loaders[name] = rl
         return rl
 
@@ -333,7 +368,7 @@ class RecordingLoader:
     ...) are the loader's, so ``stream.sampler.set_epoch(e)`` keeps working.
     """
 
-    def __init__(self, recorder: Recorder, loader: DataLoader, name: str, raw: Any) -> None:
+    def __init__(self, recorder: Recorder, loader: DataLoader, name: str, path: str, raw: Any, resume_epoch: bool) -> None:
         self._recorder = recorder
         self._loader = loader
         self._name = name
@@ -343,9 +378,9 @@ class RecordingLoader:
         fetch_raw, record_raw = raw_source(raw, loader.dataset)
 
         root = recorder._root
-        group = store.child(root, name)
+        group = store.child(root, path)
         if group is None:
-            group = root.create_group(name)
+            group = root.create_group(path)
             self._manifest = StreamManifest(name, iterable, batched, dataset_len)
             store.write_attr(group, layout.STREAM_ATTR, self._manifest.to_dict())
         else:
@@ -358,7 +393,9 @@ class RecordingLoader:
                 )
         self._group = group
         epochs = store.require_group(group, layout.EPOCHS_GROUP)
-        self._next_epoch = 1 + max((int(n) for n, _ in epochs.groups()), default=-1)
+        numbers = sorted(int(n) for n, g in epochs.groups() if layout.EPOCH_ATTR in g.attrs)
+        self._next_epoch = 1 + max(numbers, default=-1)
+        self._continue = _continuation(epochs, numbers, name) if resume_epoch else None
 
         raw_group = store.require_group(group, layout.RAW_GROUP)
         raw_attrs = raw_group.attrs.get(layout.RAW_ATTR, {})
@@ -424,9 +461,12 @@ class RecordingLoader:
                 self._end_epoch(complete=complete)
 
     def _begin_epoch(self) -> _EpochCursor:
-        number = self._next_epoch
-        self._next_epoch += 1
-        manifest = EpochManifest(number, 0, 0, False, utc_now(), None, epoch_provenance(self._loader))
+        if self._continue is not None:
+            (number, part), self._continue = self._continue, None
+        else:
+            number, part = self._next_epoch, 0
+            self._next_epoch += 1
+        manifest = EpochManifest(number, 0, 0, False, utc_now(), None, epoch_provenance(self._loader), part=part)
         capacity = _expected_rows(self._loader) or config.DEFAULT_UNKNOWN_ROWS
         cursor = _EpochCursor(number)
         self._epoch = cursor
@@ -434,8 +474,10 @@ class RecordingLoader:
         return cursor
 
     def _open_sink(self, cursor: _EpochCursor, manifest: EpochManifest, capacity: int) -> None:  # writer thread
-        epochs = self._group[layout.EPOCHS_GROUP]
-        group = epochs.create_group(layout.epoch_name(manifest.number))
+        name = layout.epoch_name(manifest.number)
+        if manifest.part:
+            name = f"{name}/{layout.CONTINUED_GROUP}/{manifest.part}"
+        group = self._group[layout.EPOCHS_GROUP].create_group(name)
         cursor.sink = _EpochSink(group, manifest, capacity, self._recorder.compressor)
         self._recorder._epochs.append(cursor.sink)
 
@@ -562,6 +604,25 @@ class _EpochCursor:
         self.batches = 0
         self.current: tuple[int, int] | None = None  # (first position, rows) of the batch just yielded
         self.sink: _EpochSink  # set in the writer thread
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _continuation(epochs: store.Group, numbers: list[int], name: str) -> tuple[int, int]:
+    """(epoch, part) where a resumed run continues the stream's last epoch; UsageError if it is complete."""
+    if not numbers:
+        raise UsageError(f"resume_epoch=True, but stream {name!r} has no recorded epoch to continue")
+    group = epochs[layout.epoch_name(numbers[-1])]
+    parts = store.child(group, layout.CONTINUED_GROUP)
+    done = [int(k) for k, g in parts.groups() if layout.EPOCH_ATTR in g.attrs] if parts is not None else []
+    last = parts[str(max(done))] if done else group
+    if EpochManifest.from_dict(last.attrs[layout.EPOCH_ATTR]).complete:
+        raise UsageError(f"epoch {numbers[-1]} of stream {name!r} is complete; there is nothing to continue: drop resume_epoch=True")
+    return numbers[-1], 1 + max(done, default=0)
 
 
 def _put_rows(cursor: _EpochCursor, pos: int, tags: Tags, fields: dict) -> None:
