@@ -385,6 +385,11 @@ class RecordingLoader:
             store.write_attr(group, layout.STREAM_ATTR, self._manifest.to_dict())
         else:
             self._manifest = StreamManifest.from_dict(group.attrs[layout.STREAM_ATTR])
+            if self._manifest.dataset_len != dataset_len:
+                raise UsageError(
+                    f"stream {name!r} in {recorder.path} was recorded from a dataset of {self._manifest.dataset_len} "
+                    f"samples; this loader's dataset has {dataset_len}: record it under another name"
+                )
             if (self._manifest.iterable, self._manifest.batched) != (iterable, batched):
                 raise UsageError(
                     f"stream {name!r} in {recorder.path} was recorded from a loader with iterable={self._manifest.iterable}, "
