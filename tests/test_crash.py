@@ -138,6 +138,8 @@ def test_concurrent_reader_sees_committed_prefix_never_torn_rows(tmp_path):
             for e in stream.epochs:
                 ep = stream.epoch(e)
                 assert ep.complete or e == stream.epochs[-1]
+                if len(ep) == 0:  # just started: nothing committed, perhaps not even the schema
+                    continue
                 x = ep.to_numpy()
                 np.testing.assert_array_equal(x["0"][:, 0], ep.order.astype(np.float32))
                 if "loss" not in ep.outputs:  # not committed yet: the first batch's log() lags its rows
