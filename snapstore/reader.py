@@ -162,8 +162,11 @@ class Stream:
             continued = store.child(group, layout.CONTINUED_GROUP)
             extra = sorted((int(k), g) for k, g in continued.groups() if layout.EPOCH_ATTR in g.attrs) if continued else []
             what = f"{self.path} epoch {number}"
-            ranks.append([_Part(self, g, r, what) for g in [group, *(g for _, g in extra)]])
-        return Epoch(self, ranks)
+            ranks.append([(g, r, what) for g in [group, *(g for _, g in extra)]])
+        # The schema is read after the epoch's commit records, so it covers every committed row
+        # even while a writer is adding to both.
+        schema = _merged([StreamManifest.from_dict(store.reopen(g).attrs[layout.STREAM_ATTR]) for g in self._ranks])
+        return Epoch(self, schema, [[_Part(schema, g, r, what) for g, r, what in parts] for parts in ranks])
 
     def __iter__(self) -> Iterator[Epoch]:
         return (self.epoch(e) for e in self.epochs)
@@ -290,14 +293,16 @@ class RawSamples(Dataset):
 
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
-        m = stream.manifest
         self._sources: list[tuple[_Fields, np.ndarray]] = []  # one per rank that recorded raw samples
-        for rank_group in stream._ranks:
-            group = store.child(rank_group, layout.RAW_GROUP)
-            attrs = group.attrs.get(layout.RAW_ATTR, {}) if group is not None else {}
-            rows = int(attrs.get("rows", 0))
+        groups = [store.child(rank_group, layout.RAW_GROUP) for rank_group in stream._ranks]
+        attrs = [g.attrs.get(layout.RAW_ATTR, {}) if g is not None else {} for g in groups]
+        # the schema, read after the raw commit records, covers every committed raw row
+        m = _merged([StreamManifest.from_dict(store.reopen(g).attrs[layout.STREAM_ATTR]) for g in stream._ranks])
+        self.schema = m
+        for group, a in zip(groups, attrs):
+            rows = int(a.get("rows", 0))
             if rows:
-                fields = _Fields(group, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, attrs.get("ragged", []), rows, stream.path)
+                fields = _Fields(group, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, a.get("ragged", []), rows, stream.path)
                 index = store.ChunkReader(_node(group, layout.RAW_INDEX, stream.path)).read(0, rows)
                 self._sources.append((fields, index))
         self._rows = sum(len(index) for _, index in self._sources)
@@ -333,7 +338,7 @@ class RawSamples(Dataset):
         if not self._sources:
             return out
         located = [self._where[int(i)] for i in self.indices]
-        for p in self._stream.manifest.raw_fields:
+        for p in self.schema.raw_fields:
             parts, order = [], []
             for s, (fields, _) in enumerate(self._sources):
                 rows = np.array([r for src, r in located if src == s], dtype=np.int64)
@@ -349,13 +354,13 @@ class RawSamples(Dataset):
 class _Part:
     """One recorded piece of an epoch: a rank's epoch group, or a continuation after a resume."""
 
-    def __init__(self, stream: Stream, group: Any, rank: int, what: str) -> None:
+    def __init__(self, schema: StreamManifest, group: Any, rank: int, what: str) -> None:
         self.group = group
         self.rank = rank
         self.manifest = EpochManifest.from_dict(group.attrs[layout.EPOCH_ATTR])
         self.rows = self.manifest.rows
         self.what = what
-        m = stream.manifest
+        m = schema
         self.seen = _Fields(group, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged, self.rows, what) if self.rows else None
 
     def array(self, name: str, n: int, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
@@ -388,8 +393,9 @@ class Epoch:
     rank order.
     """
 
-    def __init__(self, stream: Stream, ranks: list[list[_Part]]) -> None:
+    def __init__(self, stream: Stream, schema: StreamManifest, ranks: list[list[_Part]]) -> None:
         self.stream = stream
+        self.schema = schema
         self._parts = [p for parts in ranks for p in parts]
         self.manifest = self._parts[0].manifest
         self.number = self.manifest.number
@@ -496,7 +502,7 @@ class Epoch:
         return {p: _join([run[p] for run in runs]) for p in runs[0]} if runs else {}
 
     def _build(self, rows: dict[str, Any], batched: bool) -> Any:
-        m = self.stream.manifest
+        m = self.schema
         return unflatten(m.structure or {"type": "none"}, lambda p: rebuild_leaf(m.fields[p], rows[p], batched))
 
     def __getitem__(self, position: int) -> Any:
@@ -527,7 +533,7 @@ class Epoch:
         if not -nb <= j < nb:
             raise IndexError(f"batch {j} is outside epoch {self.number} of stream {self.stream.name!r} ({nb} batches)")
         k, lo, hi = self._batches[j % nb]
-        return self._build(self._parts[k].seen.read(lo, hi), batched=self.stream.manifest.batched)  # type: ignore[union-attr]
+        return self._build(self._parts[k].seen.read(lo, hi), batched=self.schema.batched)  # type: ignore[union-attr]
 
     def batches(self) -> Iterator[Any]:
         """Every batch in the order the loader yielded them; bitwise equal to the originals."""
@@ -559,7 +565,7 @@ class Epoch:
         KeyError
             ``field`` or ``lengths`` is not a field of the stream.
         """
-        infos = self.stream.manifest.fields
+        infos = self.schema.fields
         for f in (field, lengths):
             if f not in infos:
                 raise KeyError(f"no field {f!r} in stream {self.stream.name!r}; fields: {list(infos)}")
@@ -578,7 +584,7 @@ class Epoch:
             out.update(self._rows(0, len(self)))
         else:  # nothing committed yet: empty rows of each field
             out.update({p: [] if f.ragged else np.empty((0, *f.shape), dtype=numpy_dtype(f.dtype))
-                        for p, f in self.stream.manifest.fields.items()})
+                        for p, f in self.schema.fields.items()})
         return out
 
     def __repr__(self) -> str:
@@ -591,7 +597,7 @@ class _Outputs(Mapping):
 
     def __init__(self, epoch: Epoch) -> None:
         self._epoch = epoch
-        self._infos = epoch.stream.manifest.outputs
+        self._infos = epoch.schema.outputs
         self._cache: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:

@@ -83,6 +83,11 @@ def check_exists(root: Group, path: str) -> None:
                              "check what deleted it, then record again") from e
 
 
+def reopen(group: Group) -> Group:
+    """``group`` read again from the store (a Group caches its metadata and attributes)."""
+    return zarr.open_group(group.store, path=group.path, mode="r", zarr_format=3, use_consolidated=False)
+
+
 def child(group: Group, name: str) -> Any:
     """``group[name]``, or ``None`` when there is no such node."""
     try:
