@@ -12,13 +12,12 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from . import layout, store
-from .errors import CorruptionError, SchemaError, SnapstoreError, UsageError
+from . import export, layout, store
+from .errors import CorruptionError, UsageError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
-from .schema import Structure, leaf_paths, rebuild_leaf, unflatten
+from .schema import Structure, rebuild_leaf, unflatten
 
 __all__ = ["Epoch", "RawSamples", "Snapshot", "Stream", "open"]
 
@@ -45,7 +44,7 @@ def open(path: Any, *, storage_options: dict[str, Any] | None = None) -> Snapsho
     path = str(path)
     root = store.open_group(path, mode="r", storage_options=storage_options)
     manifest = SnapshotManifest.from_dict(root.attrs.get(layout.SNAPSHOT_ATTR), path=path)
-    return Snapshot(path, root, manifest)
+    return Snapshot(path, root, manifest, storage_options=storage_options)
 
 
 def _node(group: Any, name: str, what: str) -> Any:
@@ -58,9 +57,10 @@ def _node(group: Any, name: str, what: str) -> Any:
 class Snapshot:
     """A read-only snapshot: a mapping of stream names to ``Stream``."""
 
-    def __init__(self, path: str, root: Any, manifest: SnapshotManifest) -> None:
+    def __init__(self, path: str, root: Any, manifest: SnapshotManifest, *, storage_options: dict[str, Any] | None = None) -> None:
         self.path = path
         self.manifest = manifest
+        self.storage_options = storage_options
         self._root = root
 
     @cached_property
@@ -71,7 +71,7 @@ class Snapshot:
     def __getitem__(self, name: str) -> Stream:
         if name not in self.streams:
             raise KeyError(f"no stream {name!r} in {self.path}; streams: {self.streams}")
-        return Stream(self._root[name], f"{self.path}/{name}")
+        return Stream(self._root[name], f"{self.path}/{name}", snapshot=(self.path, self.storage_options))
 
     def __contains__(self, name: object) -> bool:
         return name in self.streams
@@ -97,9 +97,10 @@ class Snapshot:
 class Stream:
     """One recorded loader: its schema, raw samples and epochs."""
 
-    def __init__(self, group: Any, path: str) -> None:
+    def __init__(self, group: Any, path: str, *, snapshot: tuple[str, dict[str, Any] | None] | None = None) -> None:
         self._group = group
         self.path = path
+        self._snapshot = snapshot  # (snapshot path, storage_options): how a worker reopens it
         self.manifest = StreamManifest.from_dict(group.attrs[layout.STREAM_ATTR])
         self.name = self.manifest.name
 
@@ -144,32 +145,129 @@ class Stream:
     def to_tensor_dataset(self, epoch: int | None = None) -> TensorDataset:
         """Recorded data as a ``TensorDataset``, one tensor per field in structure order.
 
-        ``epoch=None``: raw samples in dataset-index order (every index
-        ``0..len(dataset)-1`` must have been recorded). ``epoch=e``: the seen
-        rows of epoch ``e`` in the order the model saw them.
+        Built on ``to_numpy``: each field is filled chunk by chunk into one
+        array that the tensor then shares (no second copy). bfloat16 fields
+        come back as bfloat16 tensors.
+
+        Parameters
+        ----------
+        epoch : int, optional
+            ``None`` (default): raw samples in dataset-index order; every index
+            ``0 .. len(dataset)-1`` must have been recorded, so that
+            ``ds[i]`` is the raw sample of dataset index ``i``. ``e``: the seen
+            rows of epoch ``e`` in the order the model saw them.
+
+        Returns
+        -------
+        torch.utils.data.TensorDataset
+            Tensors of shape ``(rows, *row_shape)`` with the recorded dtypes.
 
         Raises
         ------
         SnapstoreError
-            Raw samples are missing for some indices, or a field holds strings.
+            Raw samples are missing for some indices.
+        SchemaError
+            A field holds strings.
+        KeyError
+            No epoch ``epoch``.
+
+        Examples
+        --------
+        >>> ds = snapstore.open("runs/exp1.snap")["train"].to_tensor_dataset()  # doctest: +SKIP
+        >>> x0, y0 = ds[0]  # the raw sample of dataset index 0  # doctest: +SKIP
         """
-        if epoch is None:
-            raw = self.raw
-            missing = len(raw) - len(raw.indices)
-            if missing:
-                raise SnapstoreError(
-                    f"stream {self.name!r} holds raw samples for {len(raw.indices)} of {len(raw)} dataset indices "
-                    f"({missing} never fetched); pass epoch=e for the rows an epoch saw, or use stream.raw"
-                )
-            arrays = raw.to_numpy()
-            infos, paths = self.manifest.raw_fields, leaf_paths(self.manifest.raw_structure or {"type": "none"})
-        else:
-            arrays = self.epoch(epoch).to_numpy()
-            infos, paths = self.manifest.fields, leaf_paths(self.manifest.structure or {"type": "none"})
-        for p in paths:
-            if infos[p].dtype == "str":
-                raise SchemaError(f"field {p!r} holds strings, which a TensorDataset cannot; use to_numpy() for it")
-        return TensorDataset(*(_as_tensor(infos[p], arrays[p]) for p in paths))
+        return export.to_tensor_dataset(self, epoch)
+
+    def as_dataset(self, epoch: int | None = None) -> Dataset:
+        """A map-style ``Dataset`` that reads items lazily from the snapshot.
+
+        For retraining or re-evaluating on exactly what was seen without
+        loading it all: ``DataLoader(stream.as_dataset(0), ...)``. It holds
+        only the snapshot path, storage options, stream name and epoch, and
+        reopens the snapshot in each DataLoader worker, so it works with
+        ``num_workers > 0`` (``fork`` or ``spawn``). Each item decodes the
+        chunk that holds it (recently decoded chunks are cached per worker),
+        so sequential access is fast and random access costs one chunk read.
+
+        Parameters
+        ----------
+        epoch : int, optional
+            ``None`` (default): ``ds[i]`` is the raw sample of dataset index
+            ``i`` (``KeyError`` for an index never fetched), ``len(ds)`` the
+            dataset length. ``e``: ``ds[k]`` is the seen sample at position
+            ``k`` of epoch ``e`` (one row of its batch), ``len(ds)`` the
+            epoch's rows.
+
+        Returns
+        -------
+        torch.utils.data.Dataset
+            Items with the structure and types the dataset (raw) or the
+            batch rows (seen) had.
+
+        Raises
+        ------
+        KeyError
+            No epoch ``epoch``.
+
+        Examples
+        --------
+        >>> ds = snapstore.open("runs/exp1.snap")["train"].as_dataset(epoch=0)  # doctest: +SKIP
+        >>> loader = DataLoader(ds, batch_size=64, num_workers=2)  # doctest: +SKIP
+        """
+        if self._snapshot is None:
+            raise UsageError(f"stream {self.name!r} was not opened through snapstore.open(); open it with snapstore.open(path)[name]")
+        path, storage_options = self._snapshot
+        length = len(self.raw) if epoch is None else len(self.epoch(epoch))
+        number = None if epoch is None else self.epoch(epoch).number
+        return export.StoreDataset(path, self.name, number, storage_options=storage_options, length=length)
+
+    def to_tf_dataset(self, epoch: int | None = None, *, channels_last: bool = False, fields: Any = None) -> Any:
+        """Recorded rows as a ``tf.data.Dataset``, streamed from the snapshot.
+
+        One element per row, like ``tf.data.Dataset.from_tensor_slices((x, y))``:
+        a tuple for tuple/list batches, a dict for dict batches (nested
+        structures nest), a namedtuple for namedtuples, a single tensor for a
+        single-tensor batch. ``element_spec`` comes from the stored schema
+        (dtypes and row shapes). Rows are read in chunk-aligned blocks through
+        ``from_generator`` with an ``output_signature``, so the epoch is never
+        loaded whole; strings become ``tf.string``, bfloat16 ``tf.bfloat16``.
+
+        Parameters
+        ----------
+        epoch : int, optional
+            ``None`` (default): raw samples in dataset-index order. Raw
+            samples captured out of index order (a shuffled loader) are
+            gathered ``config.DEFAULT_GATHER_BYTES`` (64 MiB) of rows at a
+            time, each window decoding the chunks it needs: about
+            ``raw bytes / 64 MiB`` passes over the raw data. ``e``: the seen
+            rows of epoch ``e`` in seen order (one pass).
+        channels_last : bool, default False
+            Move axis 0 of image-like fields to the end: fields recorded from
+            torch tensors whose rows are 3-D, ``(C, H, W) -> (H, W, C)``.
+            NumPy and PIL fields (already ``(H, W, C)``) are left as they are.
+        fields : list of str, optional
+            Field paths to keep (``["0"]``, ``["image", "meta/id"]``); the
+            element keeps their place in the structure. All by default.
+
+        Returns
+        -------
+        tf.data.Dataset
+
+        Raises
+        ------
+        SnapstoreError
+            TensorFlow is not installed (``pip install 'snapstore[tf]'``).
+        UsageError
+            An unknown field path.
+        KeyError
+            No epoch ``epoch``.
+
+        Examples
+        --------
+        >>> ds = snapstore.open("runs/exp1.snap")["train"].to_tf_dataset(epoch=1, channels_last=True)  # doctest: +SKIP
+        >>> model.fit(ds.batch(64))  # doctest: +SKIP
+        """
+        return export.to_tf_dataset(self, epoch, channels_last=channels_last, fields=fields)
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary of the stream."""
@@ -187,11 +285,6 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"<Stream {self.name!r} epochs={self.epochs} fields={list(self.manifest.fields)}>"
-
-
-def _as_tensor(info: FieldInfo, rows: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(rows))
-    return t.view(torch.bfloat16) if info.dtype == "bfloat16" else t
 
 
 class _Fields:
@@ -251,15 +344,64 @@ class RawSamples(Dataset):
             raise KeyError(f"no raw sample of dataset index {index} in stream {self._stream.name!r}: no epoch fetched it")
         return self._fields.build(self._fields.read(row, row + 1), batched=False)
 
-    def to_numpy(self) -> dict[str, np.ndarray]:
-        """``{"index": sorted indices, field: rows in index order}``."""
-        out: dict[str, np.ndarray] = {"index": self.indices}
-        if self._fields is None:
-            return out
-        rows = np.argsort(self._index, kind="stable")
-        for p, reader in self._fields.readers.items():
-            out[p] = reader.gather(rows)
-        return out
+    def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Raw samples in dataset-index order, one array per field.
+
+        Raw rows are stored in the order they were first captured; each
+        stored chunk is read once and its rows scattered to their place in
+        index order, so memory stays at one block beyond the result.
+
+        Parameters
+        ----------
+        fields : list of str, optional
+            Raw field paths to export (``stream.manifest.raw_fields``); all by default.
+        out : dict of str to ndarray, optional
+            Preallocated destinations (arrays or ``numpy.memmap``) for some or
+            all keys, e.g. to export more than fits in memory; the rest is
+            allocated. Shapes and dtypes: ``snapstore.export.out_specs(raw)``.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``"index"``: int64, (n,), the recorded dataset indices ascending;
+            each field: ``(n, *row_shape)`` in its stored dtype (``StringDType``
+            for strings, ``uint16`` bit patterns for bfloat16); the ``out``
+            arrays themselves where given.
+
+        Raises
+        ------
+        UsageError
+            An unknown field, or an ``out`` array of the wrong shape or dtype.
+        CorruptionError
+            A chunk fails to decode or its checksum.
+        """
+        return export.to_numpy(self, fields=fields, out=out)
+
+    def to_dask(self, fields: Any = None) -> dict[str, Any]:
+        """Raw samples as ``dask.array``s, in stored (capture) order, chunk-aligned.
+
+        Unlike ``to_numpy``, rows stay in the order they were captured: index
+        order would make every dask chunk gather from every stored chunk.
+        ``"index"`` holds the dataset index of each row; for index order,
+        ``x[np.argsort(index.compute())]`` (a full shuffle in dask).
+
+        Parameters
+        ----------
+        fields : list of str, optional
+            Raw field paths; all by default.
+
+        Returns
+        -------
+        dict of str to dask.array.Array
+            ``"index"``: int64, (n,); each field ``(n, *row_shape)``; dask
+            chunks are the stored chunks, limited to the committed rows.
+
+        Raises
+        ------
+        SnapstoreError
+            Dask is not installed (``pip install 'snapstore[dask]'``).
+        """
+        return export.to_dask(self, fields)
 
 
 class Epoch:
@@ -339,20 +481,89 @@ class Epoch:
 
     def batches(self) -> Iterator[Any]:
         """Every batch in the order the loader yielded them; bitwise equal to the originals."""
-        for j in range(len(self.batch_sizes)):
-            yield self.batch(j)
+        return iter(self.replay_loader())
+
+    def replay_loader(self) -> export.ReplayLoader:
+        """A re-iterable loader of the recorded batches in recorded order.
+
+        Each batch has the structure, types, dtypes, shapes and values the
+        loader yielded; ``len()`` is the number of batches. Fields are read
+        forward in chunk-aligned blocks: one decode per chunk per pass.
+
+        Examples
+        --------
+        >>> for x, y in snapstore.open("runs/exp1.snap")["train"].epoch(0).replay_loader():  # doctest: +SKIP
+        ...     loss = criterion(model(x), y)
+        """
+        return export.ReplayLoader(self)
 
     @cached_property
     def outputs(self) -> Mapping[str, np.ndarray]:
         """Logged outputs by name, aligned with ``order`` (rows never logged read as NaN or 0)."""
         return _Outputs(self)
 
-    def to_numpy(self) -> dict[str, np.ndarray]:
-        """``{"index": order, field: seen rows in seen order}`` as NumPy arrays."""
-        out = {"index": self.order}
-        if self._seen is not None:
-            out.update(self._seen.read(0, len(self)))
-        return out
+    def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Seen rows in seen order, one array per field, plus ``"index"``.
+
+        Each array is allocated once (or taken from ``out``) and filled chunk
+        by chunk, so memory stays at one block beyond the result, and at one
+        block when every array is a ``numpy.memmap``.
+
+        Parameters
+        ----------
+        fields : list of str, optional
+            Field paths to export (``stream.fields``); all by default.
+        out : dict of str to ndarray, optional
+            Preallocated destinations (arrays or ``numpy.memmap``) for some or
+            all keys; the rest is allocated. Each must have the shape and
+            dtype of ``snapstore.export.out_specs(epoch)``.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``"index"``: int64, (n,), ``order``; each field: ``(n, *row_shape)``
+            in its stored dtype (``StringDType`` for strings, ``uint16`` bit
+            patterns for bfloat16); the ``out`` arrays themselves where given.
+
+        Raises
+        ------
+        UsageError
+            An unknown field, or an ``out`` array of the wrong shape or dtype.
+        SchemaError
+            A field is itself named ``"index"`` (leave it out of ``fields``).
+        CorruptionError
+            A chunk fails to decode or its checksum.
+
+        Examples
+        --------
+        >>> ep = snapstore.open("runs/exp1.snap")["train"].epoch(0)  # doctest: +SKIP
+        >>> (shape, dtype), = snapstore.export.out_specs(ep, ["0"], index=False).values()  # doctest: +SKIP
+        >>> x = numpy.lib.format.open_memmap("x.npy", mode="w+", shape=shape, dtype=dtype)  # doctest: +SKIP
+        >>> ep.to_numpy(fields=["0"], out={"0": x})["index"]  # doctest: +SKIP
+        """
+        return export.to_numpy(self, fields=fields, out=out)
+
+    def to_dask(self, fields: Any = None) -> dict[str, Any]:
+        """Seen rows as ``dask.array``s in seen order, chunk-aligned, plus ``"index"``.
+
+        Parameters
+        ----------
+        fields : list of str, optional
+            Field paths; all by default.
+
+        Returns
+        -------
+        dict of str to dask.array.Array
+            ``"index"``: int64, (n,), ``order``; each field ``(n, *row_shape)``.
+            Dask chunks are the stored chunks, limited to the committed rows;
+            each task reads one chunk.
+
+        Raises
+        ------
+        SnapstoreError
+            Dask is not installed (``pip install 'snapstore[dask]'``).
+        """
+        return export.to_dask(self, fields)
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "incomplete"
