@@ -149,7 +149,7 @@ def _specs(src: _Source, paths: list[str], index: bool) -> dict[str, tuple[tuple
     if index and INDEX in paths:
         raise SchemaError(f"{src.what} has a field named {INDEX!r}, which collides with the dataset-index array of "
                           f"the export; pass fields=[...] without it (its data: fields=[{INDEX!r}], index=False)")
-    specs = {INDEX: ((src.rows,), np.dtype(np.int64))} if index else {}
+    specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {INDEX: ((src.rows,), np.dtype(np.int64))} if index else {}
     for p in paths:
         info = src.infos[p]
         specs[p] = ((src.rows, *info.shape), numpy_dtype(info.dtype))
@@ -173,8 +173,9 @@ def _read(array: Any, start: int, stop: int, rest: tuple[Any, ...] = ()) -> np.n
         ) from e
 
 
-def _block_rows(array: Any, budget: int = config.DEFAULT_EXPORT_BLOCK_BYTES) -> int:
-    """Rows per read: whole chunks, about ``budget`` bytes, at least one chunk."""
+def _block_rows(array: Any) -> int:
+    """Rows per read: whole chunks, about ``config.DEFAULT_EXPORT_BLOCK_BYTES``, at least one chunk."""
+    budget = config.DEFAULT_EXPORT_BLOCK_BYTES
     chunk = int(array.chunks[0])
     row_bytes = max(1, math.prod(array.shape[1:]) * array.dtype.itemsize)
     return chunk * max(1, budget // (chunk * row_bytes))
@@ -294,6 +295,9 @@ def _prepare_out(src: _Source, specs: dict[str, tuple[tuple[int, ...], np.dtype]
         elif not isinstance(a, np.ndarray):
             raise UsageError(f"out[{key!r}] is a {type(a).__name__}; pass a numpy.ndarray or numpy.memmap")
         elif a.shape != shape or a.dtype != dtype:
+            if dtype.kind == "T":
+                raise UsageError(f"out[{key!r}] must be a numpy.empty({shape}, dtype=numpy.dtypes.StringDType()): "
+                                 "string fields cannot live in a memmap; leave it out of out= to have it allocated")
             raise UsageError(
                 f"out[{key!r}] has shape {a.shape} and dtype {a.dtype}, but {src.what} needs shape {shape} and dtype "
                 f"{dtype} for it; allocate it with e.g. numpy.lib.format.open_memmap(path, mode='w+', dtype={str(dtype)!r}, "
