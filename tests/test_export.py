@@ -92,7 +92,8 @@ def test_to_numpy_equals_the_loop(recorded, stream, tensors, e):
     np.testing.assert_array_equal(out["1"], seen.y[e])
     np.testing.assert_array_equal(out["index"], stream.epoch(e).order)
     x, y = tensors
-    np.testing.assert_array_equal(x.numpy()[out["index"]], seen.x[e])  # the index is each row's dataset index
+    np.testing.assert_array_equal(x.numpy()[out["index"]], seen.x[e])
+    np.testing.assert_array_equal(y.numpy()[out["index"]], seen.y[e])  # the index is each row's dataset index
 
 
 def test_to_numpy_into_memmaps_equals_in_memory(stream, tmp_path):
@@ -306,10 +307,8 @@ def dict_recorded(tmp_path_factory):
     ds = DictItems(300)
     loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(3))
     path = tmp_path_factory.mktemp("dict") / "run.snap"
-    batches = []
     with snapstore.record(loader, path) as train:
-        for b in train:
-            batches.append(b)
+        batches = list(train)
     return snapstore.open(path)["train"], ds, batches
 
 
@@ -406,7 +405,7 @@ def test_cli_export_npz_round_trip(recorded, stream, tmp_path):
 
 def test_cli_export_npy_round_trip(recorded, tensors, tmp_path):
     path, _ = recorded
-    x, y = tensors
+    x, _ = tensors
     out = tmp_path / "raw"
     assert cli(["export", str(path), "--stream", "train", "--raw", "--format", "npy", "--fields", "0", "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["0.npy", "index.npy"]
