@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset, get_worker_info
 
 from .errors import SchemaError, UsageError
-from .schema import Structure, check, flatten
+from .schema import Structure, concat_rows, flatten, reconcile
 
 TRANSFORM_ATTRS = ("transform", "transforms", "target_transform")
 
@@ -38,16 +38,20 @@ class RawBlock(NamedTuple):
 
 
 class Tags:
-    """What travels with a batch: its dataset indices and first-seen raw samples.
+    """What travels with a batch: its indices, the worker, base indices and first-seen raw samples.
 
-    A plain object, so ``pin_memory`` passes it through untouched.
+    ``base`` is ``(base_dataset, base_order)`` (int32, int64 arrays) when the
+    dataset wraps others through ``Subset``/``ConcatDataset``. A plain object,
+    so ``pin_memory`` passes it through untouched.
     """
 
-    __slots__ = ("indices", "raw")
+    __slots__ = ("base", "indices", "raw", "worker")
 
-    def __init__(self, indices: np.ndarray, raw: RawBlock | None) -> None:
+    def __init__(self, indices: np.ndarray, raw: RawBlock | None, worker: int, base: tuple[np.ndarray, np.ndarray] | None) -> None:
         self.indices = indices
         self.raw = raw
+        self.worker = worker
+        self.base = base
 
 
 class Tagged(NamedTuple):
@@ -58,14 +62,18 @@ class Tagged(NamedTuple):
 
 
 class _Items:
-    """Items fetched for one batch, with their indices and raw block (worker side)."""
+    """Items fetched for one batch, with their tags (worker side)."""
 
-    __slots__ = ("indices", "items", "raw")
+    __slots__ = ("items", "tags")
 
-    def __init__(self, indices: np.ndarray, items: Any, raw: RawBlock | None) -> None:
-        self.indices = indices
+    def __init__(self, items: Any, tags: Tags) -> None:
         self.items = items
-        self.raw = raw
+        self.tags = tags
+
+
+def _worker_id() -> int:
+    info = get_worker_info()
+    return info.id if info is not None else -1
 
 
 def locate(dataset: Any, index: int) -> tuple[Any, int]:
@@ -81,6 +89,15 @@ def locate(dataset: Any, index: int) -> tuple[Any, int]:
             dataset = dataset.datasets[d]
         else:
             return dataset, index
+
+
+def bases(dataset: Any) -> list[Any]:
+    """The innermost datasets under ``dataset`` (through ``Subset``/``ConcatDataset``), depth first."""
+    return _bases(dataset)
+
+
+def is_wrapped(dataset: Any) -> bool:
+    return isinstance(dataset, (Subset, ConcatDataset))
 
 
 def _bases(dataset: Any) -> list[Any]:
@@ -128,24 +145,29 @@ def raw_source(raw: Any, dataset: Any) -> tuple[Callable[[int], Any] | None, boo
             raise UsageError(f"raw={raw!r} is not understood; pass 'auto', None, a Dataset or a callable index -> sample")
         if isinstance(dataset, IterableDataset) or not has_transforms(dataset):
             return None, True
-        return Untransformed(dataset), False
+        return Untransformed(dataset), True
     if isinstance(raw, Dataset):
-        return raw.__getitem__, False
+        return raw.__getitem__, True
     if callable(raw):
-        return raw, False
+        return raw, True
     raise UsageError(f"raw={raw!r} is not understood; pass 'auto', None, a Dataset or a callable index -> sample")
 
 
 def stack_raw(indices: np.ndarray, samples: list[Any]) -> RawBlock:
-    """Flatten raw samples and stack each field's rows into one array."""
-    structure, first = flatten(samples[0], None)
-    blocks = {p: [a] for p, (_, a) in first.items()}
-    for i, s in zip(indices[1:], samples[1:]):
-        st, fields = flatten(s, None)
-        check(structure, {p: f for p, (f, _) in first.items()}, st, {p: f for p, (f, _) in fields.items()}, f"raw sample {i}")
-        for p, (_, a) in fields.items():
-            blocks[p].append(a)
-    return RawBlock(indices, structure, {p: (first[p][0], np.concatenate(blocks[p])) for p in first})
+    """Flatten raw samples and join each field's rows (packed when their shapes differ)."""
+    return _join([(indices[k : k + 1], *flatten(s, None)) for k, s in enumerate(samples)])
+
+
+def _join(parts: list[tuple[np.ndarray, Structure, dict[str, Any]]]) -> RawBlock:
+    """One RawBlock from ``(indices, structure, fields)`` parts with a common schema."""
+    structure, infos = parts[0][1], {p: f for p, (f, _) in parts[0][2].items()}
+    for idx, st, fields in parts[1:]:
+        infos = reconcile(structure, infos, st, {p: f for p, (f, _) in fields.items()}, f"raw sample {idx[0]}")
+    return RawBlock(
+        np.concatenate([idx for idx, _, _ in parts]),
+        structure,
+        {p: (info, concat_rows(info, [fields[p][1] for _, _, fields in parts])) for p, info in infos.items()},
+    )
 
 
 def _index_array(indices: Any) -> np.ndarray:
@@ -176,6 +198,19 @@ class CaptureMap(Dataset):
         self.dataset = dataset
         self.fetch_raw = fetch_raw
         self.recorded = recorded
+        self._base_ids: dict[int, int] | None = None
+
+    def _base(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        if not is_wrapped(self.dataset):
+            return None
+        if self._base_ids is None:  # object ids differ in each worker's copy: compute there
+            self._base_ids = {id(b): k for k, b in enumerate(bases(self.dataset))}
+        located = [locate(self.dataset, int(i)) for i in indices]
+        return (np.array([self._base_ids[id(d)] for d, _ in located], dtype=np.int32),
+                np.array([j for _, j in located], dtype=np.int64))
+
+    def _tags(self, indices: np.ndarray, items: list[Any] | None) -> Tags:
+        return Tags(indices, self._raw(indices, items), _worker_id(), self._base(indices))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -197,7 +232,7 @@ class CaptureMap(Dataset):
     def __getitem__(self, index: Any) -> _Items:  # batch_size=None: one index per fetch
         indices = _index_array(index)
         item = self.dataset[index]
-        return _Items(indices, item, self._raw(indices, [item]))
+        return _Items(item, self._tags(indices, [item]))
 
     def __getitems__(self, indices: Any) -> _Items:
         idx = _index_array(indices)
@@ -206,7 +241,7 @@ class CaptureMap(Dataset):
         else:
             items = [self.dataset[i] for i in indices]
         per_index = isinstance(items, list) and len(items) == len(idx)
-        return _Items(idx, items, self._raw(idx, items if per_index else None))
+        return _Items(items, self._tags(idx, items if per_index else None))
 
 
 class CaptureIterable(IterableDataset):
@@ -233,23 +268,12 @@ class CaptureIterable(IterableDataset):
                 raw = stack_raw(idx, [item])
             else:
                 raw = None
-            yield _Items(idx, item, raw)
+            yield _Items(item, Tags(idx, raw, worker if info is not None else -1, None))
 
 
 def _merge_raw(blocks: list[RawBlock | None]) -> RawBlock | None:
-    blocks = [b for b in blocks if b is not None]
-    if not blocks:
-        return None
-    if len(blocks) == 1:
-        return blocks[0]
-    first = blocks[0]
-    for b in blocks[1:]:
-        check(first.structure, {p: f for p, (f, _) in first.fields.items()}, b.structure, {p: f for p, (f, _) in b.fields.items()}, f"raw sample {b.indices[0]}")
-    return RawBlock(
-        np.concatenate([b.indices for b in blocks]),
-        first.structure,
-        {p: (info, np.concatenate([b.fields[p][1] for b in blocks])) for p, (info, _) in first.fields.items()},
-    )
+    present = [(b.indices, b.structure, b.fields) for b in blocks if b is not None]
+    return _join(present) if present else None
 
 
 class CaptureCollate:
@@ -260,9 +284,7 @@ class CaptureCollate:
 
     def __call__(self, data: _Items | list[_Items]) -> Tagged:
         if isinstance(data, list):  # iterable dataset with batching: one _Items per item
-            indices = np.concatenate([d.indices for d in data])
-            items: Any = [d.items for d in data]
-            raw = _merge_raw([d.raw for d in data])
-        else:
-            indices, items, raw = data.indices, data.items, data.raw
-        return Tagged(self.collate_fn(items), Tags(indices, raw))
+            tags = [d.tags for d in data]
+            raw = _merge_raw([t.raw for t in tags])
+            return Tagged(self.collate_fn([d.items for d in data]), Tags(np.concatenate([t.indices for t in tags]), raw, tags[0].worker, None))
+        return Tagged(self.collate_fn(data.items), data.tags)

@@ -5,18 +5,26 @@ for someone reading it with plain ``zarr``::
 
     <snapshot>/                     attrs["snapstore"] = SnapshotManifest
       <stream>/                     attrs["stream"]    = StreamManifest
-        raw/                        attrs["raw"]       = {"rows": committed raw rows}
+        raw/                        attrs["raw"]       = {"rows": committed raw rows, "ragged": [paths]}
           index                     int64 (dataset_len,): dataset index of raw row r
           fields/<field path>       (dataset_len, *row_shape): raw sample leaves
+          ragged/<field path>/      a field whose rows differ in shape (see below)
         epochs/<e>/                 attrs["epoch"]     = EpochManifest
           order                     int64 (rows,): dataset index at each position
           batch_sizes               int64 (batches,): rows per yielded batch
+          worker                    int32 (rows,): loader worker that fetched the row (-1: main process)
+          base_order                int64 (rows,): index into the innermost dataset (Subset/ConcatDataset only)
+          base_dataset              int32 (rows,): which innermost dataset (StreamManifest.base_datasets)
           seen/<field path>         (rows, *row_shape): seen rows, as yielded
+          ragged/<field path>/      a seen field whose rows differ in shape
           outputs/<name>            (rows, *shape): values passed to log()
 
-Arrays are preallocated and may be longer than what was committed: only the
-first ``rows`` (``batches``, raw ``rows``) entries named by the manifests hold
-data. Every writer and reader imports its names from here.
+A ragged field is three arrays: ``values`` (all elements, row after row, 1-D),
+``offsets`` (int64 (rows,): where each row starts in ``values``) and
+``shapes`` (int64 (rows, ndim)). Arrays are preallocated and may be longer
+than what was committed: only the first ``rows`` (``batches``, raw ``rows``)
+entries named by the manifests hold data. Every writer and reader imports
+its names from here.
 """
 
 from __future__ import annotations
@@ -41,8 +49,15 @@ RAW_FIELDS = "fields"
 EPOCHS_GROUP = "epochs"
 ORDER = "order"
 BATCH_SIZES = "batch_sizes"
+WORKER = "worker"
+BASE_ORDER = "base_order"
+BASE_DATASET = "base_dataset"
 SEEN_GROUP = "seen"
 OUTPUTS_GROUP = "outputs"
+RAGGED_GROUP = "ragged"
+VALUES = "values"
+OFFSETS = "offsets"
+SHAPES = "shapes"
 
 
 @dataclass(frozen=True)
@@ -62,12 +77,14 @@ class FieldInfo:
     shape : tuple of int
         Shape of one row (the batch dimension removed).
     ragged : bool
-        True when rows differ in shape. Always False in format version 1.
+        True when rows may differ in shape; dimensions that varied are
+        ``None`` in ``shape``. Kinds ``"tensor-list"``/``"ndarray-list"`` (a
+        list of per-row tensors/arrays) are always ragged.
     """
 
     kind: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[int | None, ...]
     ragged: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +147,7 @@ class StreamManifest:
     raw_structure: dict[str, Any] | None = None
     raw_fields: dict[str, FieldInfo] = field(default_factory=dict)
     outputs: dict[str, FieldInfo] = field(default_factory=dict)
+    base_datasets: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -150,6 +168,7 @@ class StreamManifest:
             raw_structure=d.get("raw_structure"),
             raw_fields=_fields_from_dict(d.get("raw_fields")),
             outputs=_fields_from_dict(d.get("outputs")),
+            base_datasets=list(d.get("base_datasets", [])),
         )
 
 
@@ -158,8 +177,9 @@ class EpochManifest:
     """Per-epoch commit record, rewritten (atomically, one key) at each commit.
 
     ``rows`` positions and ``batches`` batch sizes are committed; ``complete``
-    is True only once the loader was exhausted. ``provenance`` holds the
-    sampler state at epoch start, seeds, versions and host.
+    is True only once the loader was exhausted. ``ragged`` lists the seen
+    fields stored under ``ragged/``. ``provenance`` holds the sampler state
+    at epoch start, seeds, versions and host.
     """
 
     number: int
@@ -169,6 +189,7 @@ class EpochManifest:
     started: str
     ended: str | None
     provenance: dict[str, Any]
+    ragged: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,6 +204,7 @@ class EpochManifest:
             started=str(d["started"]),
             ended=d.get("ended"),
             provenance=dict(d.get("provenance", {})),
+            ragged=list(d.get("ragged", [])),
         )
 
 

@@ -101,4 +101,6 @@ def epoch_provenance(loader: Any) -> dict[str, Any]:
     }
     if dist.is_available() and dist.is_initialized():
         out["rank"], out["world_size"] = dist.get_rank(), dist.get_world_size()
+    elif isinstance(getattr(loader.sampler, "num_replicas", None), int):  # a DistributedSampler without a process group
+        out["rank"], out["world_size"] = loader.sampler.rank, loader.sampler.num_replicas
     return out

@@ -288,14 +288,24 @@ class Stream:
 
 
 class _Fields:
-    """Chunk readers for the fields of one group, rebuilding rows into structures."""
+    """Readers for the fields of one group of rows, rebuilding rows into structures.
 
-    def __init__(self, group: Any, structure: Structure | None, infos: dict[str, FieldInfo], what: str) -> None:
+    Fields named in ``ragged`` are read from ``ragged/<path>/`` (lists of
+    row arrays), the others from ``<name>/<path>`` (one block of rows).
+    """
+
+    def __init__(self, parent: Any, name: str, structure: Structure | None, infos: dict[str, FieldInfo],
+                 ragged: list[str], rows: int, what: str) -> None:
         self.structure = structure or {"type": "none"}
         self.infos = infos
-        self.readers = {p: store.ChunkReader(_node(group, p, what)) for p in infos}
+        self.readers: dict[str, store.ChunkReader | store.RaggedReader] = {}
+        for p in infos:
+            if p in ragged:
+                self.readers[p] = store.RaggedReader(_node(parent, f"{layout.RAGGED_GROUP}/{p}", what), rows)
+            else:
+                self.readers[p] = store.ChunkReader(_node(parent, f"{name}/{p}", what))
 
-    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray | list[np.ndarray]]:
         return {p: r.read(start, stop) for p, r in self.readers.items()}
 
     def build(self, rows: dict[str, np.ndarray], batched: bool) -> Any:
@@ -313,10 +323,14 @@ class RawSamples(Dataset):
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
         group = store.child(stream._group, layout.RAW_GROUP)
-        self._rows = int(group.attrs.get(layout.RAW_ATTR, {}).get("rows", 0)) if group is not None else 0
+        attrs = group.attrs.get(layout.RAW_ATTR, {}) if group is not None else {}
+        self._rows = int(attrs.get("rows", 0))
         self._group = group
-        manifest = stream.manifest
-        self._fields = _Fields(_node(group, layout.RAW_FIELDS, stream.path), manifest.raw_structure, manifest.raw_fields, stream.path) if self._rows else None
+        m = stream.manifest
+        self._fields = (
+            _Fields(group, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, attrs.get("ragged", []), self._rows, stream.path)
+            if self._rows else None
+        )
 
     @cached_property
     def _index(self) -> np.ndarray:
@@ -414,7 +428,9 @@ class Epoch:
         self.number = self.manifest.number
         what = f"{stream.path} epoch {self.number}"
         m = stream.manifest
-        self._seen = _Fields(_node(group, layout.SEEN_GROUP, what), m.structure, m.fields, what) if len(self) else None
+        self._seen = (
+            _Fields(group, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged, len(self), what) if len(self) else None
+        )
         self._what = what
 
     def __len__(self) -> int:
@@ -441,12 +457,40 @@ class Epoch:
         return self._small(layout.BATCH_SIZES, self.manifest.batches)
 
     @cached_property
+    def workers(self) -> np.ndarray:
+        """Loader worker that fetched each position (int32, (rows,)); -1 for the main process.
+
+        For an iterable stream with ``W`` workers, ``order // W`` is the item's
+        position in its worker's stream.
+        """
+        return self._small(layout.WORKER, len(self), np.int32)
+
+    @cached_property
+    def base_order(self) -> np.ndarray:
+        """Index into the innermost dataset at each position (int64, (rows,)).
+
+        Differs from ``order`` when the loader's dataset is a ``Subset`` or
+        ``ConcatDataset`` (nested too); ``base_dataset`` says which innermost
+        dataset (``stream.manifest.base_datasets``) each row came from.
+        """
+        if store.child(self._group, layout.BASE_ORDER) is None:
+            return self.order
+        return self._small(layout.BASE_ORDER, len(self))
+
+    @cached_property
+    def base_dataset(self) -> np.ndarray:
+        """Position in ``stream.manifest.base_datasets`` of each row's innermost dataset (int32, (rows,))."""
+        if store.child(self._group, layout.BASE_DATASET) is None:
+            return np.zeros(len(self), dtype=np.int32)
+        return self._small(layout.BASE_DATASET, len(self), np.int32)
+
+    @cached_property
     def _offsets(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.batch_sizes)])
 
-    def _small(self, name: str, n: int) -> np.ndarray:
+    def _small(self, name: str, n: int, dtype: Any = np.int64) -> np.ndarray:
         if n == 0:
-            return np.empty(0, dtype=np.int64)
+            return np.empty(0, dtype=dtype)
         return store.ChunkReader(_node(self._group, name, self._what)).read(0, n)
 
     def __getitem__(self, position: int) -> Any:
@@ -458,13 +502,16 @@ class Epoch:
         assert self._seen is not None
         return self._seen.build(self._seen.read(position, position + 1), batched=False)
 
-    def positions(self, index: int) -> np.ndarray:
-        """Every position where dataset ``index`` was seen in this epoch (int64, ascending)."""
+    def positions(self, *, index: int) -> np.ndarray:
+        """Every position where dataset ``index`` was seen in this epoch (int64, ascending).
+
+        Several with a sampler that draws with replacement; none if never seen.
+        """
         return np.nonzero(self.order == index)[0]
 
     def sample(self, *, index: int) -> Any:
         """The seen sample of dataset ``index`` (its first occurrence). ``KeyError`` if never seen."""
-        where = self.positions(index)
+        where = self.positions(index=index)
         if len(where) == 0:
             raise KeyError(f"dataset index {index} was not seen in epoch {self.number} of stream {self.stream.name!r}")
         return self[int(where[0])]
@@ -501,6 +548,39 @@ class Epoch:
     def outputs(self) -> Mapping[str, np.ndarray]:
         """Logged outputs by name, aligned with ``order`` (rows never logged read as NaN or 0)."""
         return _Outputs(self)
+
+    def unpadded(self, field: str, *, lengths: str, position: int | None = None) -> Any:
+        """Rows of ``field`` without their padding, cut to the length in field ``lengths``.
+
+        For batches of padded sequences (``pad_sequence(..., batch_first=True)``
+        with a lengths tensor): row ``k`` of ``field`` becomes ``row[:length[k]]``.
+
+        Parameters
+        ----------
+        field : str
+            The padded field, rows of shape ``(max_length, *feature_shape)``.
+        lengths : str
+            The field holding each row's true length (an integer per row).
+        position : int, optional
+            One row; by default, every row of the epoch as a list.
+
+        Raises
+        ------
+        KeyError
+            ``field`` or ``lengths`` is not a field of the stream.
+        """
+        for f in (field, lengths):
+            if f not in self.stream.manifest.fields:
+                raise KeyError(f"no field {f!r} in stream {self.stream.name!r}; fields: {list(self.stream.manifest.fields)}")
+        assert self._seen is not None
+        if position is not None:
+            rows = self._seen.read(position, position + 1)
+            return rebuild_leaf(self._seen.infos[field], rows[field], False)[: int(np.asarray(rows[lengths])[0])]
+        values = self._seen.readers[field].read(0, len(self))
+        cut = np.asarray(self._seen.readers[lengths].read(0, len(self))).astype(np.int64)
+        info = self._seen.infos[field]
+        return [rebuild_leaf(info, values[k : k + 1] if isinstance(values, np.ndarray) else [values[k]], False)[: int(cut[k])]
+                for k in range(len(self))]
 
     def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Seen rows in seen order, one array per field, plus ``"index"``.

@@ -9,6 +9,7 @@ every few seconds and at the end of the epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Any
@@ -19,11 +20,11 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from . import config, layout, store
 from ._writer import BackgroundWriter
-from .capture import CaptureCollate, CaptureIterable, CaptureMap, RawBlock, Tagged, raw_source
+from .capture import CaptureCollate, CaptureIterable, CaptureMap, RawBlock, Tagged, Tags, bases, is_wrapped, raw_source
 from .errors import SchemaError, SnapshotExistsError, UsageError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
 from .provenance import epoch_provenance, utc_now, versions
-from .schema import check, flatten
+from .schema import DeviceCopy, Ragged, flatten, host_rows, reconcile
 
 logger = logging.getLogger(__name__)
 
@@ -46,85 +47,80 @@ def _expected_rows(loader: DataLoader) -> int | None:
     return None
 
 
+_INT64 = FieldInfo("ndarray", "int64", ())
+_INT32 = FieldInfo("ndarray", "int32", ())
+
+
 class _EpochSink:
-    """Writer-thread state of one epoch: its group, row sinks and commit record."""
+    """Writer-thread state of one epoch: its group, field sinks and commit record."""
 
     def __init__(self, group: store.Group, manifest: EpochManifest, capacity: int, compressor: str) -> None:
         self.group = group
         self.manifest = manifest
-        self.capacity = capacity
-        self.compressor = compressor
-        self.sinks: dict[str, store.RowSink] = {}
+        self.positions = store.FieldSinks(group, "", capacity, compressor)  # order, worker, base_*
+        self.batch_sizes = store.FieldSinks(group, "", capacity, compressor)
+        self.seen = store.FieldSinks(group, layout.SEEN_GROUP, capacity, compressor)
+        self.outputs = store.FieldSinks(group, layout.OUTPUTS_GROUP, capacity, compressor)
         self.rows = 0
         self.batches = 0
         store.write_attr(group, layout.EPOCH_ATTR, manifest.to_dict())
 
-    def _sink(self, name: str, info: FieldInfo, capacity: int) -> store.RowSink:
-        sink = self.sinks.get(name)
-        if sink is None:
-            array = store.create_rows_array(self.group, name, info, capacity, self.compressor)
-            sink = self.sinks[name] = store.RowSink(array)
-        return sink
-
-    def put_rows(self, pos: int, indices: np.ndarray, fields: dict[str, tuple[FieldInfo, np.ndarray]]) -> None:
-        self._sink(layout.ORDER, FieldInfo("ndarray", "int64", ()), self.capacity).put(pos, indices)
-        self._sink(layout.BATCH_SIZES, FieldInfo("ndarray", "int64", ()), self.capacity).put(
-            self.batches, np.array([len(indices)], dtype=np.int64)
-        )
+    def put_rows(self, pos: int, tags: Tags, fields: dict[str, tuple[FieldInfo, Any]]) -> None:
+        n = len(tags.indices)
+        self.positions.put(pos, layout.ORDER, _INT64, tags.indices)
+        self.positions.put(pos, layout.WORKER, _INT32, np.full(n, tags.worker, dtype=np.int32))
+        if tags.base is not None:
+            self.positions.put(pos, layout.BASE_DATASET, _INT32, tags.base[0])
+            self.positions.put(pos, layout.BASE_ORDER, _INT64, tags.base[1])
+        self.batch_sizes.put(self.batches, layout.BATCH_SIZES, _INT64, np.array([n], dtype=np.int64))
         for path, (info, rows) in fields.items():
-            self._sink(f"{layout.SEEN_GROUP}/{path}", info, self.capacity).put(pos, rows)
-        self.rows = pos + len(indices)
+            self.seen.put(pos, path, info, host_rows(rows))
+        self.rows = pos + n
         self.batches += 1
 
     def put_outputs(self, pos: int, outputs: dict[str, tuple[FieldInfo, np.ndarray]]) -> None:
         for name, (info, rows) in outputs.items():
-            self._sink(f"{layout.OUTPUTS_GROUP}/{name}", info, self.capacity).put(pos, rows)
+            self.outputs.put(pos, name, info, host_rows(rows))
 
     def commit(self, *, complete: bool = False, final: bool = False) -> None:
-        for sink in self.sinks.values():
-            sink.flush()
-        self.manifest = EpochManifest(
-            number=self.manifest.number,
+        for sinks in (self.positions, self.batch_sizes, self.seen, self.outputs):
+            sinks.flush()
+        self.manifest = dataclasses.replace(
+            self.manifest,
             rows=self.rows,
             batches=self.batches,
             complete=complete,
-            started=self.manifest.started,
             ended=utc_now() if final else None,
-            provenance=self.manifest.provenance,
+            ragged=list(self.seen.ragged),
         )
         store.write_attr(self.group, layout.EPOCH_ATTR, self.manifest.to_dict())
+        self.seen.after_commit()
 
 
 class _RawSink:
     """Writer-thread state of a stream's raw samples: appended in order of first capture."""
 
-    def __init__(self, group: store.Group, rows: int, capacity: int, compressor: str) -> None:
+    def __init__(self, group: store.Group, rows: int, ragged: list[str], capacity: int, compressor: str) -> None:
         self.group = group
         self.rows = rows
-        self.capacity = capacity
-        self.compressor = compressor
-        self.sinks: dict[str, store.RowSink] = {}
-
-    def _sink(self, name: str, info: FieldInfo) -> store.RowSink:
-        sink = self.sinks.get(name)
-        if sink is None:
-            array = store.child(self.group, name)
-            if array is None:
-                array = store.create_rows_array(self.group, name, info, self.capacity, self.compressor)
-            sink = self.sinks[name] = store.RowSink(array, resume_at=self.rows)
-        return sink
+        self.index = store.FieldSinks(group, "", capacity, compressor, rows=rows)
+        self.fields = store.FieldSinks(group, layout.RAW_FIELDS, capacity, compressor, rows=rows, ragged=ragged)
+        self.dirty = False
 
     def put(self, block: RawBlock) -> None:
-        self._sink(layout.RAW_INDEX, FieldInfo("ndarray", "int64", ())).put(self.rows, block.indices)
+        self.index.put(self.rows, layout.RAW_INDEX, _INT64, block.indices)
         for path, (info, rows) in block.fields.items():
-            self._sink(f"{layout.RAW_FIELDS}/{path}", info).put(self.rows, rows)
+            self.fields.put(self.rows, path, info, rows)
         self.rows += len(block.indices)
+        self.dirty = True
 
     def commit(self) -> None:
-        if self.sinks:
-            for sink in self.sinks.values():
-                sink.flush()
-            store.write_attr(self.group, layout.RAW_ATTR, {"rows": self.rows})
+        if self.dirty:
+            self.index.flush()
+            self.fields.flush()
+            store.write_attr(self.group, layout.RAW_ATTR, {"rows": self.rows, "ragged": list(self.fields.ragged)})
+            self.fields.after_commit()
+            self.dirty = False
 
 
 class Recorder:
@@ -179,9 +175,9 @@ class Recorder:
         if mode == "w":
             if store.has_data(self.path, storage_options):
                 self._refuse_overwrite(overwrite, storage_options)
-            self._root = store.open_group(self.path, mode="w", storage_options=storage_options)
             manifest = SnapshotManifest(layout.FORMAT_VERSION, utc_now(), versions())
-            store.write_attr(self._root, layout.SNAPSHOT_ATTR, manifest.to_dict())
+            self._root = store.open_group(self.path, mode="w", storage_options=storage_options,
+                                          attributes={layout.SNAPSHOT_ATTR: manifest.to_dict()})
         else:
             self._root = store.open_group(self.path, mode="a", storage_options=storage_options)
             SnapshotManifest.from_dict(self._root.attrs.get(layout.SNAPSHOT_ATTR), path=self.path)
@@ -318,7 +314,8 @@ class RecordingLoader:
         self._next_epoch = 1 + max((int(n) for n, _ in epochs.groups()), default=-1)
 
         raw_group = store.require_group(group, layout.RAW_GROUP)
-        raw_rows = int(raw_group.attrs.get(layout.RAW_ATTR, {}).get("rows", 0))
+        raw_attrs = raw_group.attrs.get(layout.RAW_ATTR, {})
+        raw_rows = int(raw_attrs.get("rows", 0))
         self._recorded: np.ndarray | set[int]
         shared = None
         if record_raw and dataset_len is not None:
@@ -328,11 +325,13 @@ class RecordingLoader:
             if raw_rows and index is not None:
                 self._recorded[index[:raw_rows]] = True
         else:
-            self._recorded = set()
-        self._record_raw = record_raw
-        self._raw_rows = raw_rows
-        self._raw_sink = _RawSink(raw_group, raw_rows, dataset_len or config.DEFAULT_UNKNOWN_ROWS, recorder.compressor)
+            index = store.child(raw_group, layout.RAW_INDEX)
+            self._recorded = set(index[:raw_rows].tolist()) if raw_rows and index is not None else set()
+        capacity = dataset_len or config.DEFAULT_UNKNOWN_ROWS
+        self._raw_sink = _RawSink(raw_group, raw_rows, list(raw_attrs.get("ragged", [])), capacity, recorder.compressor)
         recorder._raws.append(self._raw_sink)
+        if is_wrapped(loader.dataset) and not self._manifest.base_datasets:
+            self._update_manifest(base_datasets=[_class_name(b) for b in bases(loader.dataset)])
 
         self._batched = batched
         capture = CaptureIterable(loader.dataset, fetch_raw, record_raw) if iterable else CaptureMap(loader.dataset, fetch_raw, shared)
@@ -404,49 +403,58 @@ class RecordingLoader:
 
     def _hand_off(self, cursor: _EpochCursor, tagged: Tagged) -> None:
         self._recorder._writer.check()
-        indices = tagged.tags.indices
+        tags = tagged.tags
+        n = len(tags.indices)
         where = f"stream {self._name!r} epoch {cursor.number} batch {cursor.batches}"
-        structure, fields = flatten(tagged.batch, len(indices) if self._batched else None)
+        structure, fields = flatten(tagged.batch, n if self._batched else None, row_lists=self._row_lists())
         for path, (_, rows) in fields.items():
-            if len(rows) != len(indices):
-                raise SchemaError(f"{where}: collate_fn returned {len(rows)} rows in field {path!r} for {len(indices)} samples; "
+            if len(rows) != n:
+                raise SchemaError(f"{where}: collate_fn returned {len(rows)} rows in field {path!r} for {n} samples; "
                                   "snapstore records one row per fetched sample")
-        self._check_schema(structure, fields, where)
-        copies = {p: (info, np.array(rows, copy=True)) for p, (info, rows) in fields.items()}
-        if tagged.tags.raw is not None:
-            self._hand_off_raw(tagged.tags.raw)
-        self._recorder._submit(_put_rows, cursor, cursor.rows, indices, copies)
-        cursor.current = (cursor.rows, len(indices))
-        cursor.rows += len(indices)
+        infos = self._reconcile("structure", "fields", structure, fields, where)
+        copies = {p: (infos[p], _private(rows)) for p, (_, rows) in fields.items()}
+        if tags.raw is not None:
+            self._hand_off_raw(tags.raw)
+        self._recorder._submit(_put_rows, cursor, cursor.rows, Tags(tags.indices, None, tags.worker, tags.base), copies)
+        cursor.current = (cursor.rows, n)
+        cursor.rows += n
         cursor.batches += 1
 
-    def _check_schema(self, structure: Any, fields: dict[str, tuple[FieldInfo, np.ndarray]], where: str) -> None:
+    def _row_lists(self) -> frozenset[str] | None:
+        """Fields that earlier batches showed to be lists of per-row tensors (None before the first batch)."""
+        if self._manifest.structure is None:
+            return None
+        return frozenset(p for p, f in self._manifest.fields.items() if f.kind in ("tensor-list", "ndarray-list"))
+
+    def _reconcile(self, structure_key: str, fields_key: str, structure: Any, fields: dict[str, Any], where: str) -> dict[str, FieldInfo]:
+        """The stream's fields after this batch (or raw block); records schema changes in the manifest."""
         infos = {p: info for p, (info, _) in fields.items()}
-        m = self._manifest
-        if m.structure is None:
-            self._update_manifest(structure=structure, fields=infos)
-        else:
-            check(m.structure, m.fields, structure, infos, where)
+        old = getattr(self._manifest, fields_key)
+        if getattr(self._manifest, structure_key) is None:
+            self._update_manifest(**{structure_key: structure, fields_key: infos})
+            return infos
+        merged = reconcile(getattr(self._manifest, structure_key), old, structure, infos, where)
+        if merged != old:
+            self._update_manifest(**{fields_key: merged})
+        return merged
 
     def _hand_off_raw(self, block: RawBlock) -> None:
-        infos = {p: info for p, (info, _) in block.fields.items()}
-        m = self._manifest
-        if m.raw_structure is None:
-            self._update_manifest(raw_structure=block.structure, raw_fields=infos)
-        else:
-            check(m.raw_structure, m.raw_fields, block.structure, infos, f"stream {self._name!r} raw sample {block.indices[0]}")
+        infos = self._reconcile("raw_structure", "raw_fields", block.structure, block.fields, f"stream {self._name!r} raw sample {block.indices[0]}")
         if isinstance(self._recorded, set):
-            keep = [k for k, i in enumerate(block.indices.tolist()) if i not in self._recorded]
-            self._recorded.update(block.indices.tolist())
+            keep = []
+            for k, i in enumerate(block.indices.tolist()):
+                if i not in self._recorded:
+                    self._recorded.add(i)
+                    keep.append(k)
+            keep = np.array(keep, dtype=np.int64)
         else:
             _, first = np.unique(block.indices, return_index=True)
-            keep = first[~self._recorded[block.indices[first]]]
+            keep = np.sort(first[~self._recorded[block.indices[first]]])
             self._recorded[block.indices[keep]] = True
         if len(keep) == 0:
             return
-        keep = np.sort(np.asarray(keep))
-        new = RawBlock(block.indices[keep], block.structure, {p: (info, rows[keep]) for p, (info, rows) in block.fields.items()})
-        self._recorder._submit(self._raw_sink.put, new)
+        rows = {p: (infos[p], r.take(keep) if isinstance(r, Ragged) else r[keep]) for p, (_, r) in block.fields.items()}
+        self._recorder._submit(self._raw_sink.put, RawBlock(block.indices[keep], block.structure, rows))
 
     def _update_manifest(self, **changes: Any) -> None:
         self._manifest = StreamManifest.from_dict({**self._manifest.to_dict(), **{k: _jsonable(v) for k, v in changes.items()}})
@@ -491,7 +499,7 @@ class RecordingLoader:
             elif old != info:
                 raise SchemaError(f"log({name}=...) got dtype {info.dtype} row shape {info.shape}; earlier batches logged "
                                   f"dtype {old.dtype} row shape {old.shape}")
-            staged[name] = (info, np.array(rows, copy=True))
+            staged[name] = (info, _private(rows))
         self._recorder._submit(_put_outputs, cursor, pos, staged)
 
 
@@ -508,12 +516,24 @@ class _EpochCursor:
         self.sink: _EpochSink  # set in the writer thread
 
 
-def _put_rows(cursor: _EpochCursor, pos: int, indices: np.ndarray, fields: dict) -> None:
-    cursor.sink.put_rows(pos, indices, fields)
+def _put_rows(cursor: _EpochCursor, pos: int, tags: Tags, fields: dict) -> None:
+    cursor.sink.put_rows(pos, tags, fields)
 
 
 def _put_outputs(cursor: _EpochCursor, pos: int, outputs: dict) -> None:
     cursor.sink.put_outputs(pos, outputs)
+
+
+def _private(rows: Any) -> Any:
+    """Rows the training loop can no longer change: a copy of views into the batch.
+
+    Packed ragged rows and device copies are already snapstore's own memory.
+    """
+    return rows if isinstance(rows, (Ragged, DeviceCopy)) else np.array(rows, copy=True)
+
+
+def _class_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _jsonable(v: Any) -> Any:

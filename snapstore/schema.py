@@ -5,7 +5,8 @@ whose leaves are tensors, arrays, numbers, strings or ``None``. ``flatten``
 turns it into a JSON ``structure`` tree plus one row block per leaf (a
 NumPy array whose axis 0 is rows); ``unflatten`` rebuilds the same tree, with
 the same container and leaf types, from row blocks. Field names are the leaf
-paths: ``"0"``, ``"1"`` for ``(x, y)``; ``"image"``, ``"meta/id"`` for dicts.
+paths: ``"0"``, ``"1"`` for ``(x, y)``; ``"image"``, ``"meta/id"`` for dicts;
+namedtuple field names; ``"value"`` for a batch that is a single leaf.
 
 Namedtuples are rebuilt from their stored class name and field names, never
 by importing or unpickling the user's class.
@@ -26,6 +27,9 @@ from .layout import FieldInfo
 
 Structure = dict[str, Any]
 
+ROOT_FIELD = "value"
+"""Field name of a batch (or sample) that is a single leaf, e.g. a bare tensor."""
+
 _STR = np.dtypes.StringDType()
 _PY_SCALARS = {bool: "bool", int: "int64", float: "float64", str: "str"}
 _PY_TYPES = {"bool": bool, "int64": int, "float64": float, "str": str}
@@ -38,6 +42,44 @@ def numpy_dtype(dtype: str) -> np.dtype:
     if dtype == "bfloat16":
         return np.dtype("uint16")
     return np.dtype(dtype)
+
+
+class DeviceCopy:
+    """A CUDA tensor being copied to pinned host memory without blocking the training step.
+
+    ``numpy()`` waits for the copy (the background writer calls it) and
+    returns the host rows.
+    """
+
+    __slots__ = ("_event", "_host", "shape")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self._host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        self._host.copy_(t, non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record(torch.cuda.current_stream(t.device))
+        self.shape = tuple(t.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def numpy(self) -> np.ndarray:
+        self._event.synchronize()
+        return self._host.numpy()
+
+
+def host_rows(rows: Any) -> Any:
+    """Rows ready for writing: waits for a ``DeviceCopy``; other rows pass through."""
+    return rows.numpy() if isinstance(rows, DeviceCopy) else rows
+
+
+def _device_rows(t: torch.Tensor, batch_size: int | None, path: str) -> tuple[str, DeviceCopy]:
+    if batch_size is not None and (t.ndim == 0 or t.shape[0] != batch_size):
+        _as_rows(np.empty(tuple(t.shape), dtype=np.uint8), batch_size, path)  # raises the usual SchemaError
+    t = t.detach()[None] if batch_size is None else t.detach()
+    if t.dtype == torch.bfloat16:
+        return "bfloat16", DeviceCopy(t.view(torch.uint16))
+    return str(t.dtype).removeprefix("torch."), DeviceCopy(t)
 
 
 def _tensor_rows(t: torch.Tensor) -> tuple[str, np.ndarray]:
@@ -53,8 +95,91 @@ def _tensor_rows(t: torch.Tensor) -> tuple[str, np.ndarray]:
     return a.dtype.name, a
 
 
+class Ragged:
+    """Rows of differing shapes, packed: all elements in one 1-D array plus each row's shape.
+
+    Attributes
+    ----------
+    values : ndarray, shape (total elements,)
+        The rows' elements, row after row, each in C order.
+    shapes : ndarray of int64, shape (rows, ndim)
+        Shape of each row.
+    """
+
+    __slots__ = ("shapes", "values")
+
+    def __init__(self, values: np.ndarray, shapes: np.ndarray) -> None:
+        self.values = values
+        self.shapes = shapes
+
+    @classmethod
+    def from_rows(cls, rows: list[np.ndarray]) -> Ragged:
+        shapes = np.array([r.shape for r in rows], dtype=np.int64).reshape(len(rows), rows[0].ndim if rows else 0)
+        values = np.concatenate([r.reshape(-1) for r in rows]) if rows else np.empty(0)
+        return cls(values, shapes)
+
+    @classmethod
+    def from_block(cls, block: np.ndarray) -> Ragged:
+        """A fixed-shape block ``(rows, *shape)`` in packed form."""
+        return cls(block.reshape(-1), np.tile(np.array(block.shape[1:], dtype=np.int64), (len(block), 1)))
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def counts(self) -> np.ndarray:
+        """Elements of each row (int64, (rows,))."""
+        return np.prod(self.shapes, axis=1, dtype=np.int64)
+
+    def rows(self) -> list[np.ndarray]:
+        """The rows as separate arrays (views of ``values``)."""
+        ends = np.cumsum(self.counts())
+        return [self.values[e - c : e].reshape(s) for e, c, s in zip(ends.tolist(), self.counts().tolist(), self.shapes.tolist())]
+
+    def take(self, keep: np.ndarray) -> Ragged:
+        """The rows at positions ``keep``."""
+        rows = self.rows()
+        return Ragged.from_rows([rows[k] for k in keep]) if len(keep) else Ragged(self.values[:0], self.shapes[:0])
+
+
 def _leaf(path: str, kind: str, dtype: str, rows: np.ndarray) -> tuple[Structure, dict[str, tuple[FieldInfo, np.ndarray]]]:
+    path = path or ROOT_FIELD
     return {"type": "leaf", "field": path}, {path: (FieldInfo(kind, dtype, tuple(rows.shape[1:])), rows)}
+
+
+def _ragged_leaf(path: str, kind: str, dtype: str, rows: list[np.ndarray]) -> tuple[Structure, dict[str, tuple[FieldInfo, Ragged]]]:
+    path = path or ROOT_FIELD
+    shape = tuple(d if all(r.shape[i] == d for r in rows) else None for i, d in enumerate(rows[0].shape))
+    return {"type": "leaf", "field": path}, {path: (FieldInfo(kind, dtype, shape, ragged=True), Ragged.from_rows(rows))}
+
+
+def concat_rows(info: FieldInfo, parts: list[np.ndarray | Ragged]) -> np.ndarray | Ragged:
+    """Row blocks of one field, joined: packed ``Ragged`` when ``info.ragged``, else one array."""
+    if not info.ragged:
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if len(parts) == 1 and isinstance(parts[0], Ragged):
+        return parts[0]
+    return Ragged.from_rows([r for part in parts for r in (part.rows() if isinstance(part, Ragged) else list(part))])
+
+
+def _row_list_kind(seq: Any, batch_size: int | None, known: bool | None) -> str | None:
+    """``"tensor-list"``/``"ndarray-list"`` when ``seq`` is a list of per-row tensors/arrays.
+
+    ``known`` is what earlier batches decided for this path. For the first
+    batch: a list of ``batch_size`` tensors (arrays) of one dtype and rank is
+    a list of rows (e.g. ragged sequences from a custom collate_fn) unless
+    all have one shape whose first dimension is the batch size, which makes
+    it a structure like ``[images, labels]``.
+    """
+    if batch_size is None or len(seq) != batch_size or not seq or known is False:
+        return None
+    for t, kind in ((torch.Tensor, "tensor-list"), (np.ndarray, "ndarray-list")):
+        if all(isinstance(v, t) for v in seq):
+            if len({(v.dtype, v.ndim) for v in seq}) != 1 or seq[0].ndim == 0:
+                return None
+            if not known and all(v.shape[0] == batch_size for v in seq) and len({tuple(v.shape) for v in seq}) == 1:
+                return None
+            return kind
+    return None
 
 
 def _is_row_sequence(seq: Any, batch_size: int | None) -> bool:
@@ -65,7 +190,9 @@ def _is_row_sequence(seq: Any, batch_size: int | None) -> bool:
     return t in _PY_SCALARS and all(type(v) is t for v in seq)
 
 
-def flatten(obj: Any, batch_size: int | None, path: str = "") -> tuple[Structure, dict[str, tuple[FieldInfo, np.ndarray]]]:
+def flatten(
+    obj: Any, batch_size: int | None, path: str = "", *, row_lists: frozenset[str] | None = None
+) -> tuple[Structure, dict[str, tuple[FieldInfo, np.ndarray]]]:
     """Split ``obj`` into a structure tree and per-field row blocks.
 
     Parameters
@@ -77,6 +204,9 @@ def flatten(obj: Any, batch_size: int | None, path: str = "") -> tuple[Structure
         Rows in ``obj``: every tensor/array leaf must have this leading
         dimension. ``None`` means ``obj`` is a single row (a raw sample, or a
         batch of a ``batch_size=None`` loader): each leaf becomes one row.
+    row_lists : frozenset of str, optional
+        Paths known (from earlier batches) to hold lists of per-row tensors;
+        without it, a list is judged by its contents (see ``_row_list_kind``).
 
     Returns
     -------
@@ -94,7 +224,7 @@ def flatten(obj: Any, batch_size: int | None, path: str = "") -> tuple[Structure
     """
     for types, handler in _FLATTEN:
         if isinstance(obj, types):
-            return handler(obj, batch_size, path)
+            return handler(obj, batch_size, path, row_lists)
     raise SchemaError(
         f"field {path or '<batch>'!r} holds a {type(obj).__module__}.{type(obj).__qualname__}, which snapstore "
         "cannot record; return tensors, arrays, numbers, strings or tuples/lists/dicts of them from the "
@@ -106,21 +236,24 @@ def _join(path: str, key: str) -> str:
     return f"{path}/{key}" if path else key
 
 
-def _flatten_children(items: list[tuple[str, Any]], batch_size: int | None, path: str) -> tuple[list[Structure], dict]:
+def _flatten_children(items: list[tuple[str, Any]], batch_size: int | None, path: str, row_lists: Any) -> tuple[list[Structure], dict]:
     nodes, fields = [], {}
     for key, value in items:
-        node, sub = flatten(value, batch_size, _join(path, key))
+        node, sub = flatten(value, batch_size, _join(path, key), row_lists=row_lists)
         nodes.append(node)
         fields.update(sub)
     return nodes, fields
 
 
-def _flatten_tensor(t: torch.Tensor, batch_size: int | None, path: str):
+def _flatten_tensor(t: torch.Tensor, batch_size: int | None, path: str, row_lists: Any = None):
+    if t.is_cuda:
+        dtype, copy = _device_rows(t, batch_size, path)
+        return {"type": "leaf", "field": path or ROOT_FIELD}, {path or ROOT_FIELD: (FieldInfo("tensor", dtype, copy.shape[1:]), copy)}
     dtype, a = _tensor_rows(t)
     return _leaf(path, "tensor", dtype, _as_rows(a, batch_size, path))
 
 
-def _flatten_ndarray(a: np.ndarray, batch_size: int | None, path: str):
+def _flatten_ndarray(a: np.ndarray, batch_size: int | None, path: str, row_lists: Any = None):
     if a.dtype.kind in "OV":
         raise SchemaError(f"field {path!r} is a NumPy array of dtype {a.dtype}; record numeric, bool or str arrays")
     if a.dtype.kind == "U":
@@ -139,7 +272,7 @@ def _as_rows(a: np.ndarray, batch_size: int | None, path: str) -> np.ndarray:
     return a
 
 
-def _flatten_scalar(v: Any, batch_size: int | None, path: str):
+def _flatten_scalar(v: Any, batch_size: int | None, path: str, row_lists: Any = None):
     if batch_size is not None:
         raise SchemaError(
             f"field {path!r} is a single {type(v).__name__} in a batch of {batch_size} samples; return one value "
@@ -151,31 +284,37 @@ def _flatten_scalar(v: Any, batch_size: int | None, path: str):
     return _leaf(path, "scalar", dtype, np.array([v], dtype=numpy_dtype(dtype)))
 
 
-def _flatten_none(v: None, batch_size: int | None, path: str):
+def _flatten_none(v: None, batch_size: int | None, path: str, row_lists: Any = None):
     return {"type": "none"}, {}
 
 
-def _flatten_mapping(d: Mapping, batch_size: int | None, path: str):
+def _flatten_mapping(d: Mapping, batch_size: int | None, path: str, row_lists: Any = None):
     for k in d:
         if not isinstance(k, str) or not k or "/" in k or k in (".", "..", "zarr.json"):
             raise SchemaError(f"dict key {k!r} at {path or '<batch>'!r} cannot name a field; use non-empty str keys without '/'")
-    nodes, fields = _flatten_children(list(d.items()), batch_size, path)
+    nodes, fields = _flatten_children(list(d.items()), batch_size, path, row_lists)
     return {"type": "dict", "keys": list(d), "items": nodes}, fields
 
 
-def _flatten_sequence(seq: list | tuple, batch_size: int | None, path: str):
+def _flatten_sequence(seq: list | tuple, batch_size: int | None, path: str, row_lists: Any = None):
+    kind = _row_list_kind(seq, batch_size, None if row_lists is None else (path or ROOT_FIELD) in row_lists)
+    if kind == "tensor-list":
+        converted = [_tensor_rows(t) for t in seq]
+        return _ragged_leaf(path, kind, converted[0][0], [a for _, a in converted])
+    if kind == "ndarray-list":
+        return _ragged_leaf(path, kind, seq[0].dtype.name, list(seq))
     if _is_row_sequence(seq, batch_size):
         dtype = _PY_SCALARS[type(seq[0])]
         kind = "list" if isinstance(seq, list) else "tuple"
         return _leaf(path, kind, dtype, np.array(seq, dtype=numpy_dtype(dtype)))
     if isinstance(seq, tuple) and hasattr(seq, "_fields"):
-        nodes, fields = _flatten_children(list(zip(seq._fields, seq)), batch_size, path)
+        nodes, fields = _flatten_children(list(zip(seq._fields, seq)), batch_size, path, row_lists)
         return {"type": "namedtuple", "name": type(seq).__name__, "fields": list(seq._fields), "items": nodes}, fields
-    nodes, fields = _flatten_children([(str(i), v) for i, v in enumerate(seq)], batch_size, path)
+    nodes, fields = _flatten_children([(str(i), v) for i, v in enumerate(seq)], batch_size, path, row_lists)
     return {"type": "list" if isinstance(seq, list) else "tuple", "items": nodes}, fields
 
 
-def _flatten_pil(img: Any, batch_size: int | None, path: str):
+def _flatten_pil(img: Any, batch_size: int | None, path: str, row_lists: Any = None):
     return _flatten_ndarray(np.asarray(img), batch_size, path)
 
 
@@ -195,18 +334,31 @@ except ImportError:  # pragma: no cover - Pillow is optional
     pass
 
 
-def check(expected: Structure, fields: dict[str, FieldInfo], structure: Structure, got: dict[str, FieldInfo], where: str) -> None:
-    """Raise ``SchemaError`` if a batch's structure or fields differ from the recorded schema."""
+def reconcile(
+    expected: Structure, fields: dict[str, FieldInfo], structure: Structure, got: dict[str, FieldInfo], where: str
+) -> dict[str, FieldInfo]:
+    """The recorded fields updated with a new batch's, or ``SchemaError`` if they cannot hold it.
+
+    A field may change the size of its row dimensions (it becomes ragged:
+    those dimensions turn ``None``), never its kind, dtype or rank, and the
+    batch structure must stay the same.
+    """
     if structure != expected:
         raise SchemaError(f"{where}: the batch structure changed from {expected} to {structure}")
-    for path, info in got.items():
+    out = dict(fields)
+    for path, new in got.items():
         old = fields[path]
-        if info != old:
+        if new == old:
+            continue
+        if (new.kind, new.dtype, len(new.shape)) != (old.kind, old.dtype, len(old.shape)):
             raise SchemaError(
                 f"{where}: field {path!r} changed from dtype {old.dtype} shape {old.shape} ({old.kind}) to "
-                f"dtype {info.dtype} shape {info.shape} ({info.kind}); fixed-shape fields must keep their dtype "
-                "and row shape (pad to a fixed length, or cast in collate_fn)"
+                f"dtype {new.dtype} shape {new.shape} ({new.kind}); a field must keep its type, dtype and number "
+                "of dimensions (cast in the dataset or collate_fn)"
             )
+        shape = tuple(a if a == b else None for a, b in zip(old.shape, new.shape))
+        out[path] = FieldInfo(old.kind, old.dtype, shape, ragged=old.ragged or new.ragged or None in shape)
+    return out
 
 
 @functools.cache
@@ -214,21 +366,33 @@ def _namedtuple(name: str, fields: tuple[str, ...]) -> type:
     return collections.namedtuple(name, fields)  # type: ignore[misc]
 
 
-def rebuild_leaf(info: FieldInfo, rows: np.ndarray, batched: bool) -> Any:
-    """One field's value for a batch (``batched``) or a single row, from its row block."""
-    if info.kind == "tensor":
-        t = torch.from_numpy(np.ascontiguousarray(rows))
-        if info.dtype == "bfloat16":
-            t = t.view(torch.bfloat16)
-        return t if batched else t[0].clone()
-    if info.kind == "ndarray":
-        return rows if batched else rows[0].copy()
-    if info.kind in ("list", "tuple"):
-        values = rows.tolist()
-        return values if info.kind == "list" else tuple(values)
+def rebuild_leaf(info: FieldInfo, rows: np.ndarray | list[np.ndarray], batched: bool) -> Any:
+    """One field's value from its rows: the whole batch (``batched``), else the single row
+    (a sample, or a batch of a ``batch_size=None`` loader).
+
+    ``rows`` is a ``(rows, *shape)`` block, or a list of row arrays for a
+    ragged field.
+    """
+    if info.kind in ("tensor-list", "ndarray-list"):
+        values = [_as_leaf(info, r, "tensor" if info.kind == "tensor-list" else "ndarray") for r in rows]
+        return values if batched else values[0]
+    if isinstance(rows, list):  # a padded field stored ragged: the rows of one batch share a shape
+        rows = np.stack(rows) if batched else rows[0][np.newaxis]
+    if info.kind in ("tensor", "ndarray"):
+        return _as_leaf(info, rows if batched else rows[0], info.kind)
     if info.kind == "numpy-scalar":
         return rows[0]
-    return _PY_TYPES[info.dtype](rows[0].item() if info.dtype != "str" else rows[0])
+    values = [_PY_TYPES[info.dtype](v) for v in rows.tolist()]
+    if not batched:
+        return values[0]
+    return values if info.kind != "tuple" else tuple(values)
+
+
+def _as_leaf(info: FieldInfo, a: np.ndarray, kind: str) -> Any:
+    if kind == "ndarray":
+        return np.array(a)
+    t = torch.from_numpy(np.array(a))
+    return t.view(torch.bfloat16) if info.dtype == "bfloat16" else t
 
 
 def unflatten(structure: Structure, leaf: Callable[[str], Any]) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from collections import OrderedDict
 from typing import Any
 
@@ -16,10 +17,10 @@ import zarr
 import zarr.errors
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from . import config
+from . import config, layout
 from .errors import CorruptionError, NotASnapshotError, SnapshotNotFoundError, UsageError
 from .layout import FieldInfo
-from .schema import numpy_dtype
+from .schema import Ragged, numpy_dtype
 
 Group = zarr.Group
 Array = zarr.Array
@@ -47,15 +48,22 @@ def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
     return not zarr.core.sync.sync(store.is_empty(""))
 
 
-def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None) -> Group:
-    """Open the snapshot's root group: ``"r"`` read-only, ``"a"`` existing for writing, ``"w"`` new.
+def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None, attributes: dict[str, Any] | None = None) -> Group:
+    """Open the snapshot's root group: ``"r"`` read-only, ``"a"`` existing for writing, ``"w"`` new
+    (with ``attributes``, written in the same key as the group).
+
+    Opening a local snapshot for appending removes the temporary ``*.partial``
+    files a killed writer can leave behind.
 
     Raises ``SnapshotNotFoundError`` or ``NotASnapshotError`` for ``"r"``/``"a"``
     when no readable Zarr group is there.
     """
     store = _store(path, read_only=mode == "r", storage_options=storage_options)
     if mode == "w":
-        return zarr.create_group(store, zarr_format=3, overwrite=True)
+        return zarr.create_group(store, zarr_format=3, overwrite=True, attributes=attributes)
+    if mode == "a" and not _is_url(path):
+        for stray in Path(path).rglob("*.partial"):
+            stray.unlink(missing_ok=True)
     try:
         return zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
@@ -101,7 +109,7 @@ def _codecs(dtype: np.dtype, compressor: str) -> list[Any]:
     return [BloscCodec(cname=compressor, clevel=5 if compressor == "lz4" else 1, shuffle=shuffle), Crc32cCodec()]
 
 
-def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, compressor: str) -> Array:
+def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, compressor: str, *, chunk: int | None = None) -> Array:
     """A preallocated ``(capacity, *info.shape)`` array chunked along rows, compressed and checksummed.
 
     Floats are filled with NaN so unwritten rows are visible; committed row
@@ -113,7 +121,7 @@ def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, c
         name,
         shape=(capacity, *info.shape),
         dtype=str if info.dtype == "str" else dtype,
-        chunks=(chunk_rows(info), *info.shape),
+        chunks=(chunk or chunk_rows(info), *info.shape),
         compressors=_codecs(dtype, compressor),
         fill_value=fill,
         dimension_names=("row", *(f"dim_{i}" for i in range(1, len(info.shape) + 1))),
@@ -182,6 +190,121 @@ class RowSink:
     def close(self) -> None:
         """Write the current chunk up to the last staged row."""
         self.flush()
+
+
+class RaggedSink:
+    """Writes a ragged field as ``values`` (1-D), ``offsets`` and ``shapes`` arrays in ``group``.
+
+    Rows arrive at increasing positions; their elements are appended to
+    ``values``. ``rows`` and ``values`` give where a resumed field continues.
+    """
+
+    def __init__(self, group: Group, info: FieldInfo, capacity: int, compressor: str, *, rows: int = 0) -> None:
+        def sink(name: str, part: FieldInfo, cap: int, **kw: Any) -> RowSink:
+            array = child(group, name)
+            if array is None:
+                array = create_rows_array(group, name, part, cap, compressor, **kw)
+            return RowSink(array, resume_at=rows if name != layout.VALUES else self.next)
+
+        self.next = 0
+        self.offsets = sink(layout.OFFSETS, FieldInfo("ndarray", "int64", ()), capacity)
+        self.shapes = sink(layout.SHAPES, FieldInfo("ndarray", "int64", (len(info.shape),)), capacity)
+        if rows:
+            last = self.offsets.array[rows - 1 : rows]
+            self.next = int(last[0] + np.prod(self.shapes.array[rows - 1]))
+        elements = max(1, config.DEFAULT_CHUNK_BYTES // numpy_dtype(info.dtype).itemsize)
+        self.values = sink(layout.VALUES, FieldInfo(info.kind, info.dtype, ()), elements, chunk=elements)
+
+    def put(self, pos: int, rows: np.ndarray | Ragged) -> None:
+        packed = rows if isinstance(rows, Ragged) else Ragged.from_block(rows)
+        counts = packed.counts()
+        self.offsets.put(pos, self.next + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))
+        self.shapes.put(pos, packed.shapes)
+        self.values.put(self.next, packed.values)
+        self.next += int(counts.sum())
+
+    def flush(self) -> None:
+        for sink in (self.values, self.offsets, self.shapes):
+            sink.flush()
+
+
+class FieldSinks:
+    """Writes the fields of a group of rows: an epoch's seen rows, or a stream's raw samples.
+
+    Fixed-shape fields go to ``<prefix>/<path>`` arrays; ragged ones to
+    ``ragged/<path>/``. A fixed field that turns ragged is copied, chunk by
+    chunk, into its ragged arrays; the fixed array is deleted only after the
+    next commit names the field ragged, so a crash leaves the committed rows
+    readable either way.
+    """
+
+    def __init__(self, group: Group, prefix: str, capacity: int, compressor: str, *, rows: int = 0, ragged: list[str] = ()) -> None:
+        self.group = group
+        self.prefix = prefix
+        self.capacity = capacity
+        self.compressor = compressor
+        self.resume = rows
+        self.ragged = list(ragged)
+        self.sinks: dict[str, RowSink | RaggedSink] = {}
+        self._replaced: list[str] = []
+
+    def put(self, pos: int, path: str, info: FieldInfo, rows: np.ndarray | Ragged) -> None:
+        sink = self.sinks.get(path)
+        if sink is None or (info.ragged and isinstance(sink, RowSink)):
+            sink = self.sinks[path] = self._open(path, info, sink, pos)
+        sink.put(pos, rows)
+
+    def _open(self, path: str, info: FieldInfo, fixed: RowSink | None, pos: int) -> RowSink | RaggedSink:
+        name = f"{self.prefix}/{path}" if self.prefix else path
+        if not info.ragged:
+            array = child(self.group, name)
+            if array is None:
+                array = create_rows_array(self.group, name, info, self.capacity, self.compressor)
+            return RowSink(array, resume_at=self.resume)
+        ragged_group = require_group(self.group, f"{layout.RAGGED_GROUP}/{path}")
+        resumed = self.resume if path in self.ragged else 0
+        sink = RaggedSink(ragged_group, info, self.capacity, self.compressor, rows=resumed)
+        if path not in self.ragged:
+            old = fixed.array if fixed is not None else child(self.group, name)
+            if fixed is not None:
+                fixed.flush()
+            if old is not None:  # rows written before the field turned ragged
+                for lo in range(0, pos, old.chunks[0]):
+                    sink.put(lo, old[lo : min(pos, lo + old.chunks[0])])
+                self._replaced.append(name)
+            self.ragged.append(path)
+        return sink
+
+    def flush(self) -> None:
+        for sink in self.sinks.values():
+            sink.flush()
+
+    def after_commit(self) -> None:
+        """Delete fixed arrays whose rows now live in ragged arrays named by the committed manifest."""
+        for name in self._replaced:
+            del self.group[name]
+        self._replaced.clear()
+
+
+class RaggedReader:
+    """Reads rows of a ragged field: a list of arrays per read, through the values' chunk cache."""
+
+    def __init__(self, group: Group, rows: int) -> None:
+        self._values = ChunkReader(group[layout.VALUES])
+        self.offsets = ChunkReader(group[layout.OFFSETS]).read(0, rows)
+        self.shapes = ChunkReader(group[layout.SHAPES]).read(0, rows)
+
+    def read(self, start: int, stop: int) -> list[np.ndarray]:
+        if stop <= start:
+            return []
+        counts = np.prod(self.shapes[start:stop], axis=1, dtype=np.int64)
+        lo = int(self.offsets[start])
+        flat = self._values.read(lo, int(self.offsets[stop - 1] + counts[-1]))
+        starts = (self.offsets[start:stop] - lo).tolist()
+        return [flat[a : a + c].reshape(sh) for a, c, sh in zip(starts, counts.tolist(), self.shapes[start:stop].tolist())]
+
+    def gather(self, positions: np.ndarray) -> list[np.ndarray]:
+        return [self.read(int(p), int(p) + 1)[0] for p in positions]
 
 
 class ChunkReader:

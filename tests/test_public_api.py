@@ -1,0 +1,25 @@
+"""The public surface is small, sorted and deliberate."""
+
+from __future__ import annotations
+
+import inspect
+
+import snapstore
+
+
+def test_all_is_sorted_and_complete():
+    assert snapstore.__all__ == sorted(snapstore.__all__, key=lambda n: (not n.isupper(), n[0].islower(), n))
+    public = {n for n in dir(snapstore) if not n.startswith("_") and not inspect.ismodule(getattr(snapstore, n))} - {"annotations"}
+    assert public == set(snapstore.__all__) - {"__version__"}
+
+
+def test_every_error_derives_from_snapstore_error():
+    errors = [getattr(snapstore, n) for n in snapstore.__all__ if n.endswith("Error")]
+    assert errors and all(issubclass(e, snapstore.SnapstoreError) for e in errors)
+
+
+def test_public_callables_have_docstrings():
+    for name in snapstore.__all__:
+        obj = getattr(snapstore, name)
+        if callable(obj):
+            assert inspect.getdoc(obj), name
