@@ -7,7 +7,8 @@ chunk by chunk into a ``numpy.lib.format.open_memmap`` file. ``--format npy``
 writes those files (``OUT/<field path>.npy``, ``OUT/index.npy``);
 ``--format npz`` (the default) writes them to a temporary directory next to
 ``OUT`` and streams them into an uncompressed ``.npz`` that ``numpy.load``
-reads. String fields are read whole and saved as fixed-width unicode.
+reads. String fields are read whole and saved as fixed-width unicode. Ragged
+fields are zero-padded to their widest row, with ``<field>.lengths``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _export(args: argparse.Namespace) -> int:
     out = os.fspath(args.out)
     if os.path.lexists(out) and not args.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite or choose another -o")
-    specs = export.out_specs(source, args.fields)
+    specs = export.out_specs(source, args.fields, ragged="pad")
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     total = sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in specs.values())
@@ -106,19 +107,21 @@ def _npy_name(key: str) -> str:
 
 
 def _write_npy(source: Any, fields: Any, specs: dict[str, Any], folder: str, progress: Any) -> dict[str, str]:
-    """Fill one .npy file per array under ``folder``; returns ``{key: file}``."""
+    """Fill one .npy file per array under ``folder``; returns ``{key: file}``.
+
+    Numeric arrays are memmaps filled in place; string fields come back in
+    memory and are saved as fixed-width unicode (no pickles in the files).
+    """
     files, maps = {}, {}
-    strings = [k for k, (_, dtype) in specs.items() if dtype.kind == "T"]
     for key, (shape, dtype) in specs.items():
         path = files[key] = os.path.join(folder, _npy_name(key))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if key not in strings:
+        if dtype.kind != "T":
             maps[key] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    numeric = [k for k in maps if k != export.INDEX]
-    export.to_numpy(source, fields=numeric, out=maps, progress=progress)  # fields=[]: "index" only
-    del maps  # close the memmaps before anything reads or zips the files
-    for key in strings:
-        rows = export.to_numpy(source, fields=[key], index=False, progress=progress)[key]
+    arrays = export.to_numpy(source, fields=fields, out=maps, ragged="pad", progress=progress)
+    strings = {key: arrays[key] for key, (_, dtype) in specs.items() if dtype.kind == "T"}
+    del maps, arrays  # close the memmaps before anything reads or zips the files
+    for key, rows in strings.items():
         width = max(1, int(np.strings.str_len(rows).max(initial=0)))
         np.save(files[key], rows.astype(f"U{width}"))  # fixed width: loads without allow_pickle
     return files

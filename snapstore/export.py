@@ -2,9 +2,10 @@
 
 Every export reads each stored chunk once (``to_tf_dataset(epoch=None)`` of
 out-of-order raw samples excepted, see there), in chunk-aligned blocks of
-about ``config.DEFAULT_EXPORT_BLOCK_BYTES`` per field, and writes each block
-straight to its destination. Memory therefore stays at a few blocks whatever
-the epoch size, plus the destination itself unless it is a ``numpy.memmap``.
+about ``config.DEFAULT_EXPORT_BLOCK_BYTES`` per field (``_rows.py``), and
+writes each block straight to its destination. Memory therefore stays at a
+few blocks whatever the epoch size, plus the destination itself unless it is
+a ``numpy.memmap``.
 
 Orders, the same in every export:
 
@@ -15,117 +16,60 @@ Orders, the same in every export:
   were first captured, so exports scatter each stored chunk to its place.
   ``to_dask`` is the exception: it returns raw rows in stored order (see there).
 
-Reached through ``Epoch.to_numpy``, ``RawSamples.to_numpy``,
-``Stream.to_tensor_dataset`` and friends in ``reader.py``; TensorFlow and Dask
-are imported only when their export is called.
+Ragged fields (rows of differing shapes) come back from ``to_numpy`` as a list
+of row arrays (``ragged="list"``) or zero-padded with their lengths
+(``ragged="pad"``), and as ``None`` dimensions from ``to_tf_dataset``;
+``TensorDataset`` and Dask, which need one shape, refuse them.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from . import config, layout
-from .errors import CorruptionError, SchemaError, SnapstoreError, UsageError
+from ._rows import Cursor, Source, blocks, ragged_block_rows, read, refuse_ragged, row_blocks, select, source
+from .errors import SchemaError, SnapstoreError, UsageError
 from .layout import FieldInfo
 from .schema import Structure, _namedtuple, leaf_paths, numpy_dtype
 
 if TYPE_CHECKING:
     from .reader import Epoch, RawSamples, Stream
 
-__all__ = ["ReplayLoader", "StoreDataset", "out_specs", "to_dask", "to_numpy", "to_tensor_dataset", "to_tf_dataset"]
+__all__ = [
+    "INDEX",
+    "LENGTHS",
+    "RAGGED_MODES",
+    "ReplayLoader",
+    "StoreDataset",
+    "out_specs",
+    "to_dask",
+    "to_numpy",
+    "to_tensor_dataset",
+    "to_tf_dataset",
+]
 
 INDEX = "index"
 """Key of the dataset-index array in every export."""
 
+LENGTHS = ".lengths"
+"""Suffix of the key holding a padded ragged field's row lengths: ``"tokens.lengths"``."""
 
-# -- sources: what an export reads -------------------------------------------------------------
+RAGGED_MODES = ("list", "pad")
 
-
-@dataclass(frozen=True)
-class _Source:
-    """The committed rows of an epoch's seen fields or of a stream's raw samples."""
-
-    what: str  # for messages: "stream 'train' epoch 1", "raw samples of stream 'train'"
-    rows: int
-    structure: Structure
-    infos: dict[str, FieldInfo]
-    arrays: dict[str, Any]  # field path -> array of >= rows rows (preallocated)
-    index: np.ndarray  # dataset index of each stored row, int64 (rows,)
-    index_array: Any  # the stored array ``index`` comes from (for to_dask), or None
-    raw: bool  # exports put raw rows in dataset-index order
-
-    @property
-    def shuffled(self) -> bool:
-        """Raw rows stored out of dataset-index order, so exports must reorder them."""
-        return self.raw and not bool(np.all(self.index[1:] >= self.index[:-1]))
-
-    def dest(self) -> np.ndarray:
-        """Export position of each stored row (raw rows: its place in index order), int64 (rows,)."""
-        dest = np.empty(self.rows, dtype=np.int64)
-        dest[np.argsort(self.index, kind="stable")] = np.arange(self.rows)
-        return dest
-
-    @property
-    def export_index(self) -> np.ndarray:
-        """Dataset index of each exported row: sorted for raw samples, the order for seen rows."""
-        return np.sort(self.index, kind="stable") if self.raw else self.index
+Specs = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
-def _source(obj: Epoch | RawSamples) -> _Source:
-    from .reader import Epoch, RawSamples, _node
-
-    if isinstance(obj, Epoch):
-        m = obj.stream.manifest
-        seen = obj._seen
-        arrays = {p: r.array for p, r in seen.readers.items()} if seen is not None else {}
-        order = _node(obj._group, layout.ORDER, obj._what) if len(obj) else None
-        return _Source(
-            f"stream {m.name!r} epoch {obj.number}", len(obj), m.structure or {"type": "none"}, dict(m.fields),
-            arrays, obj.order, order, raw=False,
-        )
-    if isinstance(obj, RawSamples):
-        m = obj._stream.manifest
-        fields = obj._fields
-        arrays = {p: r.array for p, r in fields.readers.items()} if fields is not None else {}
-        index = _node(obj._group, layout.RAW_INDEX, obj._stream.path) if obj._rows else None
-        return _Source(
-            f"raw samples of stream {m.name!r}", obj._rows, m.raw_structure or {"type": "none"},
-            dict(m.raw_fields) if obj._rows else {}, arrays, obj._index, index, raw=True,
-        )
-    raise UsageError(f"exports read an Epoch or a stream's RawSamples, not a {type(obj).__name__}")
+# -- NumPy -------------------------------------------------------------------------------------
 
 
-def _select(src: _Source, fields: Any) -> list[str]:
-    """Requested field paths in structure order; every field when ``fields`` is None."""
-    every = [p for p in leaf_paths(src.structure) if p in src.infos]
-    if fields is None:
-        paths = every
-    else:
-        if isinstance(fields, str):
-            fields = [fields]
-        wanted = list(dict.fromkeys(fields))
-        unknown = [f for f in wanted if f not in src.infos]
-        if unknown:
-            raise UsageError(f"no field {', '.join(map(repr, unknown))} in {src.what}; its fields are {every}")
-        paths = [p for p in every if p in wanted]
-    ragged = [p for p in paths if src.infos[p].ragged]
-    if ragged:
-        raise SchemaError(f"fields {ragged} of {src.what} are ragged, which this export cannot hold yet; "
-                          "select fixed-shape fields with fields=[...]")
-    return paths
-
-
-def out_specs(obj: Epoch | RawSamples, fields: Any = None, *, index: bool = True) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and dtype of each array ``to_numpy`` returns, e.g. to allocate ``out=`` memmaps.
+def out_specs(obj: Epoch | RawSamples, fields: Any = None, *, index: bool = True, ragged: str = "list") -> Specs:
+    """Shape and dtype of each array ``to_numpy`` fills, e.g. to allocate ``out=`` memmaps.
 
     Parameters
     ----------
@@ -134,118 +78,64 @@ def out_specs(obj: Epoch | RawSamples, fields: Any = None, *, index: bool = True
         Field paths; all fields when omitted.
     index : bool, default True
         Include ``"index"`` (int64, (rows,)).
+    ragged : {"list", "pad"}, default "list"
+        As in ``to_numpy``. Ragged fields exported as lists are not listed
+        (a list cannot be preallocated); padded ones are, with their
+        ``"<field>.lengths"``.
 
     Returns
     -------
     dict of str to (shape, dtype)
         ``shape`` is ``(rows, *row_shape)``; ``dtype`` the stored NumPy dtype
         (``StringDType`` for strings, ``uint16`` bit patterns for bfloat16).
+
+    Raises
+    ------
+    UsageError
+        An unknown field or ragged mode.
+    SchemaError
+        A field's key collides with ``"index"`` or a ``".lengths"`` key.
     """
-    src = _source(obj)
-    return _specs(src, _select(src, fields), index)
+    src = source(obj)
+    return _specs(src, select(src, fields), index, _mode(ragged))
 
 
-def _specs(src: _Source, paths: list[str], index: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    if index and INDEX in paths:
-        raise SchemaError(f"{src.what} has a field named {INDEX!r}, which collides with the dataset-index array of "
-                          f"the export; pass fields=[...] without it (its data: fields=[{INDEX!r}], index=False)")
-    specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {INDEX: ((src.rows,), np.dtype(np.int64))} if index else {}
+def _mode(ragged: str) -> str:
+    if ragged not in RAGGED_MODES:
+        raise UsageError(f"ragged={ragged!r} is not one of {RAGGED_MODES}: 'list' (a list of row arrays) or "
+                         "'pad' (zero-padded rows plus '<field>.lengths')")
+    return ragged
+
+
+def _specs(src: Source, paths: list[str], index: bool, ragged: str) -> Specs:
+    specs: Specs = {INDEX: ((src.rows,), np.dtype(np.int64))} if index else {}
+    keys = list(specs)
     for p in paths:
         info = src.infos[p]
-        specs[p] = ((src.rows, *info.shape), numpy_dtype(info.dtype))
+        dtype = numpy_dtype(info.dtype)
+        if not src.is_ragged(p):
+            specs[p] = ((src.rows, *info.shape), dtype)  # type: ignore[arg-type]
+            keys.append(p)
+        elif ragged == "pad":
+            shapes = src.ragged(p).shapes[: src.rows] if src.rows else np.zeros((0, len(info.shape)), np.int64)
+            widest = tuple(int(d) for d in shapes.max(axis=0, initial=0)) if len(info.shape) else ()
+            specs[p] = ((src.rows, *widest), dtype)
+            varying = _varying(info)
+            specs[p + LENGTHS] = ((src.rows,) if len(varying) == 1 else (src.rows, len(varying)), np.dtype(np.int64))
+            keys += [p, p + LENGTHS]
+        else:
+            keys.append(p)
+    clash = sorted({k for k in keys if keys.count(k) > 1})
+    if clash:
+        raise SchemaError(f"{src.what} has fields whose export keys collide: {clash} ('index' is the dataset index, "
+                          f"'<field>{LENGTHS}' a padded field's lengths); pass fields=[...] without them, or index=False")
     return specs
 
 
-# -- reading whole chunks ----------------------------------------------------------------------
-
-
-def _read(array: Any, start: int, stop: int, rest: tuple[Any, ...] = ()) -> np.ndarray:
-    """Rows ``start:stop`` (``array[start:stop, *rest]``) of a stored array.
-
-    Decode or checksum failures become ``CorruptionError`` naming the array and rows.
-    """
-    try:
-        return array[(slice(start, stop), *rest)]
-    except (ValueError, RuntimeError, OSError) as e:
-        raise CorruptionError(
-            f"rows {start}-{stop - 1} of array {array.path!r} cannot be read: {e}; the file is damaged: restore it "
-            "from a copy, or run `snapstore audit` to list every damaged chunk"
-        ) from e
-
-
-def _block_rows(array: Any) -> int:
-    """Rows per read: whole chunks, about ``config.DEFAULT_EXPORT_BLOCK_BYTES``, at least one chunk."""
-    budget = config.DEFAULT_EXPORT_BLOCK_BYTES
-    chunk = int(array.chunks[0])
-    row_bytes = max(1, math.prod(array.shape[1:]) * array.dtype.itemsize)
-    return chunk * max(1, budget // (chunk * row_bytes))
-
-
-def _blocks(array: Any, rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """``(start, stop, rows)`` for consecutive chunk-aligned blocks of the first ``rows`` rows."""
-    step = _block_rows(array)
-    for lo in range(0, rows, step):
-        hi = min(lo + step, rows)
-        yield lo, hi, _read(array, lo, hi)
-
-
-class _Cursor:
-    """Hands out consecutive row ranges of one array, reading it forward in chunk-aligned blocks."""
-
-    def __init__(self, array: Any, rows: int) -> None:
-        self._array, self._rows = array, rows
-        self._step = _block_rows(array)
-        self._pieces: list[tuple[int, np.ndarray]] = []  # (first row, block), ascending
-        self._next = 0  # first row not read yet
-
-    def take(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` (``start`` never below an earlier ``start``), as a view when one block holds them."""
-        self._pieces = [(lo, b) for lo, b in self._pieces if lo + len(b) > start]
-        while self._next < stop:
-            hi = min(self._next + self._step, self._rows)
-            self._pieces.append((self._next, _read(self._array, self._next, hi)))
-            self._next = hi
-        parts = [b[max(start - lo, 0) : stop - lo] for lo, b in self._pieces if lo < stop]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _row_blocks(src: _Source, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
-    """Consecutive blocks of rows in export order, ``{path: rows}`` aligned across fields.
-
-    Seen rows and raw rows captured in index order stream through cursors,
-    stepping by the block of the widest field. Raw rows captured out of order
-    are gathered window by window (``config.DEFAULT_GATHER_BYTES`` of rows):
-    each window decodes every chunk that holds one of its rows.
-    """
-    if not paths or not src.rows:
-        return
-    if not src.shuffled:
-        step = min(_block_rows(src.arrays[p]) for p in paths)
-        cursors = {p: _Cursor(src.arrays[p], src.rows) for p in paths}
-        for lo in range(0, src.rows, step):
-            yield {p: c.take(lo, min(lo + step, src.rows)) for p, c in cursors.items()}
-        return
-    source_row = np.argsort(src.index, kind="stable")  # stored row at each export position
-    row_bytes = sum(max(1, math.prod(src.infos[p].shape)) * numpy_dtype(src.infos[p].dtype).itemsize for p in paths)
-    window = max(1, config.DEFAULT_GATHER_BYTES // row_bytes)
-    for lo in range(0, src.rows, window):
-        rows = source_row[lo : lo + window]
-        yield {p: _gather(src.arrays[p], rows, src.rows) for p in paths}
-
-
-def _gather(array: Any, rows: np.ndarray, committed: int) -> np.ndarray:
-    """Stored rows ``rows`` (any order), decoding each chunk that holds one once."""
-    chunk = int(array.chunks[0])
-    out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
-    which = rows // chunk
-    for c in np.unique(which):
-        sel = np.nonzero(which == c)[0]
-        lo = int(c) * chunk
-        out[sel] = _read(array, lo, min(lo + chunk, committed))[rows[sel] - lo]
-    return out
-
-
-# -- NumPy -------------------------------------------------------------------------------------
+def _varying(info: FieldInfo) -> list[int]:
+    """Row dimensions a ragged field's rows differ in (all of them when the schema does not say)."""
+    varying = [i for i, d in enumerate(info.shape) if d is None]
+    return varying or list(range(len(info.shape)))
 
 
 def to_numpy(
@@ -253,36 +143,48 @@ def to_numpy(
     *,
     fields: Any = None,
     out: Mapping[str, np.ndarray] | None = None,
+    ragged: str = "list",
     progress: Callable[[int], None] | None = None,
     index: bool = True,
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """Fill one array per field (and ``"index"``) chunk by chunk; see ``Epoch.to_numpy``.
 
     ``progress(nbytes)`` is called after each block is written (the CLI's
     progress bar). ``index=False`` leaves out ``"index"``.
     """
-    src = _source(obj)
-    paths = _select(src, fields)
-    arrays = _prepare_out(src, _specs(src, paths, index), out)
-    dest = src.dest() if src.shuffled else None
+    src = source(obj)
+    paths = select(src, fields)
+    specs = _specs(src, paths, index, _mode(ragged))
+    given = dict(out or {})
+    lists = [p for p in paths if src.is_ragged(p) and ragged == "list"]
+    if any(p in given for p in lists):
+        raise UsageError(f"out= cannot hold the ragged fields {[p for p in lists if p in given]} of {src.what} as lists; "
+                         "leave them out of out=, or pass ragged='pad'")
+    arrays = _prepare_out(src, specs, given)
+    dest = src.dest()
     if index:
         arrays[INDEX][...] = src.export_index
+    result: dict[str, Any] = {INDEX: arrays[INDEX]} if index else {}
     for p in paths:
-        target = arrays[p]
-        for lo, hi, block in _blocks(src.arrays[p], src.rows):
-            if dest is None:
-                target[lo:hi] = block
-            else:
-                target[dest[lo:hi]] = block
-            if progress is not None:
-                progress(block.nbytes)
-        if isinstance(target, np.memmap):
-            target.flush()
-    return arrays
+        if p in lists:
+            result[p] = _ragged_list(src, p, dest, progress)
+            continue
+        if src.is_ragged(p):
+            _fill_padded(src, p, arrays[p], arrays[p + LENGTHS], dest, progress)
+            result[p], result[p + LENGTHS] = arrays[p], arrays[p + LENGTHS]
+        else:
+            target = result[p] = arrays[p]
+            for lo, hi, block in blocks(src.fixed[p], src.rows) if src.rows else ():
+                target[slice(lo, hi) if dest is None else dest[lo:hi]] = block
+                if progress is not None:
+                    progress(block.nbytes)
+        for a in (result[p], result.get(p + LENGTHS)):
+            if isinstance(a, np.memmap):
+                a.flush()
+    return result
 
 
-def _prepare_out(src: _Source, specs: dict[str, tuple[tuple[int, ...], np.dtype]], out: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    given = dict(out or {})
+def _prepare_out(src: Source, specs: Specs, given: dict[str, Any]) -> dict[str, np.ndarray]:
     extra = [k for k in given if k not in specs]
     if extra:
         raise UsageError(f"out has arrays for {extra}, which this export of {src.what} does not write; "
@@ -301,12 +203,53 @@ def _prepare_out(src: _Source, specs: dict[str, tuple[tuple[int, ...], np.dtype]
             raise UsageError(
                 f"out[{key!r}] has shape {a.shape} and dtype {a.dtype}, but {src.what} needs shape {shape} and dtype "
                 f"{dtype} for it; allocate it with e.g. numpy.lib.format.open_memmap(path, mode='w+', dtype={str(dtype)!r}, "
-                f"shape={shape})"
+                f"shape={shape}) (snapstore.export.out_specs gives every shape and dtype)"
             )
         elif not a.flags.writeable:
             raise UsageError(f"out[{key!r}] is read-only; pass a writeable array (a memmap opened with mode='w+' or 'r+')")
         arrays[key] = a
     return arrays
+
+
+def _ragged_blocks(src: Source, path: str) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    if not src.rows:
+        return
+    reader = src.ragged(path)
+    step = ragged_block_rows(src.infos[path], reader.shapes)
+    for lo in range(0, src.rows, step):
+        hi = min(lo + step, src.rows)
+        yield lo, hi, reader.read(lo, hi)
+
+
+def _ragged_list(src: Source, path: str, dest: np.ndarray | None, progress: Callable[[int], None] | None) -> list[np.ndarray]:
+    rows: list[Any] = [None] * src.rows
+    for lo, hi, part in _ragged_blocks(src, path):
+        if dest is None:
+            rows[lo:hi] = part
+        else:
+            for k, r in zip(dest[lo:hi].tolist(), part):
+                rows[k] = r
+        if progress is not None:
+            progress(sum(r.nbytes for r in part))
+    return rows
+
+
+def _fill_padded(src: Source, path: str, target: np.ndarray, lengths: np.ndarray, dest: np.ndarray | None,
+                 progress: Callable[[int], None] | None) -> None:
+    """Zero-padded rows of a ragged field, block by block, and the sizes of its varying dimensions."""
+    if not src.rows:
+        return
+    shapes = src.ragged(path).shapes[: src.rows]
+    sizes = shapes[:, _varying(src.infos[path])].reshape(lengths.shape)
+    lengths[...] = sizes if dest is None else sizes[np.argsort(dest)]
+    for lo, hi, part in _ragged_blocks(src, path):
+        padded = np.zeros((hi - lo, *target.shape[1:]), dtype=target.dtype)
+        for k, r in enumerate(part):
+            where: tuple[Any, ...] = (k, *[slice(0, n) for n in r.shape])
+            padded[where] = r
+        target[slice(lo, hi) if dest is None else dest[lo:hi]] = padded
+        if progress is not None:
+            progress(padded.nbytes)
 
 
 # -- torch -------------------------------------------------------------------------------------
@@ -325,11 +268,12 @@ def to_tensor_dataset(stream: Stream, epoch: int | None = None) -> TensorDataset
         obj: Epoch | RawSamples = raw
     else:
         obj = stream.epoch(epoch)
-    src = _source(obj)
-    paths = _select(src, None)
+    src = source(obj)
+    paths = select(src, None)
     for p in paths:
         if src.infos[p].dtype == "str":
             raise SchemaError(f"field {p!r} holds strings, which a TensorDataset cannot; use to_numpy() for it")
+    refuse_ragged(src, paths, "a TensorDataset")
     arrays = to_numpy(obj, index=False)
     return TensorDataset(*(_as_tensor(src.infos[p], arrays[p]) for p in paths))
 
@@ -357,13 +301,17 @@ class ReplayLoader:
     def __iter__(self) -> Iterator[Any]:
         ep = self.epoch
         seen = ep._seen
+        if seen is None:
+            return
+        src = source(ep)
         offsets = ep._offsets
         batched = ep.stream.manifest.batched
-        cursors = {p: _Cursor(r.array, len(ep)) for p, r in seen.readers.items()} if seen is not None else {}
+        cursors = {p: Cursor(a, len(ep)) for p, a in src.fixed.items()}
         for j in range(len(self)):
             lo, hi = int(offsets[j]), int(offsets[j + 1])
-            rows = {p: c.take(lo, hi).copy() for p, c in cursors.items()}
-            yield seen.build(rows, batched=batched) if seen is not None else None
+            rows: dict[str, Any] = {p: c.take(lo, hi).copy() for p, c in cursors.items()}
+            rows.update({p: r.read(lo, hi) for p, r in src.stored_ragged.items()})
+            yield seen.build(rows, batched=batched)
 
     def __repr__(self) -> str:
         return f"<ReplayLoader of epoch {self.epoch.number} of {self.epoch.stream.name!r}: {len(self)} batches>"
@@ -420,23 +368,30 @@ def to_tf_dataset(stream: Stream, epoch: int | None = None, *, channels_last: bo
         import tensorflow as tf
     except ImportError:
         raise SnapstoreError("to_tf_dataset needs TensorFlow: pip install 'snapstore[tf]'") from None
-    src = _source(stream.raw if epoch is None else stream.epoch(epoch))
-    paths = _select(src, fields)
+    src = source(stream.raw if epoch is None else stream.epoch(epoch))
+    paths = select(src, fields)
     if not paths:
         raise UsageError(f"{src.what} has no field to put in a tf.data.Dataset")
     structure = _prune(src.structure, set(paths))
     paths = leaf_paths(structure)
     moved = {p for p in paths if channels_last and _image_like(src.infos[p])}
+    ragged = any(src.is_ragged(p) for p in paths)  # one element per generator step instead of blocks
     specs = []
     for p in paths:
         info = src.infos[p]
         shape = (*info.shape[1:], info.shape[0]) if p in moved else info.shape
+        if src.is_ragged(p) and not any(d is None for d in shape):
+            shape = (None,) * len(shape)  # ragged in another epoch, or the schema does not say which dims vary
         dtype = tf.string if info.dtype == "str" else tf.uint16 if info.dtype == "bfloat16" else tf.as_dtype(numpy_dtype(info.dtype))
-        specs.append(tf.TensorSpec((None, *shape), dtype))
+        specs.append(tf.TensorSpec(shape if ragged else (None, *shape), dtype))
 
-    def rows() -> Iterator[tuple[np.ndarray, ...]]:
-        for block in _row_blocks(src, paths):
-            yield tuple(_tf_rows(src.infos[p], block[p], p in moved) for p in paths)
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for block in row_blocks(src, paths):
+            cols = [_tf_rows(src.infos[p], block[p], p in moved) for p in paths]
+            if ragged:
+                yield from zip(*cols)
+            else:
+                yield tuple(cols)
 
     bf16 = [src.infos[p].dtype == "bfloat16" for p in paths]
 
@@ -444,16 +399,19 @@ def to_tf_dataset(stream: Stream, epoch: int | None = None, *, channels_last: bo
         leaves = dict(zip(paths, (tf.bitcast(t, tf.bfloat16) if b else t for t, b in zip(flat, bf16))))
         return _tf_structure(structure, leaves)
 
-    ds = tf.data.Dataset.from_generator(rows, output_signature=tuple(specs))
-    return ds.map(nest).unbatch()
+    ds = tf.data.Dataset.from_generator(rows, output_signature=tuple(specs)).map(nest)
+    return ds if ragged else ds.unbatch()
 
 
 def _image_like(info: FieldInfo) -> bool:
     """Rows of shape (C, H, W) from torch tensors (torch's channels-first convention)."""
-    return info.kind == "tensor" and len(info.shape) == 3
+    return info.kind in ("tensor", "tensor-list") and len(info.shape) == 3
 
 
-def _tf_rows(info: FieldInfo, rows: np.ndarray, move: bool) -> np.ndarray:
+def _tf_rows(info: FieldInfo, rows: Any, move: bool) -> Any:
+    """One field's rows as TensorFlow takes them: a block, or a list of ragged rows."""
+    if isinstance(rows, list):
+        return [_tf_rows(info, r[np.newaxis], move)[0] for r in rows]
     if info.dtype == "str":
         return rows.astype(object)
     return np.ascontiguousarray(np.moveaxis(rows, 1, -1)) if move else rows
@@ -500,20 +458,21 @@ def to_dask(obj: Epoch | RawSamples, fields: Any = None) -> dict[str, Any]:
         import dask.array as da
     except ImportError:
         raise SnapstoreError("to_dask needs Dask: pip install 'snapstore[dask]'") from None
-    src = _source(obj)
-    paths = _select(src, fields)
-    _specs(src, paths, True)  # the "index" collision check
-    named = {INDEX: src.index_array, **{p: src.arrays[p] for p in paths}}
+    src = source(obj)
+    paths = select(src, fields)
+    refuse_ragged(src, paths, "a dask.array")
+    _specs(src, paths, True, "list")  # the key collision check
     out = {}
-    for key, array in named.items():
+    for key in [INDEX, *paths]:
+        array = src.index_array if key == INDEX else src.fixed.get(key)
         if array is None:  # nothing committed
             info = FieldInfo("ndarray", "int64", ()) if key == INDEX else src.infos[key]
             out[key] = da.from_array(np.empty((0, *info.shape), dtype=numpy_dtype(info.dtype)))
             continue
-        rows = _Committed(array, src.rows)
         out[key] = da.from_array(
-            rows, chunks=(int(array.chunks[0]), *array.shape[1:]), name=f"snapstore-{key}-{uuid.uuid4().hex}",
-            asarray=False, fancy=False, lock=False, meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+            _Committed(array, src.rows), chunks=(int(array.chunks[0]), *array.shape[1:]),
+            name=f"snapstore-{key}-{uuid.uuid4().hex}", asarray=False, fancy=False, lock=False,
+            meta=np.empty((0,) * array.ndim, dtype=array.dtype),
         )
     return out
 
@@ -533,4 +492,4 @@ class _Committed:
         if not isinstance(rows, slice) or rows.step not in (None, 1):
             raise UsageError(f"committed rows are read by contiguous row slices, not {rows!r}")
         start, stop, _ = rows.indices(self.shape[0])
-        return _read(self.array, start, max(start, stop), key[1:])
+        return read(self.array, start, max(start, stop), key[1:])

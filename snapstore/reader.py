@@ -167,7 +167,7 @@ class Stream:
         SnapstoreError
             Raw samples are missing for some indices.
         SchemaError
-            A field holds strings.
+            A field holds strings, or is ragged (use ``to_numpy(ragged="pad")``).
         KeyError
             No epoch ``epoch``.
 
@@ -231,6 +231,8 @@ class Stream:
         (dtypes and row shapes). Rows are read in chunk-aligned blocks through
         ``from_generator`` with an ``output_signature``, so the epoch is never
         loaded whole; strings become ``tf.string``, bfloat16 ``tf.bfloat16``.
+        Ragged fields have ``None`` for the dimensions that vary (rows are
+        then handed to TensorFlow one by one, which is slower than blocks).
 
         Parameters
         ----------
@@ -358,7 +360,7 @@ class RawSamples(Dataset):
             raise KeyError(f"no raw sample of dataset index {index} in stream {self._stream.name!r}: no epoch fetched it")
         return self._fields.build(self._fields.read(row, row + 1), batched=False)
 
-    def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None, ragged: str = "list") -> dict[str, Any]:
         """Raw samples in dataset-index order, one array per field.
 
         Raw rows are stored in the order they were first captured; each
@@ -373,13 +375,18 @@ class RawSamples(Dataset):
             Preallocated destinations (arrays or ``numpy.memmap``) for some or
             all keys, e.g. to export more than fits in memory; the rest is
             allocated. Shapes and dtypes: ``snapstore.export.out_specs(raw)``.
+        ragged : {"list", "pad"}, default "list"
+            Ragged fields (rows of differing shapes): a list of row arrays, or
+            zero-padded to the widest row plus ``"<field>.lengths"`` (int64,
+            (n,) for one varying dimension, else (n, varying dimensions)).
 
         Returns
         -------
-        dict of str to ndarray
+        dict of str to ndarray or list
             ``"index"``: int64, (n,), the recorded dataset indices ascending;
             each field: ``(n, *row_shape)`` in its stored dtype (``StringDType``
-            for strings, ``uint16`` bit patterns for bfloat16); the ``out``
+            for strings, ``uint16`` bit patterns for bfloat16), or a list of n
+            arrays for a ragged field with ``ragged="list"``; the ``out``
             arrays themselves where given.
 
         Raises
@@ -389,7 +396,7 @@ class RawSamples(Dataset):
         CorruptionError
             A chunk fails to decode or its checksum.
         """
-        return export.to_numpy(self, fields=fields, out=out)
+        return export.to_numpy(self, fields=fields, out=out, ragged=ragged)
 
     def to_dask(self, fields: Any = None) -> dict[str, Any]:
         """Raw samples as ``dask.array``s, in stored (capture) order, chunk-aligned.
@@ -414,6 +421,8 @@ class RawSamples(Dataset):
         ------
         SnapstoreError
             Dask is not installed (``pip install 'snapstore[dask]'``).
+        SchemaError
+            A selected field is ragged (a dask array needs one row shape).
         """
         return export.to_dask(self, fields)
 
@@ -582,7 +591,7 @@ class Epoch:
         return [rebuild_leaf(info, values[k : k + 1] if isinstance(values, np.ndarray) else [values[k]], False)[: int(cut[k])]
                 for k in range(len(self))]
 
-    def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None, ragged: str = "list") -> dict[str, Any]:
         """Seen rows in seen order, one array per field, plus ``"index"``.
 
         Each array is allocated once (or taken from ``out``) and filled chunk
@@ -597,20 +606,27 @@ class Epoch:
             Preallocated destinations (arrays or ``numpy.memmap``) for some or
             all keys; the rest is allocated. Each must have the shape and
             dtype of ``snapstore.export.out_specs(epoch)``.
+        ragged : {"list", "pad"}, default "list"
+            Ragged fields (rows of differing shapes): a list of row arrays, or
+            zero-padded to the widest row plus ``"<field>.lengths"`` (int64,
+            (n,) for one varying dimension, else (n, varying dimensions)).
 
         Returns
         -------
-        dict of str to ndarray
+        dict of str to ndarray or list
             ``"index"``: int64, (n,), ``order``; each field: ``(n, *row_shape)``
             in its stored dtype (``StringDType`` for strings, ``uint16`` bit
-            patterns for bfloat16); the ``out`` arrays themselves where given.
+            patterns for bfloat16), or a list of n arrays for a ragged field
+            with ``ragged="list"``; the ``out`` arrays themselves where given.
 
         Raises
         ------
         UsageError
-            An unknown field, or an ``out`` array of the wrong shape or dtype.
+            An unknown field or ragged mode, or an ``out`` array of the wrong
+            shape or dtype.
         SchemaError
-            A field is itself named ``"index"`` (leave it out of ``fields``).
+            A field's key collides with ``"index"`` or a ``".lengths"`` key
+            (leave it out of ``fields``).
         CorruptionError
             A chunk fails to decode or its checksum.
 
@@ -621,7 +637,7 @@ class Epoch:
         >>> x = numpy.lib.format.open_memmap("x.npy", mode="w+", shape=shape, dtype=dtype)  # doctest: +SKIP
         >>> ep.to_numpy(fields=["0"], out={"0": x})["index"]  # doctest: +SKIP
         """
-        return export.to_numpy(self, fields=fields, out=out)
+        return export.to_numpy(self, fields=fields, out=out, ragged=ragged)
 
     def to_dask(self, fields: Any = None) -> dict[str, Any]:
         """Seen rows as ``dask.array``s in seen order, chunk-aligned, plus ``"index"``.
@@ -642,6 +658,8 @@ class Epoch:
         ------
         SnapstoreError
             Dask is not installed (``pip install 'snapstore[dask]'``).
+        SchemaError
+            A selected field is ragged (a dask array needs one row shape).
         """
         return export.to_dask(self, fields)
 
