@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import snapstore
 from snapstore import config, export
@@ -444,3 +444,30 @@ def test_cli_export_errors(recorded, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "o.npz").read_bytes() == b"keep me"
     assert cli([*base, "--stream", "train", "--raw", "--overwrite"]) == 0
+
+
+class Dwindling(IterableDataset):
+    """Yields 30 one-element tensors the first time, nothing after: an epoch with no rows but a known schema."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter([torch.tensor([float(i)]) for i in range(30)] if self.passes == 1 else [])
+
+
+def test_an_epoch_without_rows_exports_empty_arrays(tmp_path):
+    with snapstore.record(DataLoader(Dwindling(), batch_size=8), tmp_path / "d.snap") as train:
+        for _ in range(2):
+            for _ in train:
+                pass
+    stream = snapstore.open(tmp_path / "d.snap")["train"]
+    assert [len(stream.epoch(e)) for e in stream.epochs] == [30, 0]
+    empty = stream.epoch(1)
+    out = empty.to_numpy()
+    assert list(out) == ["index", "value"] and out["value"].shape == (0, 1) and out["value"].dtype == np.float32
+    assert list(empty.replay_loader()) == []
+    np.testing.assert_array_equal(stream.epoch(0).to_numpy()["value"].ravel(), np.arange(30, dtype=np.float32))
+    pytest.importorskip("dask")
+    assert empty.to_dask()["value"].shape == (0, 1)
