@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import config, layout
+from . import config, layout, store
 from .errors import CorruptionError, SchemaError, UsageError
 from .layout import FieldInfo
 from .schema import Structure, leaf_paths, numpy_dtype
@@ -72,8 +72,7 @@ class Source:
 
 def source(obj: Epoch | RawSamples) -> Source:
     """The ``Source`` of an ``Epoch`` (seen rows) or a ``RawSamples`` (raw samples)."""
-    from . import store
-    from .reader import Epoch, RawSamples, _node
+    from .reader import Epoch, RawSamples, _node  # reader imports the exports: import it when called
 
     if isinstance(obj, Epoch):
         m = obj.stream.manifest
