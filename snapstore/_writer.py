@@ -64,6 +64,11 @@ class BackgroundWriter:
         """Whether a job or a flush has failed."""
         return self._error is not None
 
+    @property
+    def error(self) -> BaseException | None:
+        """The failure of a job or a flush, if any."""
+        return self._error
+
     def check(self) -> None:
         """Raise ``RecordingError`` if the writer thread has failed."""
         if self._error is not None:

@@ -18,6 +18,11 @@ for someone reading it with plain ``zarr``::
           seen/<field path>         (rows, *row_shape): seen rows, as yielded
           ragged/<field path>/      a seen field whose rows differ in shape
           outputs/<name>            (rows, *shape): values passed to log()
+          continued/<k>/            rows recorded after a resume, continuing this epoch (same layout)
+
+A stream recorded by several ranks (torch.distributed) is a group with
+attrs["ranks"] = {"world_size": W} holding one stream per rank, ``rank<r>/``,
+each with the layout above; the reader interleaves their batches.
 
 A ragged field is three arrays: ``values`` (all elements, row after row, 1-D),
 ``offsets`` (int64 (rows,): where each row starts in ``values``) and
@@ -40,6 +45,7 @@ FORMAT_VERSION = 1
 
 SNAPSHOT_ATTR = "snapstore"
 STREAM_ATTR = "stream"
+RANKS_ATTR = "ranks"
 EPOCH_ATTR = "epoch"
 RAW_ATTR = "raw"
 
@@ -55,6 +61,7 @@ BASE_DATASET = "base_dataset"
 SEEN_GROUP = "seen"
 OUTPUTS_GROUP = "outputs"
 RAGGED_GROUP = "ragged"
+CONTINUED_GROUP = "continued"
 VALUES = "values"
 OFFSETS = "offsets"
 SHAPES = "shapes"
@@ -178,7 +185,8 @@ class EpochManifest:
 
     ``rows`` positions and ``batches`` batch sizes are committed; ``complete``
     is True only once the loader was exhausted. ``ragged`` lists the seen
-    fields stored under ``ragged/``. ``provenance`` holds the sampler state
+    fields stored under ``ragged/``. ``part`` is 0 for the epoch's own group
+    and k for ``continued/<k>`` (rows recorded after a resume). ``provenance`` holds the sampler state
     at epoch start, seeds, versions and host.
     """
 
@@ -190,6 +198,7 @@ class EpochManifest:
     ended: str | None
     provenance: dict[str, Any]
     ragged: list[str] = field(default_factory=list)
+    part: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -205,9 +214,15 @@ class EpochManifest:
             ended=d.get("ended"),
             provenance=dict(d.get("provenance", {})),
             ragged=list(d.get("ragged", [])),
+            part=int(d.get("part", 0)),
         )
 
 
 def epoch_name(number: int) -> str:
     """Group name of epoch ``number`` inside ``epochs/``."""
     return str(number)
+
+
+def rank_name(rank: int) -> str:
+    """Group name of rank ``rank``'s stream inside a multi-rank stream."""
+    return f"rank{rank}"

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 from . import export, layout, store
 from .errors import CorruptionError, UsageError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
-from .schema import Structure, rebuild_leaf, unflatten
+from .schema import Structure, numpy_dtype, rebuild_leaf, unflatten
 
 __all__ = ["Epoch", "RawSamples", "Snapshot", "Stream", "open"]
 
@@ -66,7 +66,7 @@ class Snapshot:
     @cached_property
     def streams(self) -> list[str]:
         """Names of the recorded streams, sorted."""
-        return sorted(name for name, g in self._root.groups() if layout.STREAM_ATTR in g.attrs)
+        return sorted(n for n, g in self._root.groups() if layout.STREAM_ATTR in g.attrs or layout.RANKS_ATTR in g.attrs)
 
     def __getitem__(self, name: str) -> Stream:
         if name not in self.streams:
@@ -95,14 +95,42 @@ class Snapshot:
 
 
 class Stream:
-    """One recorded loader: its schema, raw samples and epochs."""
+    """One recorded loader: its schema, raw samples and epochs.
+
+    A stream recorded by several ranks (``torch.distributed``) reads as one:
+    its epochs interleave the ranks' batches (``Epoch.ranks`` tells which rank
+    saw each position) and ``stream.rank(r)`` is one rank's own view.
+    """
 
     def __init__(self, group: Any, path: str, *, snapshot: tuple[str, dict[str, Any] | None] | None = None) -> None:
         self._group = group
         self.path = path
         self._snapshot = snapshot  # (snapshot path, storage_options): how a worker reopens it
-        self.manifest = StreamManifest.from_dict(group.attrs[layout.STREAM_ATTR])
+        self._rank: int | None = None  # set on a one-rank view from rank()
+        ranked = group.attrs.get(layout.RANKS_ATTR)
+        if ranked is not None:
+            names = [layout.rank_name(r) for r in range(int(ranked["world_size"]))]
+            self._ranks = [_node(group, n, path) for n in names]
+        else:
+            self._ranks = [group]
+        manifests = [StreamManifest.from_dict(g.attrs[layout.STREAM_ATTR]) for g in self._ranks]
+        self.manifest = _merged(manifests)
         self.name = self.manifest.name
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks that recorded this stream (1 without torch.distributed)."""
+        return len(self._ranks)
+
+    def rank(self, r: int) -> Stream:
+        """The stream as rank ``r`` recorded it."""
+        if not 0 <= r < self.world_size:
+            raise KeyError(f"stream {self.name!r} was recorded by {self.world_size} rank(s); there is no rank {r}")
+        if self.world_size == 1:
+            return self
+        view = Stream(self._ranks[r], f"{self.path}/{layout.rank_name(r)}", snapshot=self._snapshot)
+        view._rank = r
+        return view
 
     @property
     def fields(self) -> dict[str, FieldInfo]:
@@ -114,25 +142,34 @@ class Stream:
         """Logged outputs by name."""
         return dict(self.manifest.outputs)
 
+    def _epoch_groups(self, rank_group: Any) -> dict[int, Any]:
+        group = store.child(rank_group, layout.EPOCHS_GROUP)
+        if group is None:
+            return {}
+        return {int(n): g for n, g in group.groups() if layout.EPOCH_ATTR in g.attrs}
+
     @cached_property
     def epochs(self) -> list[int]:
         """Recorded epoch numbers, ascending (complete or not)."""
-        group = store.child(self._group, layout.EPOCHS_GROUP)
-        if group is None:
-            return []
-        return sorted(int(n) for n, g in group.groups() if layout.EPOCH_ATTR in g.attrs)
+        return sorted({e for g in self._ranks for e in self._epoch_groups(g)})
 
     def epoch(self, number: int) -> Epoch:
-        """Epoch ``number`` (negative numbers count from the last)."""
+        """Epoch ``number`` (negative numbers count from the last), stitched across resumes and ranks."""
         epochs = self.epochs
-        if not epochs:
-            raise KeyError(f"stream {self.name!r} has no recorded epoch")
-        if number < 0:
-            number = epochs[number] if -number <= len(epochs) else number
+        if number < 0 and -number <= len(epochs):
+            number = epochs[number]
         if number not in epochs:
             raise KeyError(f"stream {self.name!r} has no epoch {number}; recorded epochs: {epochs}")
-        group = self._group[f"{layout.EPOCHS_GROUP}/{layout.epoch_name(number)}"]
-        return Epoch(self, group)
+        ranks = []
+        for r, rank_group in enumerate(self._ranks):
+            group = self._epoch_groups(rank_group).get(number)
+            if group is None:
+                continue
+            continued = store.child(group, layout.CONTINUED_GROUP)
+            extra = sorted((int(k), g) for k, g in continued.groups() if layout.EPOCH_ATTR in g.attrs) if continued else []
+            what = f"{self.path} epoch {number}"
+            ranks.append([_Part(self, g, r, what) for g in [group, *(g for _, g in extra)]])
+        return Epoch(self, ranks)
 
     def __iter__(self) -> Iterator[Epoch]:
         return (self.epoch(e) for e in self.epochs)
@@ -276,6 +313,7 @@ class Stream:
         return {
             "iterable": self.manifest.iterable,
             "dataset_len": self.manifest.dataset_len,
+            "world_size": self.world_size,
             "fields": {p: f.to_dict() for p, f in self.manifest.fields.items()},
             "outputs": {p: f.to_dict() for p, f in self.manifest.outputs.items()},
             "raw_samples": len(self.raw.indices),
@@ -287,6 +325,32 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"<Stream {self.name!r} epochs={self.epochs} fields={list(self.manifest.fields)}>"
+
+
+def _merged(manifests: list[StreamManifest]) -> StreamManifest:
+    """One schema for the ranks of a stream: a field ragged on any rank is ragged."""
+    first = manifests[0]
+    if len(manifests) == 1:
+        return first
+    fields, raw_fields, outputs = dict(first.fields), dict(first.raw_fields), dict(first.outputs)
+    for m in manifests[1:]:
+        for mine, theirs in ((fields, m.fields), (raw_fields, m.raw_fields), (outputs, m.outputs)):
+            for p, f in theirs.items():
+                if p not in mine or (f.ragged and not mine[p].ragged):
+                    mine[p] = f
+    structure = next((m.structure for m in manifests if m.structure is not None), None)
+    raw_structure = next((m.raw_structure for m in manifests if m.raw_structure is not None), None)
+    return StreamManifest(first.name, first.iterable, first.batched, first.dataset_len, structure, fields,
+                          raw_structure, raw_fields, outputs, first.base_datasets)
+
+
+def _join(parts: list[np.ndarray | list[np.ndarray]]) -> np.ndarray | list[np.ndarray]:
+    """Row blocks read from several places, in order: one array, or one list for ragged rows."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], list):
+        return [r for part in parts for r in part]
+    return np.concatenate(parts)
 
 
 class _Fields:
@@ -310,7 +374,7 @@ class _Fields:
     def read(self, start: int, stop: int) -> dict[str, np.ndarray | list[np.ndarray]]:
         return {p: r.read(start, stop) for p, r in self.readers.items()}
 
-    def build(self, rows: dict[str, np.ndarray], batched: bool) -> Any:
+    def build(self, rows: dict[str, Any], batched: bool) -> Any:
         return unflatten(self.structure, lambda p: rebuild_leaf(self.infos[p], rows[p], batched))
 
 
@@ -324,41 +388,42 @@ class RawSamples(Dataset):
 
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
-        group = store.child(stream._group, layout.RAW_GROUP)
-        attrs = group.attrs.get(layout.RAW_ATTR, {}) if group is not None else {}
-        self._rows = int(attrs.get("rows", 0))
-        self._group = group
         m = stream.manifest
-        self._fields = (
-            _Fields(group, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, attrs.get("ragged", []), self._rows, stream.path)
-            if self._rows else None
-        )
+        self._sources: list[tuple[_Fields, np.ndarray]] = []  # one per rank that recorded raw samples
+        for rank_group in stream._ranks:
+            group = store.child(rank_group, layout.RAW_GROUP)
+            attrs = group.attrs.get(layout.RAW_ATTR, {}) if group is not None else {}
+            rows = int(attrs.get("rows", 0))
+            if rows:
+                fields = _Fields(group, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, attrs.get("ragged", []), rows, stream.path)
+                index = store.ChunkReader(_node(group, layout.RAW_INDEX, stream.path)).read(0, rows)
+                self._sources.append((fields, index))
+        self._rows = sum(len(index) for _, index in self._sources)
 
     @cached_property
-    def _index(self) -> np.ndarray:
-        """Dataset index of each raw row, in order of capture (int64, (rows,))."""
-        if not self._rows:
-            return np.empty(0, dtype=np.int64)
-        return store.ChunkReader(_node(self._group, layout.RAW_INDEX, self._stream.path)).read(0, self._rows)
-
-    @cached_property
-    def _row_of(self) -> dict[int, int]:
-        return {int(i): r for r, i in enumerate(self._index)}
+    def _where(self) -> dict[int, tuple[int, int]]:
+        """Dataset index -> (source, row) of its first recording."""
+        where: dict[int, tuple[int, int]] = {}
+        for s, (_, index) in enumerate(self._sources):
+            for r, i in enumerate(index.tolist()):
+                where.setdefault(i, (s, r))
+        return where
 
     @cached_property
     def indices(self) -> np.ndarray:
         """Dataset indices with a recorded raw sample, ascending (int64)."""
-        return np.sort(self._index)
+        return np.array(sorted(self._where), dtype=np.int64)
 
     def __len__(self) -> int:
         n = self._stream.manifest.dataset_len
-        return n if n is not None else self._rows
+        return n if n is not None else len(self._where)
 
     def __getitem__(self, index: int) -> Any:
-        row = self._row_of.get(int(index))
-        if row is None or self._fields is None:
+        where = self._where.get(int(index))
+        if where is None:
             raise KeyError(f"no raw sample of dataset index {index} in stream {self._stream.name!r}: no epoch fetched it")
-        return self._fields.build(self._fields.read(row, row + 1), batched=False)
+        fields, _ = self._sources[where[0]]
+        return fields.build(fields.read(where[1], where[1] + 1), batched=False)
 
     def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None, ragged: str = "list") -> dict[str, Any]:
         """Raw samples in dataset-index order, one array per field.
@@ -427,43 +492,114 @@ class RawSamples(Dataset):
         return export.to_dask(self, fields)
 
 
-class Epoch:
-    """One recorded pass over a stream's loader."""
+class _Part:
+    """One recorded piece of an epoch: a rank's epoch group, or a continuation after a resume."""
 
-    def __init__(self, stream: Stream, group: Any) -> None:
-        self.stream = stream
-        self._group = group
+    def __init__(self, stream: Stream, group: Any, rank: int, what: str) -> None:
+        self.group = group
+        self.rank = rank
         self.manifest = EpochManifest.from_dict(group.attrs[layout.EPOCH_ATTR])
-        self.number = self.manifest.number
-        what = f"{stream.path} epoch {self.number}"
+        self.rows = self.manifest.rows
+        self.what = what
         m = stream.manifest
-        self._seen = (
-            _Fields(group, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged, len(self), what) if len(self) else None
-        )
-        self._what = what
+        self.seen = _Fields(group, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged, self.rows, what) if self.rows else None
+
+    def array(self, name: str, n: int, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
+        """The first ``n`` entries of a per-position (or per-batch) array; ``fill`` when it does not exist."""
+        if n == 0:
+            return np.empty(0, dtype=dtype)
+        node = store.child(self.group, name)
+        if node is None:
+            if fill is None:
+                raise CorruptionError(f"{self.what}: {name!r} is missing from {self.group.path!r}; the snapshot is damaged")
+            return np.full(n, fill, dtype=dtype)
+        return store.ChunkReader(node).read(0, n)
+
+
+def _interleave(per_rank: list[list[tuple[int, int, int]]]) -> list[tuple[int, int, int]]:
+    """Batches of all ranks in step order: batch j of rank 0, of rank 1, ..., then batch j + 1."""
+    out = []
+    for j in range(max((len(b) for b in per_rank), default=0)):
+        out.extend(b[j] for b in per_rank if j < len(b))
+    return out
+
+
+class Epoch:
+    """One recorded pass over a stream's loader.
+
+    Positions run over the batches in the order the loop saw them. An epoch
+    cut by a crash and continued after a resume (``wrap(resume_epoch=True)``)
+    is stitched: the continuation's rows follow the rows committed before the
+    crash. With several ranks, step ``j`` holds batch ``j`` of every rank, in
+    rank order.
+    """
+
+    def __init__(self, stream: Stream, ranks: list[list[_Part]]) -> None:
+        self.stream = stream
+        self._parts = [p for parts in ranks for p in parts]
+        self.manifest = self._parts[0].manifest
+        self.number = self.manifest.number
+        batches, k = [], 0
+        for parts in ranks:
+            mine = []
+            for part in parts:
+                ends = np.cumsum(part.array(layout.BATCH_SIZES, part.manifest.batches))
+                mine.extend((k, int(lo), int(hi)) for lo, hi in zip([0, *ends[:-1].tolist()], ends.tolist()))
+                k += 1
+            batches.append(mine)
+        self._batches = _interleave(batches)
+        self._complete = all(parts[-1].manifest.complete for parts in ranks)
 
     def __len__(self) -> int:
-        return self.manifest.rows
+        return sum(p.rows for p in self._parts)
 
     @property
     def complete(self) -> bool:
-        """False for an epoch cut short (a crash, an exception, a ``break``)."""
-        return self.manifest.complete
+        """False for an epoch cut short (a crash, an exception, a ``break``) and not continued to its end."""
+        return self._complete
 
     @property
     def provenance(self) -> dict[str, Any]:
         """Loader configuration, sampler state, seeds, versions and host at epoch start."""
         return self.manifest.provenance
 
+    @property
+    def parts(self) -> list[EpochManifest]:
+        """Manifests of the pieces this epoch was recorded in (ranks, resumes)."""
+        return [p.manifest for p in self._parts]
+
+    @cached_property
+    def _map(self) -> tuple[np.ndarray, np.ndarray]:
+        """(part, local position) of each position."""
+        if len(self._parts) == 1:
+            return np.zeros(len(self), dtype=np.int64), np.arange(len(self), dtype=np.int64)
+        part = np.concatenate([np.full(hi - lo, k, dtype=np.int64) for k, lo, hi in self._batches] or [np.empty(0, np.int64)])
+        local = np.concatenate([np.arange(lo, hi, dtype=np.int64) for _, lo, hi in self._batches] or [np.empty(0, np.int64)])
+        return part, local
+
+    def _per_position(self, name: str, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
+        arrays = [p.array(name, p.rows, dtype, fill) for p in self._parts]
+        if len(arrays) == 1:
+            return arrays[0]
+        part, local = self._map
+        offsets = np.concatenate([[0], np.cumsum([p.rows for p in self._parts])])
+        return np.concatenate(arrays)[offsets[part] + local]
+
     @cached_property
     def order(self) -> np.ndarray:
         """Dataset index at each position, in the order the model saw them (int64, (rows,))."""
-        return self._small(layout.ORDER, len(self))
+        return self._per_position(layout.ORDER)
 
     @cached_property
     def batch_sizes(self) -> np.ndarray:
         """Rows of each yielded batch (int64, (batches,)); 1 per item for ``batch_size=None``."""
-        return self._small(layout.BATCH_SIZES, self.manifest.batches)
+        return np.array([hi - lo for _, lo, hi in self._batches], dtype=np.int64)
+
+    @cached_property
+    def ranks(self) -> np.ndarray:
+        """Rank that saw each position (int64, (rows,)); all 0 without torch.distributed."""
+        part, _ = self._map
+        return np.array([p.rank for p in self._parts], dtype=np.int64)[part]
 
     @cached_property
     def workers(self) -> np.ndarray:
@@ -472,7 +608,7 @@ class Epoch:
         For an iterable stream with ``W`` workers, ``order // W`` is the item's
         position in its worker's stream.
         """
-        return self._small(layout.WORKER, len(self), np.int32)
+        return self._per_position(layout.WORKER, np.int32, -1)
 
     @cached_property
     def base_order(self) -> np.ndarray:
@@ -482,25 +618,32 @@ class Epoch:
         ``ConcatDataset`` (nested too); ``base_dataset`` says which innermost
         dataset (``stream.manifest.base_datasets``) each row came from.
         """
-        if store.child(self._group, layout.BASE_ORDER) is None:
+        if store.child(self._parts[0].group, layout.BASE_ORDER) is None:
             return self.order
-        return self._small(layout.BASE_ORDER, len(self))
+        return self._per_position(layout.BASE_ORDER)
 
     @cached_property
     def base_dataset(self) -> np.ndarray:
         """Position in ``stream.manifest.base_datasets`` of each row's innermost dataset (int32, (rows,))."""
-        if store.child(self._group, layout.BASE_DATASET) is None:
-            return np.zeros(len(self), dtype=np.int32)
-        return self._small(layout.BASE_DATASET, len(self), np.int32)
+        return self._per_position(layout.BASE_DATASET, np.int32, 0)
 
-    @cached_property
-    def _offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.batch_sizes)])
+    def _rows(self, start: int, stop: int) -> dict[str, Any]:
+        """Seen rows of positions ``start:stop``, field by field."""
+        if len(self._parts) == 1:
+            return self._parts[0].seen.read(start, stop)  # type: ignore[union-attr]
+        part, local = self._map
+        runs, k = [], start
+        while k < stop:  # maximal runs of consecutive local positions in one part
+            end = k + 1
+            while end < stop and part[end] == part[k] and local[end] == local[end - 1] + 1:
+                end += 1
+            runs.append(self._parts[part[k]].seen.read(int(local[k]), int(local[end - 1]) + 1))  # type: ignore[union-attr]
+            k = end
+        return {p: _join([run[p] for run in runs]) for p in runs[0]} if runs else {}
 
-    def _small(self, name: str, n: int, dtype: Any = np.int64) -> np.ndarray:
-        if n == 0:
-            return np.empty(0, dtype=dtype)
-        return store.ChunkReader(_node(self._group, name, self._what)).read(0, n)
+    def _build(self, rows: dict[str, Any], batched: bool) -> Any:
+        m = self.stream.manifest
+        return unflatten(m.structure or {"type": "none"}, lambda p: rebuild_leaf(m.fields[p], rows[p], batched))
 
     def __getitem__(self, position: int) -> Any:
         """The seen sample at ``position`` (one row of its batch, without the batch dimension)."""
@@ -508,8 +651,7 @@ class Epoch:
         if not -n <= position < n:
             raise IndexError(f"position {position} is outside epoch {self.number} of stream {self.stream.name!r} ({n} rows)")
         position %= n
-        assert self._seen is not None
-        return self._seen.build(self._seen.read(position, position + 1), batched=False)
+        return self._build(self._rows(position, position + 1), batched=False)
 
     def positions(self, *, index: int) -> np.ndarray:
         """Every position where dataset ``index`` was seen in this epoch (int64, ascending).
@@ -527,13 +669,11 @@ class Epoch:
 
     def batch(self, j: int) -> Any:
         """Batch ``j`` exactly as the loader yielded it."""
-        nb = len(self.batch_sizes)
+        nb = len(self._batches)
         if not -nb <= j < nb:
             raise IndexError(f"batch {j} is outside epoch {self.number} of stream {self.stream.name!r} ({nb} batches)")
-        j %= nb
-        assert self._seen is not None
-        rows = self._seen.read(int(self._offsets[j]), int(self._offsets[j + 1]))
-        return self._seen.build(rows, batched=self.stream.manifest.batched)
+        k, lo, hi = self._batches[j % nb]
+        return self._build(self._parts[k].seen.read(lo, hi), batched=self.stream.manifest.batched)  # type: ignore[union-attr]
 
     def batches(self) -> Iterator[Any]:
         """Every batch in the order the loader yielded them; bitwise equal to the originals."""
@@ -578,18 +718,16 @@ class Epoch:
         KeyError
             ``field`` or ``lengths`` is not a field of the stream.
         """
+        infos = self.stream.manifest.fields
         for f in (field, lengths):
-            if f not in self.stream.manifest.fields:
-                raise KeyError(f"no field {f!r} in stream {self.stream.name!r}; fields: {list(self.stream.manifest.fields)}")
-        assert self._seen is not None
-        if position is not None:
-            rows = self._seen.read(position, position + 1)
-            return rebuild_leaf(self._seen.infos[field], rows[field], False)[: int(np.asarray(rows[lengths])[0])]
-        values = self._seen.readers[field].read(0, len(self))
-        cut = np.asarray(self._seen.readers[lengths].read(0, len(self))).astype(np.int64)
-        info = self._seen.infos[field]
-        return [rebuild_leaf(info, values[k : k + 1] if isinstance(values, np.ndarray) else [values[k]], False)[: int(cut[k])]
-                for k in range(len(self))]
+            if f not in infos:
+                raise KeyError(f"no field {f!r} in stream {self.stream.name!r}; fields: {list(infos)}")
+        start, stop = (position, position + 1) if position is not None else (0, len(self))
+        rows = self._rows(start, stop)
+        values, cut = rows[field], np.asarray(rows[lengths]).astype(np.int64)
+        out = [rebuild_leaf(infos[field], values[k : k + 1] if isinstance(values, np.ndarray) else [values[k]], False)[: int(cut[k])]
+               for k in range(stop - start)]
+        return out[0] if position is not None else out
 
     def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None, ragged: str = "list") -> dict[str, Any]:
         """Seen rows in seen order, one array per field, plus ``"index"``.
@@ -669,23 +807,36 @@ class Epoch:
 
 
 class _Outputs(Mapping):
+    """Logged outputs of an epoch by name, read on first access."""
+
     def __init__(self, epoch: Epoch) -> None:
         self._epoch = epoch
-        self._names = [n for n in epoch.stream.manifest.outputs if store.child(epoch._group, f"{layout.OUTPUTS_GROUP}/{n}") is not None]
+        self._infos = epoch.stream.manifest.outputs
         self._cache: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._names:
-            raise KeyError(f"no output {name!r} in epoch {self._epoch.number}; logged outputs: {self._names}")
+        if name not in self._infos:
+            raise KeyError(f"no output {name!r} in stream {self._epoch.stream.name!r}; logged outputs: {list(self._infos)}")
         if name not in self._cache:
-            array = self._epoch._group[f"{layout.OUTPUTS_GROUP}/{name}"]
-            self._cache[name] = store.ChunkReader(array).read(0, len(self._epoch))
+            info = self._infos[name]
+            dtype = numpy_dtype(info.dtype)
+            fill = np.nan if dtype.kind in "fc" else 0
+            parts = []
+            for p in self._epoch._parts:
+                node = store.child(p.group, f"{layout.OUTPUTS_GROUP}/{name}")
+                # never logged in this part (or not yet committed): the fill value
+                parts.append(store.ChunkReader(node).read(0, p.rows) if node is not None and p.rows else
+                             np.full((p.rows, *info.shape), fill, dtype=dtype))
+            if len(parts) == 1:
+                self._cache[name] = parts[0]
+            else:
+                part, local = self._epoch._map
+                offsets = np.concatenate([[0], np.cumsum([p.rows for p in self._epoch._parts])])
+                self._cache[name] = np.concatenate(parts)[offsets[part] + local]
         return self._cache[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
+        return iter(self._infos)
 
     def __len__(self) -> int:
-        return len(self._names)
-
-
+        return len(self._infos)

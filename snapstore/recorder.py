@@ -12,16 +12,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
 from . import config, layout, store
 from ._writer import BackgroundWriter
 from .capture import CaptureCollate, CaptureIterable, CaptureMap, RawBlock, Tagged, Tags, bases, is_wrapped, raw_source
-from .errors import SchemaError, SnapshotExistsError, UsageError
+from .errors import RecordingError, SchemaError, SnapshotExistsError, SnapstoreError, SnapstoreWarning, UsageError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
 from .provenance import epoch_provenance, utc_now, versions
 from .schema import DeviceCopy, Ragged, flatten, host_rows, reconcile
@@ -140,6 +142,12 @@ class Recorder:
         Passed to fsspec for URLs (credentials, ``endpoint_url``).
     compressor : {"lz4", "zstd", "none"}, default "lz4"
         Codec for every chunk; a CRC32C checksum is always added.
+    on_error : {"raise", "warn"}, default "raise"
+        When recording itself fails (disk full, permission denied, the store
+        vanished): ``"raise"`` raises ``RecordingError`` in the training loop
+        at the next batch; ``"warn"`` emits one ``SnapstoreWarning`` and keeps
+        training without recording. Either way, everything committed before
+        the failure stays readable.
 
     Raises
     ------
@@ -165,19 +173,36 @@ class Recorder:
         overwrite: bool = False,
         storage_options: dict[str, Any] | None = None,
         compressor: str = config.DEFAULT_COMPRESSOR,
+        on_error: str = "raise",
     ) -> None:
         self.path = str(path)
         if mode not in ("w", "a"):
             raise UsageError(f"mode={mode!r} is not one of 'w' (new snapshot) or 'a' (append epochs)")
+        if on_error not in ("raise", "warn"):
+            raise UsageError(f"on_error={on_error!r} is not one of 'raise' or 'warn'")
+        self.on_error = on_error
+        self._stopped = False  # recording failed and on_error="warn": the loop goes on unrecorded
+        self._reported = False  # a writer failure was raised in the loop
         if compressor not in store.COMPRESSORS:
             raise UsageError(f"compressor={compressor!r} is not one of {store.COMPRESSORS}")
         self.compressor = compressor
-        if mode == "w":
-            if store.has_data(self.path, storage_options):
-                self._refuse_overwrite(overwrite, storage_options)
-            manifest = SnapshotManifest(layout.FORMAT_VERSION, utc_now(), versions())
-            self._root = store.open_group(self.path, mode="w", storage_options=storage_options,
-                                          attributes={layout.SNAPSHOT_ATTR: manifest.to_dict()})
+        self.rank, self.world_size = _rank_and_world()
+        if mode == "w" and self.world_size > 1:  # rank 0 creates the snapshot, the others join it
+            failure = [None]
+            if self.rank == 0:
+                try:
+                    self._create(overwrite, storage_options)
+                except SnapstoreError as e:
+                    failure = [str(e)]
+                    dist.broadcast_object_list(failure, src=0)
+                    raise
+            dist.broadcast_object_list(failure, src=0)
+            if failure[0] is not None:
+                raise SnapstoreError(f"rank 0 could not create the snapshot: {failure[0]}")
+            if self.rank != 0:
+                self._root = store.open_group(self.path, mode="a", storage_options=storage_options)
+        elif mode == "w":
+            self._create(overwrite, storage_options)
         else:
             self._root = store.open_group(self.path, mode="a", storage_options=storage_options)
             SnapshotManifest.from_dict(self._root.attrs.get(layout.SNAPSHOT_ATTR), path=self.path)
@@ -186,6 +211,13 @@ class Recorder:
         self._raws: list[_RawSink] = []
         self._writer = BackgroundWriter(self._flush, maxsize=config.DEFAULT_QUEUE_BATCHES, interval=config.DEFAULT_FLUSH_INTERVAL)
         self._closed = False
+
+    def _create(self, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
+        if store.has_data(self.path, storage_options):
+            self._refuse_overwrite(overwrite, storage_options)
+        manifest = SnapshotManifest(layout.FORMAT_VERSION, utc_now(), versions())
+        self._root = store.open_group(self.path, mode="w", storage_options=storage_options,
+                                      attributes={layout.SNAPSHOT_ATTR: manifest.to_dict()})
 
     def _refuse_overwrite(self, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
         try:
@@ -199,7 +231,7 @@ class Recorder:
             raise SnapshotExistsError(f"{self.path} exists; pass overwrite=True or mode='a', or choose a new path")
 
     # -- public API -------------------------------------------------------
-    def wrap(self, loader: DataLoader, *, name: str, raw: Any = "auto") -> RecordingLoader:
+    def wrap(self, loader: DataLoader, *, name: str, raw: Any = "auto", resume_epoch: bool = False) -> RecordingLoader:
         """Record ``loader`` as stream ``name``; iterate the result instead of the loader.
 
         Parameters
@@ -216,6 +248,16 @@ class Recorder:
             dataset under ``loader.dataset`` sets them, and otherwise takes the
             item itself (no second fetch); a ``Dataset`` or ``index -> sample``
             callable gives raw samples explicitly; ``None`` records none.
+        resume_epoch : bool, default False
+            With ``mode="a"`` after a crash: the first iteration continues the
+            stream's last, incomplete epoch (a training job resumed from a
+            checkpoint mid-epoch); its rows are stored as a continuation that
+            ``Stream.epoch(e)`` stitches to the rows recorded before the crash.
+            Later iterations are new epochs.
+
+        Under ``torch.distributed`` with several ranks, every rank calls
+        ``wrap`` (it synchronises them once) and records its own rows into
+        ``<name>/rank<r>/``; readers merge the ranks.
 
         Returns
         -------
@@ -234,27 +276,43 @@ class Recorder:
             raise UsageError(f"stream name {name!r} is not usable; pass a non-empty str without '/', e.g. 'train'")
         if name in self._loaders:
             raise UsageError(f"stream {name!r} is already recorded by this Recorder; wrap each loader once and iterate it every epoch")
-        rl = RecordingLoader(self, loader, name, raw)
+        group = name
+        if self.world_size > 1:
+            if self.rank == 0 and store.child(self._root, name) is None:
+                self._root.create_group(name, attributes={layout.RANKS_ATTR: {"world_size": self.world_size}})
+            dist.barrier()
+            group = f"{name}/{layout.rank_name(self.rank)}"
+        rl = RecordingLoader(self, loader, name, group, raw, resume_epoch)
         self._loaders[name] = rl
         return rl
 
     def close(self) -> None:
         """Finish open epochs (as incomplete), write and commit everything, stop the writer.
 
-        Raises ``RecordingError`` if the background writer failed.
+        Raises ``RecordingError`` if the background writer failed (unless ``on_error="warn"``).
         """
         if self._closed:
             return
         self._closed = True
         for rl in self._loaders.values():
             rl._end_epoch(complete=False)
-        self._writer.close()
+        try:
+            self._writer.close()
+        except RecordingError:
+            if self.on_error == "raise" and not self._reported:  # not yet raised in the loop
+                raise
 
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the loop's own exception propagates; a writer failure behind it is logged, not raised over it
+            self.close()
+        except RecordingError:
+            logger.exception("recording into %s also failed", self.path)
 
     def __repr__(self) -> str:
         return f"Recorder({self.path!r}, streams={sorted(self._loaders)})"
@@ -267,10 +325,34 @@ class Recorder:
     def _writer_failed(self) -> bool:
         return self._writer.failed
 
+    def _recording(self) -> bool:
+        """Whether batches should still be recorded; raises or warns once after a writer failure."""
+        if self._stopped:
+            return False
+        if self._writer.failed:
+            if self.on_error == "raise":
+                self._reported = True
+                self._writer.check()
+            self._stopped = True
+            warnings.warn(
+                f"recording into {self.path} stopped: {self._writer.error!r}; training goes on unrecorded and "
+                "everything committed before the failure is readable",
+                SnapstoreWarning,
+                stacklevel=4,
+            )
+            return False
+        return True
+
     def _submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        self._writer.submit(functools.partial(fn, *args, **kwargs))
+        if self._recording():
+            try:
+                self._writer.submit(functools.partial(fn, *args, **kwargs))
+            except RecordingError:
+                if self._recording():  # the writer failed while we waited: raise or warn now
+                    raise
 
     def _flush(self) -> None:  # writer thread
+        store.check_exists(self._root, self.path)
         for epoch in self._epochs:
             epoch.commit()
         for raw in self._raws:
@@ -286,7 +368,7 @@ class RecordingLoader:
     ...) are the loader's, so ``stream.sampler.set_epoch(e)`` keeps working.
     """
 
-    def __init__(self, recorder: Recorder, loader: DataLoader, name: str, raw: Any) -> None:
+    def __init__(self, recorder: Recorder, loader: DataLoader, name: str, path: str, raw: Any, resume_epoch: bool) -> None:
         self._recorder = recorder
         self._loader = loader
         self._name = name
@@ -296,13 +378,18 @@ class RecordingLoader:
         fetch_raw, record_raw = raw_source(raw, loader.dataset)
 
         root = recorder._root
-        group = store.child(root, name)
+        group = store.child(root, path)
         if group is None:
-            group = root.create_group(name)
+            group = root.create_group(path)
             self._manifest = StreamManifest(name, iterable, batched, dataset_len)
             store.write_attr(group, layout.STREAM_ATTR, self._manifest.to_dict())
         else:
             self._manifest = StreamManifest.from_dict(group.attrs[layout.STREAM_ATTR])
+            if self._manifest.dataset_len != dataset_len:
+                raise UsageError(
+                    f"stream {name!r} in {recorder.path} was recorded from a dataset of {self._manifest.dataset_len} "
+                    f"samples; this loader's dataset has {dataset_len}: record it under another name"
+                )
             if (self._manifest.iterable, self._manifest.batched) != (iterable, batched):
                 raise UsageError(
                     f"stream {name!r} in {recorder.path} was recorded from a loader with iterable={self._manifest.iterable}, "
@@ -311,7 +398,9 @@ class RecordingLoader:
                 )
         self._group = group
         epochs = store.require_group(group, layout.EPOCHS_GROUP)
-        self._next_epoch = 1 + max((int(n) for n, _ in epochs.groups()), default=-1)
+        numbers = sorted(int(n) for n, g in epochs.groups() if layout.EPOCH_ATTR in g.attrs)
+        self._next_epoch = 1 + max(numbers, default=-1)
+        self._continue = _continuation(epochs, numbers, name) if resume_epoch else None
 
         raw_group = store.require_group(group, layout.RAW_GROUP)
         raw_attrs = raw_group.attrs.get(layout.RAW_ATTR, {})
@@ -377,9 +466,12 @@ class RecordingLoader:
                 self._end_epoch(complete=complete)
 
     def _begin_epoch(self) -> _EpochCursor:
-        number = self._next_epoch
-        self._next_epoch += 1
-        manifest = EpochManifest(number, 0, 0, False, utc_now(), None, epoch_provenance(self._loader))
+        if self._continue is not None:
+            (number, part), self._continue = self._continue, None
+        else:
+            number, part = self._next_epoch, 0
+            self._next_epoch += 1
+        manifest = EpochManifest(number, 0, 0, False, utc_now(), None, epoch_provenance(self._loader), part=part)
         capacity = _expected_rows(self._loader) or config.DEFAULT_UNKNOWN_ROWS
         cursor = _EpochCursor(number)
         self._epoch = cursor
@@ -387,8 +479,10 @@ class RecordingLoader:
         return cursor
 
     def _open_sink(self, cursor: _EpochCursor, manifest: EpochManifest, capacity: int) -> None:  # writer thread
-        epochs = self._group[layout.EPOCHS_GROUP]
-        group = epochs.create_group(layout.epoch_name(manifest.number))
+        name = layout.epoch_name(manifest.number)
+        if manifest.part:
+            name = f"{name}/{layout.CONTINUED_GROUP}/{manifest.part}"
+        group = self._group[layout.EPOCHS_GROUP].create_group(name)
         cursor.sink = _EpochSink(group, manifest, capacity, self._recorder.compressor)
         self._recorder._epochs.append(cursor.sink)
 
@@ -402,7 +496,8 @@ class RecordingLoader:
         self._recorder._epochs.remove(cursor.sink)
 
     def _hand_off(self, cursor: _EpochCursor, tagged: Tagged) -> None:
-        self._recorder._writer.check()
+        if not self._recorder._recording():
+            return
         tags = tagged.tags
         n = len(tags.indices)
         where = f"stream {self._name!r} epoch {cursor.number} batch {cursor.batches}"
@@ -514,6 +609,25 @@ class _EpochCursor:
         self.batches = 0
         self.current: tuple[int, int] | None = None  # (first position, rows) of the batch just yielded
         self.sink: _EpochSink  # set in the writer thread
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _continuation(epochs: store.Group, numbers: list[int], name: str) -> tuple[int, int]:
+    """(epoch, part) where a resumed run continues the stream's last epoch; UsageError if it is complete."""
+    if not numbers:
+        raise UsageError(f"resume_epoch=True, but stream {name!r} has no recorded epoch to continue")
+    group = epochs[layout.epoch_name(numbers[-1])]
+    parts = store.child(group, layout.CONTINUED_GROUP)
+    done = [int(k) for k, g in parts.groups() if layout.EPOCH_ATTR in g.attrs] if parts is not None else []
+    last = parts[str(max(done))] if done else group
+    if EpochManifest.from_dict(last.attrs[layout.EPOCH_ATTR]).complete:
+        raise UsageError(f"epoch {numbers[-1]} of stream {name!r} is complete; there is nothing to continue: drop resume_epoch=True")
+    return numbers[-1], 1 + max(done, default=0)
 
 
 def _put_rows(cursor: _EpochCursor, pos: int, tags: Tags, fields: dict) -> None:

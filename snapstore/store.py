@@ -18,7 +18,7 @@ import zarr.errors
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from . import config, layout
-from .errors import CorruptionError, NotASnapshotError, SnapshotNotFoundError, UsageError
+from .errors import CorruptionError, NotASnapshotError, RecordingError, SnapshotNotFoundError, UsageError
 from .layout import FieldInfo
 from .schema import Ragged, numpy_dtype
 
@@ -72,6 +72,15 @@ def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None =
         raise SnapshotNotFoundError(f"no snapshot at {path}; check the path, or record one with snapstore.Recorder") from e
     except (json.JSONDecodeError, ValueError, TypeError, KeyError) as e:
         raise NotASnapshotError(f"{path}: the root zarr.json cannot be read ({e}); the snapshot's metadata is damaged") from e
+
+
+def check_exists(root: Group, path: str) -> None:
+    """Raise ``RecordingError`` if the snapshot's root metadata has vanished (deleted under the writer)."""
+    try:
+        zarr.open_group(root.store, mode="r", zarr_format=3, use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        raise RecordingError(f"the snapshot at {path} vanished while recording (its root zarr.json is gone); "
+                             "check what deleted it, then record again") from e
 
 
 def child(group: Group, name: str) -> Any:

@@ -211,3 +211,11 @@ def test_reading_never_writes(snap_path):
     stream.to_tensor_dataset()
     after = {p: p.stat().st_mtime_ns for p in snap_path.rglob("*")}
     assert before == after
+
+
+def test_append_with_a_different_dataset_is_refused(snap_path):
+    with snapstore.record(DataLoader(Indexed(10), batch_size=3), snap_path) as s:
+        list(s)
+    with snapstore.Recorder(snap_path, mode="a") as rec:
+        with pytest.raises(snapstore.UsageError, match="dataset of 10 samples; this loader's dataset has 6"):
+            rec.wrap(DataLoader(Indexed(6), batch_size=3), name="train")

@@ -1,0 +1,120 @@
+"""When recording itself fails, training gets a clear error (or one warning) and committed data survives."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import snapstore
+
+
+class Noise(Dataset):
+    """Incompressible rows (64 KiB each), so a small filesystem fills up fast."""
+
+    def __len__(self) -> int:
+        return 256
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(np.random.default_rng(i).integers(0, 2**31, 16384, dtype=np.int32)), i
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MiB tmpfs: writes past it fail with ENOSPC."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def record_until_full(path, on_error):
+    small = DataLoader(Noise(), batch_size=8, sampler=range(16))
+    big = DataLoader(Noise(), batch_size=8)
+    yielded = 0
+    with snapstore.Recorder(path, on_error=on_error) as rec:
+        first, second = rec.wrap(small, name="first"), rec.wrap(big, name="second")
+        list(first)
+        for _ in range(3):
+            for _ in second:
+                yielded += 1
+    return yielded
+
+
+def test_disk_full_raises_at_the_next_batch_and_keeps_committed_data(small_disk):
+    path = small_disk / "run.snap"
+    with pytest.raises(snapstore.RecordingError, match="No space left on device") as err:
+        record_until_full(path, "raise")
+    assert "everything committed before the failure is readable" in str(err.value)
+    snap = snapstore.open(path)
+    ep = snap["first"].epoch(0)
+    assert ep.complete and ep.order.tolist() == list(range(16))
+    for k in (0, 15):
+        assert torch.equal(ep[k][0], Noise()[k][0])
+    second = snap["second"]
+    for e in second.epochs:  # whatever was committed of the big stream reads back exactly
+        cut = second.epoch(e)
+        assert not cut.complete or len(cut) == 256
+        for k in range(len(cut)):
+            assert torch.equal(cut[k][0], Noise()[int(cut.order[k])][0])
+
+
+def test_disk_full_with_on_error_warn_keeps_training(small_disk):
+    path = small_disk / "run.snap"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yielded = record_until_full(path, "warn")
+    assert yielded == 3 * 32  # every batch of every epoch reached the loop
+    ours = [w for w in caught if issubclass(w.category, snapstore.SnapstoreWarning)]
+    assert len(ours) == 1 and "No space left on device" in str(ours[0].message)
+    assert snapstore.open(path)["first"].epoch(0).complete
+
+
+def set_immutable(path, on):
+    """``chattr +i`` every directory: writes fail with a PermissionError, even for root."""
+    flag = "+i" if on else "-i"
+    for p in [path, *path.rglob("*")]:
+        if p.is_dir() and subprocess.run(["chattr", flag, str(p)], capture_output=True).returncode:
+            pytest.skip("chattr is not available on this filesystem")
+
+
+def test_permission_denied(tmp_path):
+    path = tmp_path / "run.snap"
+    loader = DataLoader(torch.utils.data.TensorDataset(torch.arange(40.0)), batch_size=4)
+    with snapstore.Recorder(path) as rec:
+        s = rec.wrap(loader, name="train")
+        list(s)
+        for _ in range(200):  # wait until a concurrent reader sees epoch 0 committed
+            if snapstore.open(path)["train"].epochs and snapstore.open(path)["train"].epoch(0).complete:
+                break
+            time.sleep(0.05)
+        set_immutable(path, True)
+        try:
+            with pytest.raises(snapstore.RecordingError) as err:
+                for _ in range(3):
+                    list(s)
+        finally:
+            set_immutable(path, False)
+    assert isinstance(err.value.__cause__, PermissionError)
+    ep = snapstore.open(path)["train"].epoch(0)
+    assert ep.complete and len(ep) == 40
+
+
+def test_snapshot_deleted_while_recording(tmp_path):
+    path = tmp_path / "run.snap"
+    loader = DataLoader(torch.utils.data.TensorDataset(torch.arange(400.0)), batch_size=4)
+    with pytest.raises(snapstore.RecordingError, match="vanished while recording"):
+        with snapstore.record(loader, path) as s:
+            for j, _ in enumerate(s):
+                if j == 10:
+                    shutil.rmtree(path)
+                if j > 10:
+                    time.sleep(0.05)
