@@ -33,7 +33,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ._rows import Cursor, Source, blocks, ragged_block_rows, read, refuse_ragged, row_blocks, select, source
+from ._rows import (
+    Cursor,
+    Source,
+    blocks,
+    export_shapes,
+    ragged_block_rows,
+    read,
+    refuse_ragged,
+    row_blocks,
+    select,
+    source,
+)
 from .errors import SchemaError, SnapstoreError, UsageError
 from .layout import FieldInfo
 from .schema import Structure, _namedtuple, leaf_paths, numpy_dtype
@@ -117,7 +128,7 @@ def _specs(src: Source, paths: list[str], index: bool, ragged: str) -> Specs:
             specs[p] = ((src.rows, *info.shape), dtype)  # type: ignore[arg-type]
             keys.append(p)
         elif ragged == "pad":
-            shapes = src.ragged(p).shapes[: src.rows] if src.rows else np.zeros((0, len(info.shape)), np.int64)
+            shapes = export_shapes(src, p)
             widest = tuple(int(d) for d in shapes.max(axis=0, initial=0)) if len(info.shape) else ()
             specs[p] = ((src.rows, *widest), dtype)
             varying = _varying(info)
@@ -161,27 +172,41 @@ def to_numpy(
         raise UsageError(f"out= cannot hold the ragged fields {[p for p in lists if p in given]} of {src.what} as lists; "
                          "leave them out of out=, or pass ragged='pad'")
     arrays = _prepare_out(src, specs, given)
-    dest = src.dest()
     if index:
         arrays[INDEX][...] = src.export_index
     result: dict[str, Any] = {INDEX: arrays[INDEX]} if index else {}
     for p in paths:
         if p in lists:
-            result[p] = _ragged_list(src, p, dest, progress)
+            result[p] = _ragged_list(src, p, progress)
             continue
         if src.is_ragged(p):
-            _fill_padded(src, p, arrays[p], arrays[p + LENGTHS], dest, progress)
+            _fill_padded(src, p, arrays[p], arrays[p + LENGTHS], progress)
             result[p], result[p + LENGTHS] = arrays[p], arrays[p + LENGTHS]
         else:
-            target = result[p] = arrays[p]
-            for lo, hi, block in blocks(src.fixed[p], src.rows) if src.rows else ():
-                target[slice(lo, hi) if dest is None else dest[lo:hi]] = block
-                if progress is not None:
-                    progress(block.nbytes)
+            result[p] = arrays[p]
+            for k, part in enumerate(src.parts):
+                dest = src.dest(k) if part.rows else None
+                for lo, hi, block in blocks(part.fixed[p], part.rows) if part.rows else ():
+                    _put(arrays[p], dest, lo, hi, block)
+                    if progress is not None:
+                        progress(block.nbytes)
         for a in (result[p], result.get(p + LENGTHS)):
             if isinstance(a, np.memmap):
                 a.flush()
     return result
+
+
+def _put(target: np.ndarray, dest: Any, lo: int, hi: int, block: np.ndarray) -> None:
+    """Stored rows ``lo:hi`` of a part into ``target`` at their export positions (``dest`` from ``Source.dest``)."""
+    if isinstance(dest, slice):
+        target[dest.start + lo : dest.start + hi] = block
+        return
+    where = dest[lo:hi]
+    keep = where >= 0
+    if keep.all():
+        target[where] = block
+    elif keep.any():
+        target[where[keep]] = block[keep]
 
 
 def _prepare_out(src: Source, specs: Specs, given: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -211,43 +236,41 @@ def _prepare_out(src: Source, specs: Specs, given: dict[str, Any]) -> dict[str, 
     return arrays
 
 
-def _ragged_blocks(src: Source, path: str) -> Iterator[tuple[int, int, list[np.ndarray]]]:
-    if not src.rows:
-        return
-    reader = src.ragged(path)
-    step = ragged_block_rows(src.infos[path], reader.shapes)
-    for lo in range(0, src.rows, step):
-        hi = min(lo + step, src.rows)
-        yield lo, hi, reader.read(lo, hi)
+def _ragged_blocks(src: Source, path: str) -> Iterator[tuple[Any, int, int, list[np.ndarray]]]:
+    """``(dest, start, stop, rows)`` for blocks of stored rows of a ragged field, part by part."""
+    for k, part in enumerate(src.parts):
+        if not part.rows:
+            continue
+        reader = part.ragged(path)
+        dest = src.dest(k)
+        step = ragged_block_rows(src.infos[path], reader.shapes)
+        for lo in range(0, part.rows, step):
+            hi = min(lo + step, part.rows)
+            yield dest, lo, hi, reader.read(lo, hi)
 
 
-def _ragged_list(src: Source, path: str, dest: np.ndarray | None, progress: Callable[[int], None] | None) -> list[np.ndarray]:
+def _ragged_list(src: Source, path: str, progress: Callable[[int], None] | None) -> list[np.ndarray]:
     rows: list[Any] = [None] * src.rows
-    for lo, hi, part in _ragged_blocks(src, path):
-        if dest is None:
-            rows[lo:hi] = part
-        else:
-            for k, r in zip(dest[lo:hi].tolist(), part):
+    for dest, lo, hi, part in _ragged_blocks(src, path):
+        where = range(dest.start + lo, dest.start + hi) if isinstance(dest, slice) else dest[lo:hi].tolist()
+        for k, r in zip(where, part):
+            if k >= 0:
                 rows[k] = r
         if progress is not None:
             progress(sum(r.nbytes for r in part))
     return rows
 
 
-def _fill_padded(src: Source, path: str, target: np.ndarray, lengths: np.ndarray, dest: np.ndarray | None,
+def _fill_padded(src: Source, path: str, target: np.ndarray, lengths: np.ndarray,
                  progress: Callable[[int], None] | None) -> None:
     """Zero-padded rows of a ragged field, block by block, and the sizes of its varying dimensions."""
-    if not src.rows:
-        return
-    shapes = src.ragged(path).shapes[: src.rows]
-    sizes = shapes[:, _varying(src.infos[path])].reshape(lengths.shape)
-    lengths[...] = sizes if dest is None else sizes[np.argsort(dest)]
-    for lo, hi, part in _ragged_blocks(src, path):
+    lengths[...] = export_shapes(src, path)[:, _varying(src.infos[path])].reshape(lengths.shape)
+    for dest, lo, hi, part in _ragged_blocks(src, path):
         padded = np.zeros((hi - lo, *target.shape[1:]), dtype=target.dtype)
         for k, r in enumerate(part):
             where: tuple[Any, ...] = (k, *[slice(0, n) for n in r.shape])
             padded[where] = r
-        target[slice(lo, hi) if dest is None else dest[lo:hi]] = padded
+        _put(target, dest, lo, hi, padded)
         if progress is not None:
             progress(padded.nbytes)
 
@@ -300,18 +323,14 @@ class ReplayLoader:
 
     def __iter__(self) -> Iterator[Any]:
         ep = self.epoch
-        seen = ep._seen
-        if seen is None:
-            return
         src = source(ep)
-        offsets = ep._offsets
         batched = ep.stream.manifest.batched
-        cursors = {p: Cursor(a, len(ep)) for p, a in src.fixed.items()}
-        for j in range(len(self)):
-            lo, hi = int(offsets[j]), int(offsets[j + 1])
-            rows: dict[str, Any] = {p: c.take(lo, hi).copy() for p, c in cursors.items()}
-            rows.update({p: r.read(lo, hi) for p, r in src.stored_ragged.items()})
-            yield seen.build(rows, batched=batched)
+        cursors = {(k, p): Cursor(a, part.rows) for k, part in enumerate(src.parts) for p, a in part.fixed.items()}
+        for k, lo, hi in ep._batches:
+            part = src.parts[k]
+            rows: dict[str, Any] = {p: cursors[k, p].take(lo, hi).copy() for p in part.fixed}
+            rows.update({p: r.read(lo, hi) for p, r in part.stored_ragged.items()})
+            yield ep._build(rows, batched=batched)
 
     def __repr__(self) -> str:
         return f"<ReplayLoader of epoch {self.epoch.number} of {self.epoch.stream.name!r}: {len(self)} batches>"
@@ -320,16 +339,17 @@ class ReplayLoader:
 class StoreDataset(Dataset):
     """A map-style ``Dataset`` over a stream, read lazily from the snapshot; see ``Stream.as_dataset``.
 
-    It keeps only the snapshot path, storage options, stream name and epoch
-    number, and opens the snapshot on first use in each process, so it pickles
+    It keeps only the snapshot path, storage options, stream name, rank and
+    epoch number, and opens the snapshot on first use in each process, so it pickles
     into DataLoader workers (``fork`` or ``spawn``).
     """
 
     def __init__(self, path: str, stream: str, epoch: int | None, *, storage_options: dict[str, Any] | None = None,
-                 length: int) -> None:
+                 rank: int | None = None, length: int) -> None:
         self.path = path
         self.stream = stream
         self.epoch = epoch
+        self.rank = rank
         self.storage_options = storage_options
         self._len = length
         self._target: Any = None
@@ -340,6 +360,8 @@ class StoreDataset(Dataset):
             from .reader import open as open_snapshot
 
             stream = open_snapshot(self.path, storage_options=self.storage_options)[self.stream]
+            if self.rank is not None:
+                stream = stream.rank(self.rank)
             self._target = stream.raw if self.epoch is None else stream.epoch(self.epoch)
             self._pid = os.getpid()
         return self._target
@@ -462,18 +484,25 @@ def to_dask(obj: Epoch | RawSamples, fields: Any = None) -> dict[str, Any]:
     paths = select(src, fields)
     refuse_ragged(src, paths, "a dask.array")
     _specs(src, paths, True, "list")  # the key collision check
-    out = {}
-    for key in [INDEX, *paths]:
-        array = src.index_array if key == INDEX else src.fixed.get(key)
-        if array is None:  # nothing committed
-            info = FieldInfo("ndarray", "int64", ()) if key == INDEX else src.infos[key]
-            out[key] = da.from_array(np.empty((0, *info.shape), dtype=numpy_dtype(info.dtype)))
-            continue
-        out[key] = da.from_array(
-            _Committed(array, src.rows), chunks=(int(array.chunks[0]), *array.shape[1:]),
-            name=f"snapstore-{key}-{uuid.uuid4().hex}", asarray=False, fancy=False, lock=False,
-            meta=np.empty((0,) * array.ndim, dtype=array.dtype),
-        )
+    if not src.raw and not src.concatenated:
+        raise UsageError(f"{src.what} interleaves the batches of several ranks, which dask chunks cannot follow; "
+                         "export one rank at a time with stream.rank(r).epoch(e).to_dask(), or use to_numpy()")
+    parts = [part for part in src.parts if part.rows]
+    index = np.concatenate([part.index for part in parts]) if src.raw and parts else src.export_index
+    out = {INDEX: da.from_array(index, chunks=(max(1, min(len(index), 65536)),))}
+    for p in paths:
+        pieces = [
+            da.from_array(
+                _Committed(part.fixed[p], part.rows), chunks=(int(part.fixed[p].chunks[0]), *part.fixed[p].shape[1:]),
+                name=f"snapstore-{p}-{uuid.uuid4().hex}", asarray=False, fancy=False, lock=False,
+                meta=np.empty((0,) * part.fixed[p].ndim, dtype=part.fixed[p].dtype),
+            )
+            for part in parts
+        ]
+        if not pieces:  # nothing committed
+            info = src.infos[p]
+            pieces = [da.from_array(np.empty((0, *info.shape), dtype=numpy_dtype(info.dtype)))]
+        out[p] = pieces[0] if len(pieces) == 1 else da.concatenate(pieces)
     return out
 
 

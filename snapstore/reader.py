@@ -256,7 +256,7 @@ class Stream:
         path, storage_options = self._snapshot
         length = len(self.raw) if epoch is None else len(self.epoch(epoch))
         number = None if epoch is None else self.epoch(epoch).number
-        return export.StoreDataset(path, self.name, number, storage_options=storage_options, length=length)
+        return export.StoreDataset(path, self.name, number, storage_options=storage_options, rank=self._rank, length=length)
 
     def to_tf_dataset(self, epoch: int | None = None, *, channels_last: bool = False, fields: Any = None) -> Any:
         """Recorded rows as a ``tf.data.Dataset``, streamed from the snapshot.
