@@ -107,12 +107,15 @@ class Stream:
         self.path = path
         self._snapshot = snapshot  # (snapshot path, storage_options): how a worker reopens it
         self._rank: int | None = None  # set on a one-rank view from rank()
-        ranked = group.attrs.get(layout.RANKS_ATTR)
+        self._read_manifests()
+
+    def _read_manifests(self) -> None:
+        ranked = self._group.attrs.get(layout.RANKS_ATTR)
         if ranked is not None:
             names = [layout.rank_name(r) for r in range(int(ranked["world_size"]))]
-            self._ranks = [_node(group, n, path) for n in names]
+            self._ranks = [_node(self._group, n, self.path) for n in names]
         else:
-            self._ranks = [group]
+            self._ranks = [self._group]
         manifests = [StreamManifest.from_dict(g.attrs[layout.STREAM_ATTR]) for g in self._ranks]
         self.manifest = _merged(manifests)
         self.name = self.manifest.name
@@ -160,6 +163,16 @@ class Stream:
             number = epochs[number]
         if number not in epochs:
             raise KeyError(f"stream {self.name!r} has no epoch {number}; recorded epochs: {epochs}")
+        ranks = self._epoch_parts(number)
+        if self.manifest.structure is None and any(p.rows for parts in ranks for p in parts):
+            # Opened before the recorder committed the schema (a live recording): the epoch, read
+            # after it, has rows the schema must describe, so read the schema again.
+            self._group = store.reread(self._group)
+            self._read_manifests()
+            ranks = self._epoch_parts(number)
+        return Epoch(self, ranks)
+
+    def _epoch_parts(self, number: int) -> list[list[_Part]]:
         ranks = []
         for r, rank_group in enumerate(self._ranks):
             group = self._epoch_groups(rank_group).get(number)
@@ -169,7 +182,7 @@ class Stream:
             extra = sorted((int(k), g) for k, g in continued.groups() if layout.EPOCH_ATTR in g.attrs) if continued else []
             what = f"{self.path} epoch {number}"
             ranks.append([_Part(self, g, r, what) for g in [group, *(g for _, g in extra)]])
-        return Epoch(self, ranks)
+        return ranks
 
     def __iter__(self) -> Iterator[Epoch]:
         return (self.epoch(e) for e in self.epochs)

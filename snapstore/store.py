@@ -91,6 +91,11 @@ def child(group: Group, name: str) -> Any:
         return None
 
 
+def reread(group: Group) -> Group:
+    """``group`` read again from its store: its attributes as they are now, not as when it was opened."""
+    return zarr.open_group(group.store, path=group.path, mode="r", zarr_format=3, use_consolidated=False)
+
+
 def require_group(group: Group, name: str) -> Group:
     node = child(group, name)
     return node if node is not None else group.create_group(name)
