@@ -1,9 +1,10 @@
 """``snapstore export``: write an epoch's seen rows or a stream's raw samples to .npz or .npy files.
 
-A thin shell over ``Epoch.to_numpy`` / ``RawSamples.to_numpy``; ``cli.py``
-wires it in with ``add_export_parser(subparsers)`` and dispatches to
-``run_export(args)``. Memory stays bounded: every numeric field is filled
-chunk by chunk into a ``numpy.lib.format.open_memmap`` file. ``--format npy``
+A thin shell over ``Epoch.to_numpy`` / ``RawSamples.to_numpy``. ``cli.py``
+wires it in with ``add_export_parser(commands)`` in ``build_parser``; the
+parser sets ``run=run_export``, which ``cli.main`` calls. Memory stays
+bounded: every numeric field is filled chunk by chunk into a
+``numpy.lib.format.open_memmap`` file. ``--format npy``
 writes those files (``OUT/<field path>.npy``, ``OUT/index.npy``);
 ``--format npz`` (the default) writes them to a temporary directory next to
 ``OUT`` and streams them into an uncompressed ``.npz`` that ``numpy.load``
@@ -51,7 +52,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="npz", help="npz: one file (default); npy: a directory of .npy files")
     p.add_argument("-o", "--out", required=True, help="output .npz file, or directory for --format npy")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.set_defaults(func=run_export)
+    p.set_defaults(run=run_export)  # cli.main dispatches to args.run(args)
     return p
 
 

@@ -395,7 +395,7 @@ def cli(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    return args.func(args)
+    return args.run(args)
 
 
 def test_cli_export_npz_round_trip(recorded, stream, tmp_path):

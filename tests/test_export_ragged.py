@@ -161,7 +161,7 @@ def test_field_that_turned_ragged_exports_each_row_as_its_batch_padded_it(padded
     add_export_parser(parser.add_subparsers(dest="command", required=True))
     target = tmp_path / "padded.npz"
     args = parser.parse_args(["export", stream.path.rsplit("/", 1)[0], "--stream", "train", "--epoch", "0", "-o", str(target)])
-    assert args.func(args) == 0
+    assert args.run(args) == 0
     with np.load(target) as z:
         assert sorted(z.files) == ["0", "0.lengths", "1", "index"]
         np.testing.assert_array_equal(z["0"], pad["0"])
