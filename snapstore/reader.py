@@ -164,9 +164,9 @@ class Stream:
         if number not in epochs:
             raise KeyError(f"stream {self.name!r} has no epoch {number}; recorded epochs: {epochs}")
         ranks = self._epoch_parts(number)
-        if self.manifest.structure is None and any(p.rows for parts in ranks for p in parts):
+        if self.manifest.structure is None:
             # Opened before the recorder committed the schema (a live recording): the epoch, read
-            # after it, has rows the schema must describe, so read the schema again.
+            # after it, may hold rows the schema describes, so read the schema again.
             self._group = store.reread(self._group)
             self._read_manifests()
             ranks = self._epoch_parts(number)
