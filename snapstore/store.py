@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from collections import OrderedDict
 from typing import Any
@@ -83,9 +84,15 @@ def check_exists(root: Group, path: str) -> None:
                              "check what deleted it, then record again") from e
 
 
-def reopen(group: Group) -> Group:
-    """``group`` read again from the store (a Group caches its metadata and attributes)."""
-    return zarr.open_group(group.store, path=group.path, mode="r", zarr_format=3, use_consolidated=False)
+def groups_with(group: Group, attr: str) -> dict[str, Group]:
+    """Child groups of ``group`` that carry attribute ``attr`` (streams, epochs), by name.
+
+    A child whose metadata a writer has not finished creating (a directory
+    without its ``zarr.json`` yet) is not listed.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy", category=UserWarning)
+        return {name: g for name, g in group.groups() if attr in g.attrs}
 
 
 def child(group: Group, name: str) -> Any:
@@ -94,6 +101,11 @@ def child(group: Group, name: str) -> Any:
         return group[name]
     except KeyError:
         return None
+
+
+def reread(group: Group) -> Group:
+    """``group`` read again from its store: its attributes as they are now, not as when it was opened."""
+    return zarr.open_group(group.store, path=group.path, mode="r", zarr_format=3, use_consolidated=False)
 
 
 def require_group(group: Group, name: str) -> Group:
