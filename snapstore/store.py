@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -321,6 +322,49 @@ class RaggedReader:
         return [self.read(int(p), int(p) + 1)[0] for p in positions]
 
 
+def read_chunk(array: Array, c: int) -> np.ndarray:
+    """Rows of row-chunk ``c`` of ``array`` (the last chunk may be shorter), decoded and checksum-verified.
+
+    Raises
+    ------
+    CorruptionError
+        The chunk fails to decode or its CRC32C does not match; the message
+        names the array, the chunk and its rows.
+    """
+    rows = array.chunks[0]
+    lo = c * rows
+    try:
+        return array[lo : lo + rows]
+    except (ValueError, RuntimeError, OSError) as e:
+        raise CorruptionError(
+            f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} cannot be read: {e}; "
+            "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
+        ) from e
+
+
+def walk_arrays(group: Group) -> Iterator[tuple[str, Array]]:
+    """Every array below ``group`` as ``(path relative to group, array)``: a group's arrays, then its subgroups, by name."""
+    for name, node in sorted(group.arrays(), key=lambda kv: kv[0]):
+        yield name, node
+    for name, sub in sorted(group.groups(), key=lambda kv: kv[0]):
+        for rel, node in walk_arrays(sub):
+            yield f"{name}/{rel}", node
+
+
+async def _list(store: Any, prefix: str) -> list[str]:
+    return [key async for key in store.list_prefix(prefix)]
+
+
+def stored_chunks(array: Array) -> set[int]:
+    """Row-chunk numbers of ``array`` that have a key (a file, an object) in the store."""
+    base = array.store_path.path
+    prefix = f"{base}/" if base else ""
+    keys = set(zarr.core.sync.sync(_list(array.store_path.store, prefix)))
+    encode = array.metadata.chunk_key_encoding.encode_chunk_key
+    tail = (0,) * (array.ndim - 1)
+    return {c for c in range(array.cdata_shape[0]) if prefix + encode((c, *tail)) in keys}
+
+
 class ChunkReader:
     """Reads rows of one array chunk by chunk, keeping a few decoded chunks.
 
@@ -340,14 +384,7 @@ class ChunkReader:
         if block is not None:
             self._cache.move_to_end(c)
             return block
-        lo = c * self.rows
-        try:
-            block = self.array[lo : lo + self.rows]
-        except (ValueError, RuntimeError, OSError) as e:
-            raise CorruptionError(
-                f"chunk {c} (rows {lo}-{lo + self.rows - 1}) of array {self.array.path!r} cannot be read: {e}; "
-                "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
-            ) from e
+        block = read_chunk(self.array, c)
         self._cache[c] = block
         if len(self._cache) > self._cached_chunks:
             self._cache.popitem(last=False)
