@@ -21,9 +21,11 @@ from .errors import (
     SnapstoreWarning,
     UsageError,
 )
+from .audit import audit, compare
 from .layout import FORMAT_VERSION, FieldInfo
 from .reader import Epoch, RawSamples, Snapshot, Stream, open
 from .recorder import Recorder, RecordingLoader, record
+from .report import AuditReport, CompareReport, DiffReport, Divergence, Finding
 
 try:
     __version__ = _metadata.version("snapstore")
@@ -32,9 +34,14 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "FORMAT_VERSION",
+    "AuditReport",
+    "CompareReport",
     "CorruptionError",
+    "DiffReport",
+    "Divergence",
     "Epoch",
     "FieldInfo",
+    "Finding",
     "FormatVersionError",
     "NotASnapshotError",
     "RawSamples",
@@ -50,6 +57,8 @@ __all__ = [
     "Stream",
     "UsageError",
     "__version__",
+    "audit",
+    "compare",
     "open",
     "record",
 ]
