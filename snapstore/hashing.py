@@ -81,7 +81,7 @@ def row_hashes(rows: npt.ArrayLike) -> npt.NDArray[np.uint64]:
             a = a.astype(a.dtype.newbyteorder("<"))
         a = np.ascontiguousarray(a)
         width = a.itemsize * (a.size // n if n else 0)
-        buf = memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
+        buf = a.reshape(-1).view(np.uint8).data if a.size else memoryview(b"")
         out = np.fromiter((_xxh3(buf[i * width : (i + 1) * width]) for i in range(n)), dtype=np.uint64, count=n)
     out[out == NO_HASH] = 1
     return out

@@ -360,7 +360,7 @@ def stored_chunks(array: Array) -> set[int]:
     base = array.store_path.path
     prefix = f"{base}/" if base else ""
     keys = set(zarr.core.sync.sync(_list(array.store_path.store, prefix)))
-    encode = array.metadata.chunk_key_encoding.encode_chunk_key
+    encode = array.metadata.chunk_key_encoding.encode_chunk_key  # type: ignore[union-attr]  # always v3 here
     tail = (0,) * (array.ndim - 1)
     return {c for c in range(array.cdata_shape[0]) if prefix + encode((c, *tail)) in keys}
 
