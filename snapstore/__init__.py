@@ -22,6 +22,7 @@ from .errors import (
     UsageError,
 )
 from .audit import audit, compare
+from .diff import diff
 from .layout import FORMAT_VERSION, FieldInfo
 from .reader import Epoch, RawSamples, Snapshot, Stream, open
 from .recorder import Recorder, RecordingLoader, record
@@ -59,6 +60,7 @@ __all__ = [
     "__version__",
     "audit",
     "compare",
+    "diff",
     "open",
     "record",
 ]
