@@ -17,6 +17,7 @@ existed); a row that hashes to 0 (probability 2**-64) is stored as 1.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ import numpy.typing as npt
 import xxhash
 
 from .layout import FieldInfo
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["HASH_INFO", "NO_HASH", "hash_fields", "row_hashes"]
 
@@ -46,13 +49,15 @@ def _string_row(values: Any) -> bytes:
     return b"".join(parts)
 
 
-def row_hashes(rows: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+def row_hashes(rows: Any) -> npt.NDArray[np.uint64]:
     """xxh3_64 of each row of ``rows``.
 
     Parameters
     ----------
-    rows : ndarray, shape (n, *row_shape)
+    rows : ndarray, shape (n, *row_shape), or a list of n arrays
         Any numeric, bool or string dtype (NumPy ``StringDType`` or ``U``).
+        A list (rows of different shapes) hashes each row like a one-row
+        array.
 
     Returns
     -------
@@ -65,6 +70,8 @@ def row_hashes(rows: npt.ArrayLike) -> npt.NDArray[np.uint64]:
     >>> bool(h[0] == h[1]), bool(h[0] == h[2])
     (True, False)
     """
+    if isinstance(rows, (list, tuple)):
+        return np.fromiter((row_hashes(np.asarray(r)[np.newaxis])[0] for r in rows), dtype=np.uint64, count=len(rows))
     a = np.asarray(rows)
     if a.ndim == 0:
         raise ValueError(f"row_hashes needs an array with a row axis, got a 0-d array {a!r}")
@@ -97,6 +104,14 @@ def hash_fields(fields: dict[str, tuple[FieldInfo, np.ndarray]]) -> dict[str, tu
     Returns
     -------
     dict of str to (FieldInfo, ndarray of uint64, shape (n,))
-        Same keys; every ``FieldInfo`` is ``HASH_INFO``.
+        Same keys, except fields whose rows cannot be hashed (readers then
+        hash the stored rows themselves): recording never fails for a hash.
+        Every ``FieldInfo`` is ``HASH_INFO``.
     """
-    return {path: (HASH_INFO, row_hashes(rows)) for path, (_, rows) in fields.items()}
+    out = {}
+    for path, (_, rows) in fields.items():
+        try:
+            out[path] = (HASH_INFO, row_hashes(rows))
+        except (TypeError, ValueError) as e:
+            logger.debug("no content hashes for field %r: %r", path, e)
+    return out
