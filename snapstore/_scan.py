@@ -207,6 +207,22 @@ def _read(array: Any, c: int, keep: int, role: str, dtype: str | None) -> ChunkR
     return out
 
 
+class _Task:
+    """One chunk to read: a plain object, so Dask passes it through without walking the zarr array inside."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, args: tuple) -> None:
+        self.args = args
+
+    def __call__(self) -> ChunkResult:
+        return _read(*self.args)
+
+
+def _call(task: _Task) -> ChunkResult:
+    return task()
+
+
 def _run(tasks: list[tuple], progress: bool, total_bytes: int) -> list[ChunkResult]:
     try:
         import dask
@@ -232,7 +248,7 @@ def _run(tasks: list[tuple], progress: bool, total_bytes: int) -> list[ChunkResu
         wave = max(1, _WAVE_PER_WORKER * threads)
         for start in range(0, len(tasks), wave):
             batch = tasks[start : start + wave]
-            delayed = [dask.delayed(_read, pure=False)(*t, dask_key_name=f"snapstore-scan-{start + k}")
+            delayed = [dask.delayed(_call, pure=False)(_Task(t), dask_key_name=f"snapstore-scan-{start + k}")
                        for k, t in enumerate(batch)]
             done = dask.compute(*delayed)
             results.extend(done)

@@ -108,6 +108,20 @@ def numeric_view(block: np.ndarray, dtype: str) -> np.ndarray | None:
     return block if kind in "iuf" else None
 
 
+def _moments(flat: np.ndarray) -> tuple[int, float, float]:
+    """``(count, mean, M2)`` of a finite (rows, k) block: per-row mean and M2 (pairwise sums in the
+    block's float type), combined across rows in float64."""
+    work = flat if flat.dtype.kind == "f" and flat.dtype.itemsize >= 4 else flat.astype(
+        np.float32 if flat.dtype.itemsize <= 2 else np.float64)
+    k = work.shape[1]
+    row_mean = work.mean(axis=1)
+    d = work - row_mean[:, np.newaxis]
+    row_m2 = np.einsum("ij,ij->i", d, d).astype(np.float64)
+    row_mean = row_mean.astype(np.float64)
+    mean = float(row_mean.mean())
+    return work.size, mean, float(row_m2.sum() + k * ((row_mean - mean) ** 2).sum())
+
+
 def summarise(block: np.ndarray, dtype: str) -> tuple[RowSummary | None, Moments]:
     """Per-row summaries and statistics of a block of rows (shape (n, *row_shape)).
 
@@ -120,15 +134,12 @@ def summarise(block: np.ndarray, dtype: str) -> tuple[RowSummary | None, Moments
     flat = x.reshape(n, -1)
     if flat.shape[1] == 0:
         return RowSummary.unknown(n), Moments(rows=n)
-    if x.dtype.kind != "f" or bool(np.isfinite(flat).all()):
-        lo = flat.min(axis=1).astype(np.float64)
-        hi = flat.max(axis=1).astype(np.float64)
+    lo = flat.min(axis=1).astype(np.float64)  # NaN and Inf show up here: the common all-finite case costs no mask
+    hi = flat.max(axis=1).astype(np.float64)
+    if bool(np.isfinite(lo).all() and np.isfinite(hi).all()):
         none = np.zeros(n, bool)
-        summary = RowSummary(lo, hi, none, none.copy())
-        count = flat.size
-        mean = float(flat.mean(dtype=np.float64))
-        m2 = float(flat.var(dtype=np.float64)) * count
-        return summary, Moments(n, count, mean, m2, float(lo.min()), float(hi.max()))
+        count, mean, m2 = _moments(flat)
+        return RowSummary(lo, hi, none, none.copy()), Moments(n, count, mean, m2, float(lo.min()), float(hi.max()))
     finite = np.isfinite(flat)
     nan = np.isnan(flat)
     inf = ~finite & ~nan
