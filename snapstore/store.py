@@ -342,17 +342,54 @@ def read_chunk(array: Array, c: int) -> np.ndarray:
         ) from e
 
 
-def walk_arrays(group: Group) -> Iterator[tuple[str, Array]]:
-    """Every array below ``group`` as ``(path relative to group, array)``: a group's arrays, then its subgroups, by name."""
-    for name, node in sorted(group.arrays(), key=lambda kv: kv[0]):
-        yield name, node
-    for name, sub in sorted(group.groups(), key=lambda kv: kv[0]):
-        for rel, node in walk_arrays(sub):
-            yield f"{name}/{rel}", node
-
-
 async def _list(store: Any, prefix: str) -> list[str]:
     return [key async for key in store.list_prefix(prefix)]
+
+
+async def _list_dir(store: Any, prefix: str) -> list[str]:
+    return [key async for key in store.list_dir(prefix)]
+
+
+def children(group: Group) -> tuple[list[tuple[str, Group | Array]], list[tuple[str, Exception]]]:
+    """The nodes directly in ``group``, sorted by name, opened one by one.
+
+    Returns ``(nodes, errors)``: a child whose ``zarr.json`` cannot be read
+    or parsed lands in ``errors`` with its exception instead of failing the
+    whole listing (as ``Group.members()`` does).
+    """
+    names = sorted(zarr.core.sync.sync(_list_dir(group.store_path.store, group.store_path.path)))
+    nodes: list[tuple[str, Group | Array]] = []
+    errors: list[tuple[str, Exception]] = []
+    for name in names:
+        if name == "zarr.json":
+            continue
+        try:
+            nodes.append((name, group[name]))
+        except KeyError:  # a directory that is no node (chunk keys of an array live in arrays, not groups)
+            continue
+        except (ValueError, TypeError, OSError) as e:
+            errors.append((name, e))
+    return nodes, errors
+
+
+def walk_arrays(group: Group, errors: list[tuple[str, Exception]] | None = None) -> Iterator[tuple[str, Array]]:
+    """Every array below ``group`` as ``(path relative to group, array)``, depth first by name.
+
+    Nodes whose metadata cannot be read are skipped and, when ``errors`` is
+    given, appended to it as ``(path relative to group, exception)``.
+    """
+    nodes, bad = children(group)
+    if errors is not None:
+        errors.extend(bad)
+    for name, node in nodes:
+        if isinstance(node, Array):
+            yield name, node
+        else:
+            sub: list[tuple[str, Exception]] | None = [] if errors is not None else None
+            for rel, arr in walk_arrays(node, sub):
+                yield f"{name}/{rel}", arr
+            if errors is not None and sub:
+                errors.extend((f"{name}/{rel}", e) for rel, e in sub)
 
 
 def stored_chunks(array: Array) -> set[int]:
