@@ -106,7 +106,7 @@ class ArrayScan:
 class ScanResult:
     arrays: dict[tuple[str, int | None, str, str | None], ArrayScan] = field(default_factory=dict)
     epochs: dict[tuple[str, int], EpochManifest] = field(default_factory=dict)
-    unreadable: list[tuple[str, int | None, str]] = field(default_factory=list)  # (stream, epoch, message)
+    unreadable: list[tuple[str, int | None, str | None, str]] = field(default_factory=list)  # stream, epoch, field, message
     chunks: int = 0
     bytes_stored: int = 0
     bytes: int = 0
@@ -153,15 +153,19 @@ def plan(root: Any, streams: Sequence[str], epochs: Iterable[int] | None, result
         raw = store.child(group, layout.RAW_GROUP)
         raw_rows = int(raw.attrs.get(layout.RAW_ATTR, {}).get("rows", 0)) if raw is not None else 0
         epoch_groups = store.child(group, layout.EPOCHS_GROUP)
-        for e_name, eg in sorted(epoch_groups.groups(), key=lambda kv: int(kv[0])) if epoch_groups is not None else []:
+        nodes = store.children(epoch_groups)[0] if epoch_groups is not None else []
+        for e_name, eg in nodes:
+            if not e_name.isdigit() or isinstance(eg, store.Array):
+                continue
             e = int(e_name)
             if wanted is not None and e not in wanted:
                 continue
             try:
                 result.epochs[(name, e)] = EpochManifest.from_dict(eg.attrs[layout.EPOCH_ATTR])
             except (KeyError, TypeError, ValueError) as err:
-                result.unreadable.append((name, e, f"the epoch's commit record cannot be read ({err!r})"))
-        for rel, array in store.walk_arrays(group):
+                result.unreadable.append((name, e, None, f"the epoch's commit record cannot be read ({err!r})"))
+        broken: list[tuple[str, Exception]] = []
+        for rel, array in store.walk_arrays(group, broken):
             where = _classify(rel)
             if where is None:
                 targets.append(Target(name, None, "other", rel, array, None, False))
@@ -186,6 +190,15 @@ def plan(root: Any, streams: Sequence[str], epochs: Iterable[int] | None, result
             rows = em.batches if role == "batch_sizes" else em.rows
             required = role not in ("outputs", "output_hashes")  # outputs may be logged for some batches only
             targets.append(Target(name, epoch, role, field_name, array, rows, required, dtype))
+        for rel, err in broken:
+            parts = rel.split("/")
+            epoch = int(parts[1]) if parts[0] == layout.EPOCHS_GROUP and len(parts) > 1 and parts[1].isdigit() else None
+            where = _classify(rel)
+            field_name = where[2] if where is not None and where[1] in ("seen", "raw", "outputs") else None
+            if epoch is None or wanted is None or epoch in wanted:
+                message = (f"the metadata (zarr.json) of {name}/{rel} cannot be read ({type(err).__name__}: {err}); "
+                           "its data cannot be checked or read")
+                result.unreadable.append((name, epoch, field_name, message))
     return targets
 
 

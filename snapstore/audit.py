@@ -104,8 +104,8 @@ def audit(snapshot: Any, *, streams: Iterable[str] | None = None, epochs: Iterab
     stats: dict[str, dict[str, Any]] = {}
     for name in names:
         findings += _StreamAudit(snap[name], scan, stats.setdefault(name, {"raw": {}, "epochs": {}})).run()
-    for stream, epoch, message in scan.unreadable:
-        findings.append(Finding.make("integrity", message, stream=stream, epoch=epoch))
+    for stream, epoch, field, message in scan.unreadable:
+        findings.append(Finding.make("integrity", message, stream=stream, epoch=epoch, field=field))
     findings.sort(key=lambda f: (f.stream or "", -1 if f.epoch is None else f.epoch, _CHECK_ORDER.index(f.check)
                                  if f.check in _CHECK_ORDER else 99, f.field or ""))
     scanned = {

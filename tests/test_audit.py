@@ -344,3 +344,13 @@ def test_audit_of_a_copied_snapshot_is_the_same(tmp_path):
     shutil.copytree(snap.path, tmp_path / "copy.snap")
     a, b = snapstore.audit(snap).to_dict(), snapstore.audit(tmp_path / "copy.snap").to_dict()
     assert a["findings"] == b["findings"] == [] and a["stats"] == b["stats"]
+
+
+def test_damaged_array_metadata_is_a_finding_not_a_crash(tmp_path):
+    snap = _images_snapshot(tmp_path)
+    meta = tmp_path / "img.snap/train/epochs/1/seen/0/zarr.json"
+    meta.write_text(meta.read_text()[:100])
+    report = snapstore.audit(tmp_path / "img.snap")
+    assert [(f.check, f.epoch, f.field) for f in report.findings] == [("integrity", 1, "0")], str(report)
+    assert "metadata (zarr.json) of train/epochs/1/seen/0 cannot be read" in report.findings[0].message
+    assert snap["train"].epochs == [0, 1]
