@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
+from .audit import audit, compare
+from .diff import diff
 from .errors import (
     CorruptionError,
     FormatVersionError,
@@ -21,8 +23,6 @@ from .errors import (
     SnapstoreWarning,
     UsageError,
 )
-from .audit import audit, compare
-from .diff import diff
 from .layout import FORMAT_VERSION, FieldInfo
 from .reader import Epoch, RawSamples, Snapshot, Stream, open
 from .recorder import Recorder, RecordingLoader, record
