@@ -354,3 +354,11 @@ def test_damaged_array_metadata_is_a_finding_not_a_crash(tmp_path):
     assert [(f.check, f.epoch, f.field) for f in report.findings] == [("integrity", 1, "0")], str(report)
     assert "metadata (zarr.json) of train/epochs/1/seen/0 cannot be read" in report.findings[0].message
     assert snap["train"].epochs == [0, 1]
+
+
+def test_progress_bars(tmp_path, capsys):
+    snap = record(tmp_path / "s.snap", DataLoader(Digits(n=40), batch_size=8), epochs=1)
+    assert snapstore.audit(snap, progress=True).ok
+    assert snapstore.compare(snap["train"], Digits(n=40), progress=True).ok
+    err = capsys.readouterr().err
+    assert "audit" in err and "compare train" in err
