@@ -85,8 +85,9 @@ class Finding:
         indices: Any = (),
         sort: bool = True,
     ) -> Finding:
-        """A finding whose ``indices`` are capped and counted."""
+        """A finding whose ``indices`` are capped and counted; negative ones (unknown: unreadable) are left out."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        idx = idx[idx >= 0]
         if sort:
             idx = np.unique(idx)
         return cls(check, stream, None if epoch is None else int(epoch), field,
