@@ -90,11 +90,20 @@ def reopen(group: Group) -> Group:
 
 
 def child(group: Group, name: str) -> Any:
-    """``group[name]``, or ``None`` when there is no such node."""
+    """``group[name]``, or ``None`` when there is no such node.
+
+    Raises ``CorruptionError`` when the node's ``zarr.json`` cannot be parsed.
+    """
     try:
         return group[name]
     except KeyError:
         return None
+    except (ValueError, TypeError) as e:
+        path = f"{group.path}/{name}" if group.path else name
+        raise CorruptionError(
+            f"the metadata (zarr.json) of {path!r} cannot be read: {e}; the snapshot is damaged: restore the "
+            "file from a copy, or run `snapstore audit` to list every damaged node"
+        ) from e
 
 
 def require_group(group: Group, name: str) -> Group:
