@@ -354,6 +354,8 @@ def test_damaged_array_metadata_is_a_finding_not_a_crash(tmp_path):
     assert [(f.check, f.epoch, f.field) for f in report.findings] == [("integrity", 1, "0")], str(report)
     assert "metadata (zarr.json) of train/epochs/1/seen/0 cannot be read" in report.findings[0].message
     assert snap["train"].epochs == [0, 1]
+    with pytest.raises(snapstore.CorruptionError, match="'train/epochs/1/seen/0'"):  # reading it: no JSONDecodeError
+        snap["train"].epoch(1)
 
 
 def test_progress_bars(tmp_path, capsys):
