@@ -66,7 +66,7 @@ class Snapshot:
     @cached_property
     def streams(self) -> list[str]:
         """Names of the recorded streams, sorted."""
-        return sorted(n for n, g in self._root.groups() if layout.STREAM_ATTR in g.attrs or layout.RANKS_ATTR in g.attrs)
+        return sorted(n for n, g in store.groups(self._root) if layout.STREAM_ATTR in g.attrs or layout.RANKS_ATTR in g.attrs)
 
     def __getitem__(self, name: str) -> Stream:
         if name not in self.streams:
@@ -140,7 +140,7 @@ class Stream:
         group = store.child(rank_group, layout.EPOCHS_GROUP)
         if group is None:
             return {}
-        return {int(n): g for n, g in group.groups() if layout.EPOCH_ATTR in g.attrs}
+        return {int(n): g for n, g in store.groups(group) if layout.EPOCH_ATTR in g.attrs}
 
     @cached_property
     def epochs(self) -> list[int]:

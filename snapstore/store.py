@@ -99,11 +99,15 @@ def child(group: Group, name: str) -> Any:
     except KeyError:
         return None
     except (ValueError, TypeError) as e:
-        path = f"{group.path}/{name}" if group.path else name
-        raise CorruptionError(
-            f"the metadata (zarr.json) of {path!r} cannot be read: {e}; the snapshot is damaged: restore the "
-            "file from a copy, or run `snapstore audit` to list every damaged node"
-        ) from e
+        raise _damaged(group, name, e) from e
+
+
+def _damaged(group: Group, name: str, e: Exception) -> CorruptionError:
+    path = f"{group.path}/{name}" if group.path else name
+    return CorruptionError(
+        f"the metadata (zarr.json) of {path!r} cannot be read: {e}; the snapshot is damaged: restore the "
+        "file from a copy, or run `snapstore audit` to list every damaged node"
+    )
 
 
 def require_group(group: Group, name: str) -> Group:
@@ -379,6 +383,19 @@ def children(group: Group) -> tuple[list[tuple[str, Group | Array]], list[tuple[
         except (ValueError, TypeError, OSError) as e:
             errors.append((name, e))
     return nodes, errors
+
+
+def groups(group: Group) -> list[tuple[str, Group]]:
+    """The groups directly in ``group``, sorted by name, like ``Group.groups()``.
+
+    Raises ``CorruptionError`` naming the first child whose ``zarr.json``
+    cannot be parsed (``Group.groups()`` raises a bare ``JSONDecodeError``).
+    """
+    nodes, errors = children(group)
+    if errors:
+        name, e = errors[0]
+        raise _damaged(group, name, e) from e
+    return [(name, node) for name, node in nodes if isinstance(node, Group)]
 
 
 def walk_arrays(group: Group, errors: list[tuple[str, Exception]] | None = None) -> Iterator[tuple[str, Array]]:
