@@ -143,6 +143,15 @@ def _classify(rel: str) -> tuple[int | None, str, str | None] | None:
     return None
 
 
+def epoch_numbers(snapshot: Any, stream: str) -> list[int]:
+    """Epoch numbers of ``stream`` whose groups exist, readable or not."""
+    group = store.child(snapshot._root, f"{stream}/{layout.EPOCHS_GROUP}")
+    if group is None:
+        return []
+    nodes, errors = store.children(group)
+    return sorted(int(n) for n in [*(n for n, _ in nodes), *(n for n, _ in errors)] if n.isdigit())
+
+
 def plan(root: Any, streams: Sequence[str], epochs: Iterable[int] | None, result: ScanResult) -> list[Target]:
     """The arrays of ``streams`` (and of the chosen ``epochs`` only) with the rows their manifests commit."""
     wanted = None if epochs is None else set(epochs)

@@ -95,11 +95,10 @@ def audit(snapshot: Any, *, streams: Iterable[str] | None = None, epochs: Iterab
     snap = as_snapshot(snapshot)
     names = _choose_streams(snap, streams)
     chosen = None if epochs is None else sorted({int(e) for e in epochs})
-    if chosen is not None:
-        have = {e for n in names for e in snap[n].epochs}
-        if not set(chosen) & have:
-            raise UsageError(f"no chosen stream has epoch(s) {chosen}; recorded epochs: {sorted(have)}")
     scan = _scan.scan(snap, names, chosen, progress=progress)
+    if chosen is not None and not scan.epochs and not scan.unreadable:
+        have = sorted({e for n in names for e in _scan.epoch_numbers(snap, n)})
+        raise UsageError(f"no chosen stream has epoch(s) {chosen}; recorded epochs: {have}")
     findings: list[Finding] = []
     stats: dict[str, dict[str, Any]] = {}
     for name in names:

@@ -364,3 +364,13 @@ def test_progress_bars(tmp_path, capsys):
     assert snapstore.compare(snap["train"], Digits(n=40), progress=True).ok
     err = capsys.readouterr().err
     assert "audit" in err and "compare train" in err
+
+
+def test_damaged_epoch_metadata(tmp_path):
+    snap = _images_snapshot(tmp_path)
+    meta = tmp_path / "img.snap/train/epochs/1/zarr.json"
+    meta.write_text(meta.read_text()[:200])
+    report = snapstore.audit(tmp_path / "img.snap", epochs=[1])
+    assert [(f.check, f.epoch, f.field) for f in report.findings] == [("integrity", 1, None)], str(report)
+    with pytest.raises(snapstore.CorruptionError, match="'train/epochs/1'"):
+        snapstore.open(snap.path)["train"].epochs
