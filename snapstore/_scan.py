@@ -170,7 +170,7 @@ def plan(root: Any, streams: Sequence[str], epochs: Iterable[int] | None, result
             if wanted is not None and e not in wanted:
                 continue
             try:
-                result.epochs[(name, e)] = EpochManifest.from_dict(eg.attrs[layout.EPOCH_ATTR])
+                result.epochs[(name, e)] = EpochManifest.from_dict(dict(eg.attrs[layout.EPOCH_ATTR]))  # type: ignore[arg-type]
             except (KeyError, TypeError, ValueError) as err:
                 result.unreadable.append((name, e, None, f"the epoch's commit record cannot be read ({err!r})"))
         broken: list[tuple[str, Exception]] = []
@@ -199,13 +199,13 @@ def plan(root: Any, streams: Sequence[str], epochs: Iterable[int] | None, result
             rows = em.batches if role == "batch_sizes" else em.rows
             required = role not in ("outputs", "output_hashes")  # outputs may be logged for some batches only
             targets.append(Target(name, epoch, role, field_name, array, rows, required, dtype))
-        for rel, err in broken:
+        for rel, problem in broken:
             parts = rel.split("/")
             epoch = int(parts[1]) if parts[0] == layout.EPOCHS_GROUP and len(parts) > 1 and parts[1].isdigit() else None
             where = _classify(rel)
             field_name = where[2] if where is not None and where[1] in ("seen", "raw", "outputs") else None
             if epoch is None or wanted is None or epoch in wanted:
-                message = (f"the metadata (zarr.json) of {name}/{rel} cannot be read ({type(err).__name__}: {err}); "
+                message = (f"the metadata (zarr.json) of {name}/{rel} cannot be read ({type(problem).__name__}: {problem}); "
                            "its data cannot be checked or read")
                 result.unreadable.append((name, epoch, field_name, message))
     return targets

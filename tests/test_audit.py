@@ -373,4 +373,4 @@ def test_damaged_epoch_metadata(tmp_path):
     report = snapstore.audit(tmp_path / "img.snap", epochs=[1])
     assert [(f.check, f.epoch, f.field) for f in report.findings] == [("integrity", 1, None)], str(report)
     with pytest.raises(snapstore.CorruptionError, match="'train/epochs/1'"):
-        snapstore.open(snap.path)["train"].epochs
+        _ = snapstore.open(snap.path)["train"].epochs
