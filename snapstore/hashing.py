@@ -25,6 +25,7 @@ import numpy.typing as npt
 import xxhash
 
 from .layout import FieldInfo
+from .schema import Ragged, host_rows
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,10 @@ def row_hashes(rows: Any) -> npt.NDArray[np.uint64]:
 
     Parameters
     ----------
-    rows : ndarray, shape (n, *row_shape), or a list of n arrays
+    rows : ndarray, shape (n, *row_shape), a list of n arrays, or ``schema.Ragged``
         Any numeric, bool or string dtype (NumPy ``StringDType`` or ``U``).
-        A list (rows of different shapes) hashes each row like a one-row
-        array.
+        Rows of different shapes (a list, a ``Ragged``) hash each row like a
+        one-row array.
 
     Returns
     -------
@@ -70,6 +71,8 @@ def row_hashes(rows: Any) -> npt.NDArray[np.uint64]:
     >>> bool(h[0] == h[1]), bool(h[0] == h[2])
     (True, False)
     """
+    if isinstance(rows, Ragged):
+        rows = rows.rows()
     if isinstance(rows, (list, tuple)):
         return np.fromiter((row_hashes(np.asarray(r)[np.newaxis])[0] for r in rows), dtype=np.uint64, count=len(rows))
     a = np.asarray(rows)
@@ -111,7 +114,7 @@ def hash_fields(fields: dict[str, tuple[FieldInfo, np.ndarray]]) -> dict[str, tu
     out = {}
     for path, (_, rows) in fields.items():
         try:
-            out[path] = (HASH_INFO, row_hashes(rows))
+            out[path] = (HASH_INFO, row_hashes(host_rows(rows)))
         except (TypeError, ValueError) as e:
             logger.debug("no content hashes for field %r: %r", path, e)
     return out
