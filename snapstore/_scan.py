@@ -46,15 +46,18 @@ _HASHED = ("outputs",)  # hashes only
 class Target:
     """One array to scan.
 
-    ``role`` is one of ``order``, ``batch_sizes``, ``seen``, ``seen_hashes``,
-    ``outputs``, ``output_hashes``, ``raw_index``, ``raw``, ``raw_hashes`` or
-    ``other``; ``name`` the field or output; ``rows`` the rows holding data
+    ``part`` is ``(rank, continuation)`` (``(rank, 0)`` for raw samples);
+    ``role`` is one of ``order``, ``batch_sizes``, ``positions``, ``seen``,
+    ``seen_hashes``, ``outputs``, ``output_hashes``, ``ragged``,
+    ``raw_index``, ``raw``, ``raw_hashes`` or ``other``; ``name`` the field
+    or output; ``rows`` the rows holding data
     (None: the array's length); ``required`` whether every chunk covering
     those rows must exist.
     """
 
     stream: str
     epoch: int | None
+    part: tuple[int, int]
     role: str
     name: str | None
     array: Any
@@ -63,8 +66,8 @@ class Target:
     dtype: str | None = None
 
     @property
-    def key(self) -> tuple[str, int | None, str, str | None]:
-        return (self.stream, self.epoch, self.role, self.name)
+    def key(self) -> tuple[str, int | None, tuple[int, int], str, str | None]:
+        return (self.stream, self.epoch, self.part, self.role, self.name)
 
 
 @dataclass
@@ -102,54 +105,109 @@ class ArrayScan:
     parts: list[tuple[int, ChunkResult]] = field(default_factory=list, repr=False)
 
 
+Part = tuple[int, int]
+"""Where an epoch's rows were recorded: ``(rank, k)``, k = 0 for the epoch group, k >= 1 for ``continued/<k>``."""
+
+
 @dataclass
 class ScanResult:
-    arrays: dict[tuple[str, int | None, str, str | None], ArrayScan] = field(default_factory=dict)
-    epochs: dict[tuple[str, int], EpochManifest] = field(default_factory=dict)
+    arrays: dict[tuple[str, int | None, Part, str, str | None], ArrayScan] = field(default_factory=dict)
+    epochs: dict[tuple[str, int], dict[Part, EpochManifest]] = field(default_factory=dict)
     unreadable: list[tuple[str, int | None, str | None, str]] = field(default_factory=list)  # stream, epoch, field, message
     chunks: int = 0
     bytes_stored: int = 0
     bytes: int = 0
     seconds: float = 0.0
 
-    def get(self, stream: str, epoch: int | None, role: str, name: str | None = None) -> ArrayScan | None:
-        return self.arrays.get((stream, epoch, role, name))
+    def get(self, stream: str, epoch: int | None, part: Part, role: str, name: str | None = None) -> ArrayScan | None:
+        return self.arrays.get((stream, epoch, part, role, name))
+
+    def parts(self, stream: str, epoch: int | None) -> list[Part]:
+        """The parts of an epoch in position order (rank, then continuation), or the ranks holding raw samples."""
+        if epoch is not None:
+            return sorted(self.epochs.get((stream, epoch), {}))
+        return sorted({k[2] for k in self.arrays if k[0] == stream and k[1] is None})
 
 
-def _classify(rel: str) -> tuple[int | None, str, str | None] | None:
-    """``(epoch, role, name)`` of an array path relative to its stream group, or None if unknown."""
+_EPOCH_PREFIXES = (
+    (layout.seen_hashes_path(""), "seen_hashes"),
+    (layout.output_hashes_path(""), "output_hashes"),
+    (f"{layout.SEEN_GROUP}/", "seen"),
+    (f"{layout.OUTPUTS_GROUP}/", "outputs"),
+    (f"{layout.RAGGED_GROUP}/", "ragged"),
+)
+_POSITIONS = (layout.WORKER, layout.BASE_ORDER, layout.BASE_DATASET)
+
+
+def _classify(rel: str) -> tuple[int | None, int, str, str | None] | None:
+    """``(epoch, continuation, role, name)`` of an array path relative to a (rank's) stream group."""
     parts = rel.split("/")
     if parts[0] == layout.EPOCHS_GROUP and len(parts) >= 3 and parts[1].isdigit():
-        epoch, rest = int(parts[1]), "/".join(parts[2:])
-        prefixes = [
-            (layout.seen_hashes_path(""), "seen_hashes"),
-            (layout.output_hashes_path(""), "output_hashes"),
-            (f"{layout.SEEN_GROUP}/", "seen"),
-            (f"{layout.OUTPUTS_GROUP}/", "outputs"),
-        ]
+        epoch, k, rest = int(parts[1]), 0, "/".join(parts[2:])
+        if len(parts) >= 5 and parts[2] == layout.CONTINUED_GROUP and parts[3].isdigit():
+            k, rest = int(parts[3]), "/".join(parts[4:])
         if rest in (layout.ORDER, layout.BATCH_SIZES):
-            return epoch, rest, None
-        for prefix, role in prefixes:
+            return epoch, k, rest, None
+        if rest in _POSITIONS:
+            return epoch, k, "positions", rest
+        for prefix, role in _EPOCH_PREFIXES:
             if rest.startswith(prefix):
-                return epoch, role, rest[len(prefix):]
-        return epoch, "other", rest
+                name = rest[len(prefix):]
+                return epoch, k, role, name.rsplit("/", 1)[0] if role == "ragged" else name
+        return epoch, k, "other", rest
     if parts[0] == layout.RAW_GROUP and len(parts) >= 2:
         rest = "/".join(parts[1:])
         if rest == layout.RAW_INDEX:
-            return None, "raw_index", None
-        for prefix, role in ((layout.raw_hashes_path(""), "raw_hashes"), (f"{layout.RAW_FIELDS}/", "raw")):
+            return None, 0, "raw_index", None
+        for prefix, role in ((layout.raw_hashes_path(""), "raw_hashes"), (f"{layout.RAW_FIELDS}/", "raw"),
+                             (f"{layout.RAGGED_GROUP}/", "ragged")):
             if rest.startswith(prefix):
-                return None, role, rest[len(prefix):]
+                name = rest[len(prefix):]
+                return None, 0, role, name.rsplit("/", 1)[0] if role == "ragged" else name
     return None
 
 
+def _ranks(group: Any) -> list[tuple[int, Any, str]]:
+    """``(rank, stream group of that rank, path prefix)``: one entry unless torch.distributed ranks recorded it."""
+    ranked = group.attrs.get(layout.RANKS_ATTR)
+    if ranked is None:
+        return [(0, group, "")]
+    out = []
+    for r in range(int(ranked["world_size"])):
+        g = store.child(group, layout.rank_name(r))
+        if g is not None:
+            out.append((r, g, f"{layout.rank_name(r)}/"))
+    return out
+
+
 def epoch_numbers(snapshot: Any, stream: str) -> list[int]:
-    """Epoch numbers of ``stream`` whose groups exist, readable or not."""
-    group = store.child(snapshot._root, f"{stream}/{layout.EPOCHS_GROUP}")
-    if group is None:
-        return []
-    nodes, errors = store.children(group)
-    return sorted(int(n) for n in [*(n for n, _ in nodes), *(n for n, _ in errors)] if n.isdigit())
+    """Epoch numbers of ``stream`` whose groups exist (on any rank), readable or not."""
+    numbers: set[int] = set()
+    for _, rank_group, _ in _ranks(snapshot._root[stream]):
+        group = store.child(rank_group, layout.EPOCHS_GROUP)
+        if group is not None:
+            nodes, errors = store.children(group)
+            numbers |= {int(n) for n in [*(n for n, _ in nodes), *(n for n, _ in errors)] if n.isdigit()}
+    return sorted(numbers)
+
+
+def _manifests(name: str, rank: int, group: Any, wanted: set[int] | None, result: ScanResult) -> None:
+    """Read the commit record of every epoch part of one rank into ``result.epochs``."""
+    epoch_groups = store.child(group, layout.EPOCHS_GROUP)
+    for e_name, eg in store.children(epoch_groups)[0] if epoch_groups is not None else []:
+        if not e_name.isdigit() or isinstance(eg, store.Array) or (wanted is not None and int(e_name) not in wanted):
+            continue
+        e = int(e_name)
+        continued = store.child(eg, layout.CONTINUED_GROUP)
+        pieces = [(0, eg)] + [(int(k), g) for k, g in (store.children(continued)[0] if continued is not None else [])
+                              if k.isdigit() and not isinstance(g, store.Array)]
+        for k, g in pieces:
+            try:
+                manifest = EpochManifest.from_dict(dict(g.attrs[layout.EPOCH_ATTR]))  # type: ignore[arg-type]
+            except (KeyError, TypeError, ValueError) as err:
+                result.unreadable.append((name, e, None, f"the commit record of {g.path!r} cannot be read ({err!r})"))
+                continue
+            result.epochs.setdefault((name, e), {})[(rank, k)] = manifest
 
 
 def plan(root: Any, streams: Sequence[str], epochs: Iterable[int] | None, result: ScanResult) -> list[Target]:
@@ -157,58 +215,48 @@ def plan(root: Any, streams: Sequence[str], epochs: Iterable[int] | None, result
     wanted = None if epochs is None else set(epochs)
     targets = []
     for name in streams:
-        group = root[name]
-        manifest = StreamManifest.from_dict(group.attrs[layout.STREAM_ATTR])
-        raw = store.child(group, layout.RAW_GROUP)
-        raw_rows = int(raw.attrs.get(layout.RAW_ATTR, {}).get("rows", 0)) if raw is not None else 0
-        epoch_groups = store.child(group, layout.EPOCHS_GROUP)
-        nodes = store.children(epoch_groups)[0] if epoch_groups is not None else []
-        for e_name, eg in nodes:
-            if not e_name.isdigit() or isinstance(eg, store.Array):
-                continue
-            e = int(e_name)
-            if wanted is not None and e not in wanted:
-                continue
-            try:
-                result.epochs[(name, e)] = EpochManifest.from_dict(dict(eg.attrs[layout.EPOCH_ATTR]))  # type: ignore[arg-type]
-            except (KeyError, TypeError, ValueError) as err:
-                result.unreadable.append((name, e, None, f"the epoch's commit record cannot be read ({err!r})"))
-        broken: list[tuple[str, Exception]] = []
-        for rel, array in store.walk_arrays(group, broken):
-            where = _classify(rel)
-            if where is None:
-                targets.append(Target(name, None, "other", rel, array, None, False))
-                continue
-            epoch, role, field_name = where
-            if epoch is not None and wanted is not None and epoch not in wanted:
-                continue
-            dtype = None
-            if role == "seen" and field_name in manifest.fields:
-                dtype = manifest.fields[field_name].dtype
-            elif role == "raw" and field_name in manifest.raw_fields:
-                dtype = manifest.raw_fields[field_name].dtype
-            elif role == "outputs" and field_name in manifest.outputs:
-                dtype = manifest.outputs[field_name].dtype
-            if epoch is None:
-                targets.append(Target(name, None, role, field_name, array, raw_rows, True, dtype))
-                continue
-            em = result.epochs.get((name, epoch))
-            if em is None or role == "other":
-                targets.append(Target(name, epoch, role, field_name, array, None, False, dtype))
-                continue
-            rows = em.batches if role == "batch_sizes" else em.rows
-            required = role not in ("outputs", "output_hashes")  # outputs may be logged for some batches only
-            targets.append(Target(name, epoch, role, field_name, array, rows, required, dtype))
-        for rel, problem in broken:
-            parts = rel.split("/")
-            epoch = int(parts[1]) if parts[0] == layout.EPOCHS_GROUP and len(parts) > 1 and parts[1].isdigit() else None
-            where = _classify(rel)
-            field_name = where[2] if where is not None and where[1] in ("seen", "raw", "outputs") else None
-            if epoch is None or wanted is None or epoch in wanted:
-                message = (f"the metadata (zarr.json) of {name}/{rel} cannot be read ({type(problem).__name__}: {problem}); "
-                           "its data cannot be checked or read")
-                result.unreadable.append((name, epoch, field_name, message))
+        for rank, group, prefix in _ranks(root[name]):
+            manifest = StreamManifest.from_dict(group.attrs[layout.STREAM_ATTR])
+            raw = store.child(group, layout.RAW_GROUP)
+            raw_rows = int(raw.attrs.get(layout.RAW_ATTR, {}).get("rows", 0)) if raw is not None else 0
+            _manifests(name, rank, group, wanted, result)
+            broken: list[tuple[str, Exception]] = []
+            for rel, array in store.walk_arrays(group, broken):
+                targets.extend(_target(name, rank, rel, array, manifest, raw_rows, wanted, result))
+            for rel, problem in broken:
+                where = _classify(rel)
+                parts = rel.split("/")
+                epoch = int(parts[1]) if parts[0] == layout.EPOCHS_GROUP and len(parts) > 1 and parts[1].isdigit() else None
+                field_name = where[3] if where is not None and where[2] in ("seen", "raw", "outputs", "ragged") else None
+                if epoch is None or wanted is None or epoch in wanted:
+                    message = (f"the metadata (zarr.json) of {name}/{prefix}{rel} cannot be read "
+                               f"({type(problem).__name__}: {problem}); its data cannot be checked or read")
+                    result.unreadable.append((name, epoch, field_name, message))
     return targets
+
+
+def _target(name: str, rank: int, rel: str, array: Any, manifest: StreamManifest, raw_rows: int,
+            wanted: set[int] | None, result: ScanResult) -> list[Target]:
+    where = _classify(rel)
+    if where is None:
+        return [Target(name, None, (rank, 0), "other", rel, array, None, False)]
+    epoch, k, role, field_name = where
+    if epoch is not None and wanted is not None and epoch not in wanted:
+        return []
+    infos = {"seen": manifest.fields, "raw": manifest.raw_fields, "outputs": manifest.outputs}.get(role, {})
+    info = infos.get(field_name) if field_name is not None else None
+    dtype = info.dtype if info is not None else None
+    part = (rank, k)
+    if role in ("other", "ragged"):  # integrity only: no committed row count to hold them to
+        return [Target(name, epoch, part, role, field_name, array, None, False, dtype)]
+    if epoch is None:
+        return [Target(name, None, part, role, field_name, array, raw_rows, True, dtype)]
+    em = result.epochs.get((name, epoch), {}).get(part)
+    if em is None:
+        return [Target(name, epoch, part, role, field_name, array, None, False, dtype)]
+    rows = em.batches if role == "batch_sizes" else em.rows
+    required = role not in ("outputs", "output_hashes")  # outputs may be logged for some batches only
+    return [Target(name, epoch, part, role, field_name, array, rows, required, dtype)]
 
 
 def _read(array: Any, c: int, keep: int, role: str, dtype: str | None) -> ChunkResult:

@@ -20,13 +20,13 @@ from tqdm import tqdm
 
 from . import _scan
 from .capture import raw_source
-from .checks import check_carry_through, check_coverage, check_stability, check_values, sampler_expectation
+from .checks import RowSummary, check_carry_through, check_coverage, check_stability, check_values, sampler_expectation
 from .errors import SnapstoreError, UsageError
 from .hashing import NO_HASH, row_hashes
 from .reader import Snapshot, Stream
 from .reader import open as open_snapshot
 from .report import AuditReport, CompareReport, Finding, plural
-from .schema import flatten
+from .schema import flatten, host_rows, reconcile
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +129,24 @@ def _choose_streams(snap: Snapshot, streams: Iterable[str] | None) -> list[str]:
     return names
 
 
+def _fit(a: np.ndarray | None, n: int, fill: Any, dtype: Any) -> np.ndarray:
+    """``a`` cut or padded with ``fill`` to ``n`` rows (all ``fill`` when ``a`` is None)."""
+    out = np.full(n, fill, dtype=dtype)
+    if a is not None:
+        m = min(n, len(a))
+        out[:m] = a[:m]
+    return out
+
+
 class _StreamAudit:
-    """The checks of one stream, fed from the scan."""
+    """The checks of one stream, fed from the scan.
+
+    An epoch may be recorded in several parts (ranks, continuations after a
+    resume); its rows are taken part after part, which is all the checks
+    need (they compare by dataset index, never by position).
+    """
 
     def __init__(self, stream: Stream, scan: _scan.ScanResult, stats: dict[str, Any]) -> None:
-        self.stream = stream
         self.name = stream.name
         self.m = stream.manifest
         self.scan = scan
@@ -142,15 +155,18 @@ class _StreamAudit:
         self.epochs = sorted(e for (s, e) in scan.epochs if s == self.name)
 
     def run(self) -> list[Finding]:
-        raw_idx = self._indices(None)
-        raw_hashes = self._fields(None, raw_idx, self.m.raw_fields, "raw", "raw_hashes")
+        raw_parts = self.scan.parts(self.name, None)
+        raw_rows = {p: (s.rows if (s := self.scan.get(self.name, None, p, "raw_index")) else 0) for p in raw_parts}
+        raw_idx = self._indices(None, raw_parts, raw_rows)
+        raw_hashes = self._fields(None, raw_parts, raw_rows, raw_idx, self.m.raw_fields, "raw", "raw_hashes")
         per_epoch: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
         for e in self.epochs:
-            order = self._epoch(e)
-            hashes = self._fields(e, order, self.m.fields, "seen", "seen_hashes")
-            self._fields(e, order, self.m.outputs, "outputs", "output_hashes")
-            if order is not None:
-                per_epoch[e] = (order, hashes)
+            parts = self.scan.parts(self.name, e)
+            rows = {p: m.rows for p, m in self.scan.epochs[(self.name, e)].items()}
+            order = self._epoch(e, parts, rows)
+            hashes = self._fields(e, parts, rows, order, self.m.fields, "seen", "seen_hashes")
+            self._fields(e, parts, rows, order, self.m.outputs, "outputs", "output_hashes")
+            per_epoch[e] = (order, hashes)
         self._integrity()
         self._across_epochs(raw_idx, raw_hashes, per_epoch)
         return self.findings
@@ -158,72 +174,91 @@ class _StreamAudit:
     def _add(self, check: str, message: str, **kw: Any) -> None:
         self.findings.append(Finding.make(check, message, stream=self.name, **kw))
 
-    def _indices(self, epoch: int | None) -> np.ndarray | None:
-        """Dataset index of each row (order, or the raw index), -1 where unreadable; None if absent."""
-        s = self.scan.get(self.name, epoch, "order" if epoch is not None else "raw_index")
-        return None if s is None else s.values.astype(np.int64)
+    def _indices(self, epoch: int | None, parts: list[_scan.Part], rows: dict[_scan.Part, int]) -> np.ndarray:
+        """Dataset index of each row, part after part (order, or the raw index); -1 where unreadable."""
+        role = "order" if epoch is not None else "raw_index"
+        pieces = []
+        for p in parts:
+            s = self.scan.get(self.name, epoch, p, role)
+            pieces.append(_fit(s.values if s is not None else None, rows[p], -1, np.int64))
+        return np.concatenate(pieces) if pieces else np.empty(0, np.int64)
 
-    def _epoch(self, e: int) -> np.ndarray | None:
-        em = self.scan.epochs[(self.name, e)]
-        if not em.complete:
-            complete = [m.rows for (s, _), m in self.scan.epochs.items() if s == self.name and m.complete]
-            of = f" (complete epochs of this stream hold {max(complete)})" if complete else ""
-            self._add("completeness", f"epoch {e} is incomplete: it holds {em.rows} rows in {em.batches} batches{of}; "
+    def _epoch(self, e: int, parts: list[_scan.Part], rows: dict[_scan.Part, int]) -> np.ndarray:
+        manifests = self.scan.epochs[(self.name, e)]
+        last = {}  # the latest part of each rank says whether the epoch ran to its end
+        for (rank, k), m in sorted(manifests.items()):
+            last[rank] = m
+        total, batches = sum(rows.values()), sum(m.batches for m in manifests.values())
+        complete = all(m.complete for m in last.values())
+        if not complete:
+            done = [sum(m.rows for m in ms.values()) for (s, _), ms in self.scan.epochs.items()
+                    if s == self.name and all(m.complete for m in ms.values())]
+            of = f" (complete epochs of this stream hold {max(done)})" if done else ""
+            self._add("completeness", f"epoch {e} is incomplete: it holds {total} rows in {batches} batches{of}; "
                       "a crash, an exception or a break ended it", epoch=e)
-        order_scan = self.scan.get(self.name, e, "order")
-        if order_scan is None:
-            if em.rows:
-                self._add("integrity", f"epoch {e} commits {em.rows} rows but its 'order' array is missing", epoch=e)
-            return None if em.rows else np.empty(0, np.int64)
-        order = order_scan.values.astype(np.int64)
-        if self.m.dataset_len is not None and not self.m.iterable and order_scan.valid.all():
-            expect = sampler_expectation(em.provenance, self.m.dataset_len)
-            self.findings += check_coverage(order, self.m.dataset_len, expect, stream=self.name, epoch=e,
-                                            complete=em.complete)
+        order = self._indices(e, parts, rows)
+        readable = all(
+            (s := self.scan.get(self.name, e, p, "order")) is not None and bool(s.valid.all()) and s.rows == rows[p]
+            for p in parts if rows[p]
+        )
+        for p in parts:
+            if rows[p] and self.scan.get(self.name, e, p, "order") is None:
+                self._add("integrity", f"epoch {e} commits {rows[p]} rows (rank {p[0]}, part {p[1]}) but its 'order' "
+                          "array is missing", epoch=e)
+        if self.m.dataset_len is not None and not self.m.iterable and readable and parts:
+            expect = sampler_expectation(manifests[parts[0]].provenance, self.m.dataset_len)
+            self.findings += check_coverage(order, self.m.dataset_len, expect, stream=self.name, epoch=e, complete=complete)
         return order
 
-    def _fields(self, epoch: int | None, indices: np.ndarray | None, infos: dict, role: str,
-                hash_role: str) -> dict[str, np.ndarray]:
-        """Statistics, value checks and the hash cross-check of each field; returns its content hashes."""
+    def _fields(self, epoch: int | None, parts: list[_scan.Part], rows: dict[_scan.Part, int], indices: np.ndarray,
+                infos: dict, role: str, hash_role: str) -> dict[str, np.ndarray]:
+        """Statistics, value checks and the hash cross-check of each field, over all parts; returns content hashes."""
         out = {}
         for name in infos:
-            data = self.scan.get(self.name, epoch, role, name)
-            stored = self.scan.get(self.name, epoch, hash_role, name)
-            if data is None:
+            datas = [self.scan.get(self.name, epoch, p, role, name) for p in parts]
+            stored = [self.scan.get(self.name, epoch, p, hash_role, name) for p in parts]
+            if all(d is None for d in datas) and all(s is None for s in stored):
                 continue
-            idx = indices if indices is not None and len(indices) == data.rows else np.full(data.rows, -1, np.int64)
+            n = [rows[p] for p in parts]
+            computed = np.concatenate([_fit(d.hashes if d else None, k, NO_HASH, np.uint64) for d, k in zip(datas, n)])
+            valid = np.concatenate([_fit(d.valid if d else None, k, False, bool) for d, k in zip(datas, n)])
+            known = np.concatenate([_fit(s.values if s else None, k, NO_HASH, np.uint64) for s, k in zip(stored, n)])
+            known_ok = np.concatenate([_fit(s.valid if s else None, k, False, bool) for s, k in zip(stored, n)])
+            known[~known_ok] = NO_HASH
             if role != "outputs":
-                if data.moments is not None:
+                moments = [d.moments for d in datas if d is not None and d.moments is not None]
+                if moments:
                     target = self.stats["raw"] if epoch is None else self.stats["epochs"].setdefault(epoch, {})
-                    target[name] = data.moments.stats()
-                if data.summary is not None:
-                    self.findings += check_values(data.summary, idx, stream=self.name, epoch=epoch, field=name)
-            hashes = data.hashes.copy()
-            if stored is not None and stored.rows == data.rows:
-                known = stored.valid & (stored.values != NO_HASH)
-                bad = known & data.valid & (stored.values != data.hashes)
-                if bad.any():
-                    what = "output" if role == "outputs" else "field"
-                    self._add("integrity", f"{plural(int(bad.sum()), 'row')} of {what} {name!r} no longer match the content hash "
-                              "recorded when they were written: the stored bytes changed after recording",
-                              epoch=epoch, field=name, indices=idx[bad])
-                hashes = np.where(known & ~data.valid, stored.values, hashes)
-            out[name] = hashes
+                    total = moments[0]
+                    for mo in moments[1:]:
+                        total = total.merge(mo)
+                    target[name] = total.stats()
+                if any(d is not None and d.summary is not None for d in datas):
+                    summary = RowSummary.concat([d.summary if d is not None and d.summary is not None and d.rows == k
+                                                 else RowSummary.unknown(k) for d, k in zip(datas, n)])
+                    self.findings += check_values(summary, indices, stream=self.name, epoch=epoch, field=name)
+            bad = valid & (known != NO_HASH) & (known != computed)
+            if bad.any():
+                what = "output" if role == "outputs" else "field"
+                self._add("integrity", f"{plural(int(bad.sum()), 'row')} of {what} {name!r} no longer match the content "
+                          "hash recorded when they were written: the stored bytes changed after recording",
+                          epoch=epoch, field=name, indices=indices[bad])
+            out[name] = np.where(valid, computed, known)
         return out
 
     def _integrity(self) -> None:
-        for (stream, epoch, role, name), s in self.scan.arrays.items():
+        for (stream, epoch, part, role, name), s in self.scan.arrays.items():
             if stream != self.name or not (s.errors or s.missing):
                 continue
-            field = name if role in ("seen", "raw", "seen_hashes", "raw_hashes") else None
+            field = name if role in ("seen", "raw", "seen_hashes", "raw_hashes", "ragged") else None
             for c, message in sorted(s.errors.items()):
                 self._add("integrity", f"array {s.path!r} chunk {c} ({self._rows(s, c)}) fails to decode or fails its "
                           f"checksum ({message}); restore the file from a copy",
-                          epoch=epoch, field=field, indices=self._chunk_indices(s, epoch, c))
+                          epoch=epoch, field=field, indices=self._chunk_indices(s, epoch, part, c))
             for c in s.missing:
                 self._add("integrity", f"array {s.path!r} chunk {c} ({self._rows(s, c)}) is missing from the store "
                           "although its rows were committed; the file was deleted or never reached the disk",
-                          epoch=epoch, field=field, indices=self._chunk_indices(s, epoch, c))
+                          epoch=epoch, field=field, indices=self._chunk_indices(s, epoch, part, c))
 
     @staticmethod
     def _rows(s: _scan.ArrayScan, c: int) -> str:
@@ -232,31 +267,28 @@ class _StreamAudit:
             return f"uncommitted rows {lo}-{hi - 1}"
         return f"rows {lo}-{min(hi, s.rows) - 1}"
 
-    def _chunk_indices(self, s: _scan.ArrayScan, epoch: int | None, c: int) -> np.ndarray:
+    def _chunk_indices(self, s: _scan.ArrayScan, epoch: int | None, part: _scan.Part, c: int) -> np.ndarray:
         role = s.target.role
-        if role in ("order", "raw_index"):
+        if role in ("order", "raw_index", "ragged", "other"):
             return np.empty(0, np.int64)
         lo, hi = c * s.chunk_rows, min((c + 1) * s.chunk_rows, s.rows)
         if role == "batch_sizes":
-            sizes = s.values
-            offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            offsets = np.concatenate([[0], np.cumsum(s.values)]).astype(np.int64)
             lo, hi = int(offsets[min(lo, len(offsets) - 1)]), int(offsets[min(hi, len(offsets) - 1)])
-        idx = self._indices(epoch)
-        if idx is None:
+        own = self.scan.get(self.name, epoch, part, "order" if epoch is not None else "raw_index")
+        if own is None:
             return np.empty(0, np.int64)
-        idx = idx[lo:hi]
+        idx = own.values.astype(np.int64)[lo:hi]
         return idx[idx >= 0]
 
-    def _across_epochs(self, raw_idx: np.ndarray | None, raw_hashes: dict[str, np.ndarray],
+    def _across_epochs(self, raw_idx: np.ndarray, raw_hashes: dict[str, np.ndarray],
                        per_epoch: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]) -> None:
         n = self.m.dataset_len
         if n is None or self.m.iterable:
             n = 1 + max((int(o.max()) for o, _ in per_epoch.values() if len(o)), default=-1)
-        raw_sorted = None
-        if raw_idx is not None:
-            keep = raw_idx >= 0
-            order = np.argsort(raw_idx[keep], kind="stable")
-            raw_sorted = (raw_idx[keep][order], {f: h[keep][order] for f, h in raw_hashes.items()})
+        keep = raw_idx >= 0
+        unique, first = np.unique(raw_idx[keep], return_index=True)  # a sample recorded by several ranks: its first
+        raw_sorted = (unique, {f: h[keep][first] for f, h in raw_hashes.items()})
         for name, info in self.m.fields.items():
             runs = []
             for e, (order, hashes) in sorted(per_epoch.items()):
@@ -266,10 +298,8 @@ class _StreamAudit:
                     runs.append((e, order[ok], h[ok]))
             self.findings += check_stability(runs, stream=self.name, field=name, dataset_len=max(n, 0))
             raw_info = self.m.raw_fields.get(name)
-            if raw_sorted is not None and raw_info is not None and name in raw_sorted[1] \
-                    and (raw_info.dtype, raw_info.shape) == (info.dtype, info.shape):
-                self.findings += check_carry_through(raw_sorted[0], raw_sorted[1][name], runs,
-                                                     stream=self.name, field=name)
+            if raw_info is not None and name in raw_sorted[1] and (raw_info.dtype, raw_info.shape) == (info.dtype, info.shape):
+                self.findings += check_carry_through(raw_sorted[0], raw_sorted[1][name], runs, stream=self.name, field=name)
 
 
 def compare(stream: Stream, dataset: Any, *, progress: bool | None = None) -> CompareReport:
@@ -339,18 +369,20 @@ def compare(stream: Stream, dataset: Any, *, progress: bool | None = None) -> Co
             continue
         try:
             structure, fields = flatten(sample, None)
+            infos = {p: f for p, (f, _) in fields.items()}
+            fits = reconcile(m.raw_structure or {}, m.raw_fields, structure, infos, f"live sample {i}") == m.raw_fields
         except SnapstoreError:
-            reshaped.append(i)
-            continue
-        if structure != m.raw_structure or {p: f for p, (f, _) in fields.items()} != m.raw_fields:
+            fits = False
+        if not fits:  # another structure, dtype, or a row shape a fixed-shape field never had
             reshaped.append(i)
             continue
         for p, (info, rows) in fields.items():
-            if row_hashes(rows)[0] != stored[p][k]:
+            live = np.asarray(host_rows(rows))
+            if row_hashes(live)[0] != stored[p][k]:
                 differ[p].append(i)
-                if rows.dtype.kind in "iufb" and info.dtype != "bfloat16":
-                    recorded = raw.gather(p, [i])
-                    gap = float(np.max(np.abs(rows.astype(np.float64) - recorded.astype(np.float64)), initial=0.0))
+                recorded = raw.gather(p, [i])[0]
+                if live.dtype.kind in "iufb" and info.dtype != "bfloat16" and recorded.shape == live[0].shape:
+                    gap = float(np.max(np.abs(live[0].astype(np.float64) - recorded.astype(np.float64)), initial=0.0))
                     largest[p] = max(largest.get(p, 0.0), gap)
     report.compared = len(indices)
     for p, idx in differ.items():

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import zarr
 from audit_support import (
     Digits,
     DivideBySum,
@@ -111,7 +112,7 @@ def test_flipped_byte_in_a_seen_chunk(tmp_path):
 
 def test_truncated_raw_chunk(tmp_path):
     snap = _images_snapshot(tmp_path)
-    raw_index = snap["train"].raw._index  # raw rows in order of capture
+    raw_index = zarr.open_array(f"{snap.path}/train/raw/index", mode="r")[:100]  # raw rows in order of capture
     truncate(chunk_file(snap.path, "train/raw/fields/0", 1))
     report = snapstore.audit(snap.path)
     assert [(f.check, f.epoch, f.field, f.indices) for f in report.findings] == [
@@ -145,8 +146,6 @@ def test_flipped_byte_in_order_and_hashes(tmp_path):
 
 
 def test_rewritten_chunk_fails_its_content_hash(tmp_path):
-    import zarr
-
     snap = _images_snapshot(tmp_path)
     order = snap["train"].epoch(1).order
     array = zarr.open_array(f"{snap.path}/train/epochs/1/seen/1", mode="r+")
