@@ -21,6 +21,7 @@ from .errors import UsageError
 from .layout import FieldInfo
 from .reader import Epoch, Snapshot, Stream
 from .report import DiffReport, Divergence, Finding
+from .schema import numpy_dtype
 
 __all__ = ["diff"]
 
@@ -231,7 +232,9 @@ def _gap(info: FieldInfo, read_a: Any, read_b: Any, n: int) -> str:
     """``"; max |a - b| = x over k rows"`` for numeric fields, reading at most ``DIFF_LOCATE_BYTES``."""
     if info.dtype == "str" or n == 0:
         return ""
-    row_bytes = max(1, int(np.prod(info.shape, dtype=np.int64)) * (2 if info.dtype == "bfloat16" else np.dtype(info.dtype).itemsize))
+    if info.ragged:
+        return _ragged_gap(info, read_a, read_b, n)
+    row_bytes = max(1, int(np.prod([d or 1 for d in info.shape], dtype=np.int64)) * numpy_dtype(info.dtype).itemsize)
     limit = max(1, config.DIFF_LOCATE_BYTES // (2 * row_bytes))
     take = min(n, limit)
     step = max(1, (16 << 20) // row_bytes)  # rows read at once: about 16 MiB per side
@@ -251,3 +254,28 @@ def _gap(info: FieldInfo, read_a: Any, read_b: Any, n: int) -> str:
     over = f" over the first {take} of {n} differing rows" if take < n else ""
     nan = "; NaN in one but not the other" if nan_mismatch else ""
     return f"; max |a - b| = {largest:.4g}{over}{nan}"
+
+
+def _ragged_gap(info: FieldInfo, read_a: Any, read_b: Any, n: int) -> str:
+    """Like ``_gap`` for rows of differing shapes: compares the pairs of equal shape, one by one."""
+    take = min(n, _RAGGED_ROWS)
+    largest, shaped = 0.0, 0
+    rows_a, rows_b = read_a(slice(0, take)), read_b(slice(0, take))
+    for ra, rb in zip(rows_a, rows_b):
+        xa, xb = numeric_view(np.asarray(ra)[np.newaxis], info.dtype), numeric_view(np.asarray(rb)[np.newaxis], info.dtype)
+        if xa is None or xb is None:
+            return ""
+        if xa.shape != xb.shape:
+            shaped += 1
+            continue
+        with np.errstate(invalid="ignore"):
+            d = np.abs(xa.astype(np.float64) - xb.astype(np.float64))
+        if d.size and not np.isnan(d).all():
+            largest = max(largest, float(np.nanmax(d)))
+    over = f" over the first {take} of {n} differing rows" if take < n else ""
+    shapes = f"; {shaped} row(s) differ in shape" if shaped else ""
+    return f"; max |a - b| = {largest:.4g}{over}{shapes}"
+
+
+#: Rows of a ragged field diff reads to measure a difference.
+_RAGGED_ROWS = 10_000

@@ -37,9 +37,9 @@ _NONFINITE = (255, 0, 255)
 
 def image_like(info: FieldInfo) -> bool:
     """Whether rows of a field can be drawn as images (see the module docstring)."""
-    if info.dtype == "str" or info.ragged:
+    if info.dtype == "str" or info.ragged or None in info.shape:
         return False
-    s = info.shape
+    s = tuple(int(d) for d in info.shape if d is not None)
     if len(s) == 2:
         return min(s) >= 2
     if len(s) == 3:
@@ -68,7 +68,7 @@ def _raw_row(stream: Stream, field: str, index: int) -> np.ndarray | None:
 
 
 def _seen_row(epoch: Epoch, field: str, index: int) -> np.ndarray | None:
-    where = epoch.positions(index)
+    where = epoch.positions(index=index)
     return epoch.gather(field, where[:1])[0] if len(where) else None
 
 
