@@ -1,7 +1,7 @@
 """The ``audit``, ``diff`` and ``show`` commands: a thin shell over the public API.
 
-``cli.py`` calls ``add_parsers(subparsers)`` to register them and
-``run(args)`` to execute one. Exit codes: 0 clean / identical / written,
+``cli.py`` calls ``add_parsers(subparsers)`` to register them; each sets
+``run`` (as ``cli.build_parser`` expects) to :func:`run`, which executes it. Exit codes: 0 clean / identical / written,
 1 findings / different / a ``SnapstoreError`` (its message on stderr, no
 traceback), 2 usage (argparse).
 
@@ -33,7 +33,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--stream", action="extend", nargs="+", metavar="S", help="streams to audit (default: all)")
     p.add_argument("--epoch", action="extend", nargs="+", type=int, metavar="E", help="epochs to audit (default: all)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(**{_COMMAND: "audit"})
+    p.set_defaults(run=run, **{_COMMAND: "audit"})
 
     p = subparsers.add_parser(
         "diff", help="compare two snapshots: same indices, order and values?",
@@ -43,7 +43,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("b", help="second snapshot")
     p.add_argument("--stream", metavar="S", help="compare only this stream")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(**{_COMMAND: "diff"})
+    p.set_defaults(run=run, **{_COMMAND: "diff"})
 
     p = subparsers.add_parser(
         "show", help="write a PNG of raw vs seen versions of samples",
@@ -55,7 +55,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--epochs", action="extend", nargs="+", type=int, metavar="E", help="epochs (default: all)")
     p.add_argument("-o", "--out", required=True, metavar="OUT.png", help="PNG file to write")
     p.add_argument("--tile", type=int, default=96, help="pixels of a tile's longer side (default 96)")
-    p.set_defaults(**{_COMMAND: "show"})
+    p.set_defaults(run=run, **{_COMMAND: "show"})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if command == "show":
             return _show(args)
     except SnapstoreError as e:
-        print(f"snapstore {command}: {e}", file=sys.stderr)
+        print(f"snapstore {command}: error: {e}", file=sys.stderr)
         return 1
     print(f"snapstore: unknown command {command!r}", file=sys.stderr)
     return 2

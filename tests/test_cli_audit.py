@@ -66,5 +66,7 @@ def test_add_parsers_and_run_plug_into_another_parser(tmp_path, capsys):
     sub.add_parser("info")
     cli_audit.add_parsers(sub)
     assert cli_audit.run(parser.parse_args(["audit", snap.path])) == 0
+    args = parser.parse_args(["diff", snap.path, snap.path])
+    assert args.run is cli_audit.run and args.run(args) == 0  # what cli.main calls
     assert cli_audit.run(parser.parse_args(["info"])) == 2  # not one of ours
     capsys.readouterr()
