@@ -48,8 +48,8 @@ class Target:
 
     ``part`` is ``(rank, continuation)`` (``(rank, 0)`` for raw samples);
     ``role`` is one of ``order``, ``batch_sizes``, ``positions``, ``seen``,
-    ``seen_hashes``, ``outputs``, ``output_hashes``, ``ragged``,
-    ``raw_index``, ``raw``, ``raw_hashes`` or ``other``; ``name`` the field
+    ``seen_hashes``, ``outputs``, ``output_hashes``, ``ragged`` (values),
+    ``ragged_rows`` (offsets, shapes), ``raw_index``, ``raw``, ``raw_hashes`` or ``other``; ``name`` the field
     or output; ``rows`` the rows holding data
     (None: the array's length); ``required`` whether every chunk covering
     those rows must exist.
@@ -152,8 +152,7 @@ def _classify(rel: str) -> tuple[int | None, int, str, str | None] | None:
             return epoch, k, "positions", rest
         for prefix, role in _EPOCH_PREFIXES:
             if rest.startswith(prefix):
-                name = rest[len(prefix):]
-                return epoch, k, role, name.rsplit("/", 1)[0] if role == "ragged" else name
+                return (epoch, k, *_ragged(role, rest[len(prefix):]))
         return epoch, k, "other", rest
     if parts[0] == layout.RAW_GROUP and len(parts) >= 2:
         rest = "/".join(parts[1:])
@@ -162,9 +161,17 @@ def _classify(rel: str) -> tuple[int | None, int, str, str | None] | None:
         for prefix, role in ((layout.raw_hashes_path(""), "raw_hashes"), (f"{layout.RAW_FIELDS}/", "raw"),
                              (f"{layout.RAGGED_GROUP}/", "ragged")):
             if rest.startswith(prefix):
-                name = rest[len(prefix):]
-                return None, 0, role, name.rsplit("/", 1)[0] if role == "ragged" else name
+                return (None, 0, *_ragged(role, rest[len(prefix):]))
     return None
+
+
+def _ragged(role: str, name: str) -> tuple[str, str]:
+    """``(role, name)``: a ragged field's per-row ``offsets``/``shapes`` are ``ragged_rows``, its ``values``
+    ``ragged``; their name stays ``<field>/<array>``."""
+    if role != "ragged":
+        return role, name
+    array = name.rpartition("/")[2]
+    return ("ragged_rows" if array in (layout.OFFSETS, layout.SHAPES) else "ragged"), name
 
 
 def _ranks(group: Any) -> list[tuple[int, Any, str]]:
@@ -227,7 +234,9 @@ def plan(root: Any, streams: Sequence[str], epochs: Iterable[int] | None, result
                 where = _classify(rel)
                 parts = rel.split("/")
                 epoch = int(parts[1]) if parts[0] == layout.EPOCHS_GROUP and len(parts) > 1 and parts[1].isdigit() else None
-                field_name = where[3] if where is not None and where[2] in ("seen", "raw", "outputs", "ragged") else None
+                field_name = where[3] if where is not None and where[2] in ("seen", "raw", "outputs") else None
+                if where is not None and where[2] in ("ragged", "ragged_rows") and where[3]:
+                    field_name = where[3].rpartition("/")[0]
                 if epoch is None or wanted is None or epoch in wanted:
                     message = (f"the metadata (zarr.json) of {name}/{prefix}{rel} cannot be read "
                                f"({type(problem).__name__}: {problem}); its data cannot be checked or read")

@@ -250,7 +250,9 @@ class _StreamAudit:
         for (stream, epoch, part, role, name), s in self.scan.arrays.items():
             if stream != self.name or not (s.errors or s.missing):
                 continue
-            field = name if role in ("seen", "raw", "seen_hashes", "raw_hashes", "ragged") else None
+            field = name if role in ("seen", "raw", "seen_hashes", "raw_hashes") else None
+            if role in ("ragged", "ragged_rows") and name:
+                field = name.rpartition("/")[0]  # <field>/values|offsets|shapes
             for c, message in sorted(s.errors.items()):
                 self._add("integrity", f"array {s.path!r} chunk {c} ({self._rows(s, c)}) fails to decode or fails its "
                           f"checksum ({message}); restore the file from a copy",

@@ -144,3 +144,14 @@ def test_diff_locates_ragged_differences(tmp_path):
     assert "1 row(s) differ in shape" in seen[0].message and "max |a - b| = " in seen[0].message
     d = report.first_divergence
     assert (d.epoch, d.batch, d.position, d.field) == (0, 1, 9, "0")
+
+
+def test_missing_ragged_offsets_chunk(tmp_path):
+    with snapstore.record(DataLoader(Sentences(), batch_size=8, collate_fn=ragged_rows), tmp_path / "s.snap") as s:
+        list(s)
+    order = snapstore.open(tmp_path / "s.snap")["train"].epoch(0).order
+    chunk_file(tmp_path / "s.snap", "train/epochs/0/ragged/0/offsets", 0).unlink()
+    report = snapstore.audit(tmp_path / "s.snap")
+    assert [(f.check, f.epoch, f.field, f.indices) for f in report.findings] == [
+        ("integrity", 0, "0", tuple(sorted(order.tolist())))], str(report)
+    assert "missing" in report.findings[0].message
