@@ -756,7 +756,7 @@ def _fill_hashes(h: np.ndarray, rows: Any) -> np.ndarray:
 def _reorder(parts: list[Any], where: list[np.ndarray], info: FieldInfo) -> np.ndarray | list[np.ndarray]:
     """Rows gathered source by source, put back in the order asked for."""
     if not parts:
-        return [] if info.ragged else np.empty((0, *info.shape), dtype=numpy_dtype(info.dtype))
+        return [] if info.ragged else np.empty((0, *(d or 0 for d in info.shape)), dtype=numpy_dtype(info.dtype))
     joined = _join(parts)
     inverse = np.argsort(np.concatenate(where), kind="stable")
     return [joined[k] for k in inverse] if isinstance(joined, list) else joined[inverse]
