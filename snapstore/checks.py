@@ -396,8 +396,8 @@ def check_stability(epochs: Sequence[tuple[int, Index, npt.NDArray[np.uint64]]],
         idx = np.concatenate(report[k]) if report[k] else np.empty(0, np.int64)
         if len(idx):
             findings.append(Finding.make(
-                "stability", f"{plural(len(np.unique(idx)), 'index')} whose {field!r} differs from what the other epochs saw "
-                f"for them, while it is identical across epochs for {seen_twice - len(unstable_idx)} of {seen_twice} "
+                "stability", f"{plural(len(np.unique(idx)), 'index')} whose {field!r} differs from what the other epochs saw, "
+                f"while it is identical across epochs for {seen_twice - len(unstable_idx)} of {seen_twice} "
                 "indices (a race in a worker, a corrupt file, a non-deterministic dataset)",
                 stream=stream, epoch=epochs[k][0], field=field, indices=idx))
     return findings
