@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
+from .audit import audit, compare
+from .diff import diff
 from .errors import (
     CorruptionError,
     FormatVersionError,
@@ -24,6 +26,7 @@ from .errors import (
 from .layout import FORMAT_VERSION, FieldInfo
 from .reader import Epoch, RawSamples, Snapshot, Stream, open
 from .recorder import Recorder, RecordingLoader, record
+from .report import AuditReport, CompareReport, DiffReport, Divergence, Finding
 
 try:
     __version__ = _metadata.version("snapstore")
@@ -32,9 +35,14 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "FORMAT_VERSION",
+    "AuditReport",
+    "CompareReport",
     "CorruptionError",
+    "DiffReport",
+    "Divergence",
     "Epoch",
     "FieldInfo",
+    "Finding",
     "FormatVersionError",
     "NotASnapshotError",
     "RawSamples",
@@ -50,6 +58,9 @@ __all__ = [
     "Stream",
     "UsageError",
     "__version__",
+    "audit",
+    "compare",
+    "diff",
     "open",
     "record",
 ]

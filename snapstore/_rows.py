@@ -156,11 +156,21 @@ def refuse_ragged(src: Source, paths: list[str], what: str) -> None:
 def read(array: Any, start: int, stop: int, rest: tuple[Any, ...] = ()) -> np.ndarray:
     """``array[start:stop, *rest]`` of a stored array.
 
-    Decode or checksum failures become ``CorruptionError`` naming the array and rows.
+    Decode or checksum failures become ``CorruptionError`` naming the array
+    and the chunk that failed.
     """
     try:
         return array[(slice(start, stop), *rest)]
     except (ValueError, RuntimeError, OSError) as e:
+        chunk = int(array.chunks[0])
+        for lo in range(start - start % chunk, stop, chunk):  # find the damaged chunk to name it
+            try:
+                array[(slice(lo, min(lo + chunk, array.shape[0])), *rest)]
+            except (ValueError, RuntimeError, OSError) as err:
+                raise CorruptionError(
+                    f"chunk {lo // chunk} (rows {lo}-{lo + chunk - 1}) of array {array.path!r} cannot be read: {err}; "
+                    "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
+                ) from err
         raise CorruptionError(
             f"rows {start}-{stop - 1} of array {array.path!r} cannot be read: {e}; the file is damaged: restore it "
             "from a copy, or run `snapstore audit` to list every damaged chunk"

@@ -20,6 +20,8 @@ from typing import Any
 
 import snapstore
 
+from . import cli_audit, cli_export
+
 from . import demo
 from .errors import SnapshotExistsError, SnapstoreError
 
@@ -111,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PATH", help="where to write the snapshot (default: a new temporary directory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing snapshot at --out")
     p.set_defaults(run=_demo)
+
+    cli_audit.add_parsers(commands)  # audit, diff, show
+    cli_export.add_export_parser(commands)
 
     p = commands.add_parser("_verify")  # no help=: hidden; the demo's fresh process
     p.add_argument("path")

@@ -34,3 +34,28 @@ DEFAULT_EXPORT_BLOCK_BYTES = 8 * 1024 * 1024
 #: samples were captured out of index order (a shuffled loader) and must be
 #: streamed in index order (``to_tf_dataset(epoch=None)``).
 DEFAULT_GATHER_BYTES = 64 * 1024 * 1024
+
+#: Dataset indices a finding of ``snapstore.audit``/``compare``/``diff``
+#: lists; the total is always counted in ``Finding.count``.
+MAX_FINDING_INDICES = 100
+
+#: Stability and raw-vs-seen checks: a field that differs (between epochs, or
+#: from its raw sample) for at most this fraction of the indices compared is
+#: meant to be unchanged, and the few that differ are findings; a field that
+#: differs for more (an augmented input) is not.
+UNSTABLE_MAX_FRACTION = 0.05
+
+#: Value check: the typical range of a field runs from this quantile of its
+#: rows' minima to the (1 - this) quantile of their maxima.
+OUTLIER_QUANTILE = 0.05
+
+#: Value check: rows reaching further outside the typical range than this
+#: many times its width are findings ("orders of magnitude outside").
+OUTLIER_WIDTHS = 20.0
+
+#: Value check: fewest rows an epoch needs before outliers are judged.
+OUTLIER_MIN_ROWS = 20
+
+#: Bytes of differing rows ``snapstore.diff`` reads per field and epoch to
+#: measure the largest absolute difference (hashes locate every difference).
+DIFF_LOCATE_BYTES = 256 * 1024 * 1024

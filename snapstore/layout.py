@@ -9,6 +9,7 @@ for someone reading it with plain ``zarr``::
           index                     int64 (dataset_len,): dataset index of raw row r
           fields/<field path>       (dataset_len, *row_shape): raw sample leaves
           ragged/<field path>/      a field whose rows differ in shape (see below)
+          hashes/<field path>       uint64 (dataset_len,): xxh3_64 of each raw row
         epochs/<e>/                 attrs["epoch"]     = EpochManifest
           order                     int64 (rows,): dataset index at each position
           batch_sizes               int64 (batches,): rows per yielded batch
@@ -18,6 +19,8 @@ for someone reading it with plain ``zarr``::
           seen/<field path>         (rows, *row_shape): seen rows, as yielded
           ragged/<field path>/      a seen field whose rows differ in shape
           outputs/<name>            (rows, *shape): values passed to log()
+          hashes/seen/<field path>  uint64 (rows,): xxh3_64 of each seen row
+          hashes/outputs/<name>     uint64 (rows,): xxh3_64 of each output row
           continued/<k>/            rows recorded after a resume, continuing this epoch (same layout)
 
 A stream recorded by several ranks (torch.distributed) is a group with
@@ -30,6 +33,10 @@ A ragged field is three arrays: ``values`` (all elements, row after row, 1-D),
 than what was committed: only the first ``rows`` (``batches``, raw ``rows``)
 entries named by the manifests hold data. Every writer and reader imports
 its names from here.
+
+Content hashes (``hashing.py``) are optional for readers: snapshots written
+before they existed lack the ``hashes`` arrays, and a stored 0 means "not
+recorded"; readers then hash the rows themselves.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ CONTINUED_GROUP = "continued"
 VALUES = "values"
 OFFSETS = "offsets"
 SHAPES = "shapes"
+HASHES_GROUP = "hashes"
 
 
 @dataclass(frozen=True)
@@ -226,3 +234,18 @@ def epoch_name(number: int) -> str:
 def rank_name(rank: int) -> str:
     """Group name of rank ``rank``'s stream inside a multi-rank stream."""
     return f"rank{rank}"
+
+
+def seen_hashes_path(field: str) -> str:
+    """Path, inside an epoch group, of the content hashes of seen field ``field``."""
+    return f"{HASHES_GROUP}/{SEEN_GROUP}/{field}"
+
+
+def output_hashes_path(name: str) -> str:
+    """Path, inside an epoch group, of the content hashes of output ``name``."""
+    return f"{HASHES_GROUP}/{OUTPUTS_GROUP}/{name}"
+
+
+def raw_hashes_path(field: str) -> str:
+    """Path, inside a stream's raw group, of the content hashes of raw field ``field``."""
+    return f"{HASHES_GROUP}/{field}"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, TensorDataset
 
-from . import export, layout, store
+from . import export, hashing, layout, store
 from .errors import CorruptionError, UsageError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
 from .schema import Structure, numpy_dtype, rebuild_leaf, unflatten
@@ -400,9 +400,11 @@ class RawSamples(Dataset):
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
         self._sources: list[tuple[_Fields, np.ndarray]] = []  # one per rank that recorded raw samples
+        self._groups: list[Any] = []  # the raw group of each source
         groups = [store.child(rank_group, layout.RAW_GROUP) for rank_group in stream._ranks]
         # the schema, read after the raw commit records, covers every committed raw row
         m = _merged([StreamManifest.from_dict(store.reread(g).attrs[layout.STREAM_ATTR]) for g in stream._ranks])
+        self.schema = m
         for group in groups:
             attrs = group.attrs.get(layout.RAW_ATTR, {}) if group is not None else {}
             rows = int(attrs.get("rows", 0))
@@ -410,6 +412,7 @@ class RawSamples(Dataset):
                 fields = _Fields(group, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, attrs.get("ragged", []), rows, stream.path)
                 index = store.ChunkReader(_node(group, layout.RAW_INDEX, stream.path)).read(0, rows)
                 self._sources.append((fields, index))
+                self._groups.append(group)
         self._rows = sum(len(index) for _, index in self._sources)
 
     @cached_property
@@ -504,6 +507,58 @@ class RawSamples(Dataset):
         return export.to_dask(self, fields)
 
 
+    def _check_field(self, field: str) -> None:
+        if field not in self.schema.raw_fields:
+            raise KeyError(f"no raw field {field!r} in stream {self._stream.name!r}; raw fields: {list(self.schema.raw_fields)}")
+
+    def _by_source(self, indices: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """``(source, which of indices, rows in that source)`` for recorded dataset ``indices``."""
+        located = []
+        for i in indices.tolist():
+            where = self._where.get(i)
+            if where is None:
+                raise KeyError(f"no raw sample of dataset index {i} in stream {self._stream.name!r}: no epoch fetched it")
+            located.append(where)
+        src = np.array([s for s, _ in located], dtype=np.int64)
+        rows = np.array([r for _, r in located], dtype=np.int64)
+        return [(int(s), np.nonzero(src == s)[0], rows[src == s]) for s in np.unique(src)]
+
+    def hashes(self, field: str) -> np.ndarray:
+        """Content hash (xxh3_64, see ``snapstore.hashing``) of each raw sample's ``field``.
+
+        Returns
+        -------
+        ndarray of uint64, shape (len(indices),)
+            Aligned with ``indices`` (ascending dataset index).
+
+        Raises
+        ------
+        KeyError
+            No such raw field.
+        CorruptionError
+            A chunk of the hashes (or, for snapshots without stored hashes, of
+            the data) fails to decode.
+        """
+        self._check_field(field)
+        out = np.empty(len(self.indices), dtype=np.uint64)
+        for s, which, rows in self._by_source(self.indices):
+            fields, index = self._sources[s]
+            stored = _stored_hashes(self._groups[s], layout.raw_hashes_path(field), len(index))
+            out[which] = _fill_hashes(stored[rows], lambda k, f=fields, r=rows: f.readers[field].gather(r[k]))
+        return out
+
+    def gather(self, field: str, indices: Any) -> np.ndarray | list[np.ndarray]:
+        """Rows of raw field ``field`` for dataset ``indices`` (any order): shape (n, *row_shape), or a
+        list of arrays for a ragged field. ``KeyError`` for an unknown field or an index without a raw sample."""
+        self._check_field(field)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        parts, where = [], []
+        for s, which, rows in self._by_source(idx):
+            parts.append(self._sources[s][0].readers[field].gather(rows))
+            where.append(which)
+        return _reorder(parts, where, self.schema.raw_fields[field])
+
+
 class _Part:
     """One recorded piece of an epoch: a rank's epoch group, or a continuation after a resume."""
 
@@ -548,6 +603,7 @@ class Epoch:
 
     def __init__(self, stream: Stream, ranks: list[list[_Part]]) -> None:
         self.stream = stream
+        self.schema = stream.manifest  # read after this epoch's commit records (Stream.epoch)
         self._parts = [p for parts in ranks for p in parts]
         self.manifest = self._parts[0].manifest
         self.number = self.manifest.number
@@ -813,6 +869,56 @@ class Epoch:
         """
         return export.to_dask(self, fields)
 
+    def _check_field(self, field: str) -> None:
+        if field not in self.schema.fields:
+            raise KeyError(f"no seen field {field!r} in stream {self.stream.name!r}; fields: {list(self.schema.fields)}")
+
+    def hashes(self, field: str) -> np.ndarray:
+        """Content hash (xxh3_64, see ``snapstore.hashing``) of each seen row of ``field``.
+
+        Returns
+        -------
+        ndarray of uint64, shape (len(self),)
+            Aligned with ``order``; equal hashes mean bitwise-equal rows.
+
+        Raises
+        ------
+        KeyError
+            No such field.
+        CorruptionError
+            A chunk of the hashes (or, for snapshots without stored hashes, of
+            the data) fails to decode.
+        """
+        self._check_field(field)
+        if not len(self):
+            return np.empty(0, dtype=np.uint64)
+        stored = self._per_position(layout.seen_hashes_path(field), np.uint64, hashing.NO_HASH)
+        return _fill_hashes(stored, lambda k: self.gather(field, k))
+
+    def output_hashes(self, name: str) -> np.ndarray:
+        """Content hash of each row of output ``name`` (uint64, (len(self),)), aligned with ``order``."""
+        if name not in self.schema.outputs:
+            raise KeyError(f"no output {name!r} in stream {self.stream.name!r}; logged outputs: {list(self.schema.outputs)}")
+        if not len(self):
+            return np.empty(0, dtype=np.uint64)
+        stored = self._per_position(layout.output_hashes_path(name), np.uint64, hashing.NO_HASH)
+        return _fill_hashes(stored, lambda k: self.outputs[name][k])
+
+    def gather(self, field: str, positions: Any) -> np.ndarray | list[np.ndarray]:
+        """Rows of seen field ``field`` at ``positions`` (any order): shape (n, *row_shape), or a list of
+        arrays for a ragged field; each chunk is decoded once."""
+        self._check_field(field)
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
+            raise IndexError(f"positions outside epoch {self.number} of stream {self.stream.name!r} ({len(self)} rows)")
+        part, local = self._map
+        parts, where = [], []
+        for k in np.unique(part[positions]):
+            which = np.nonzero(part[positions] == k)[0]
+            parts.append(self._parts[k].seen.readers[field].gather(local[positions[which]]))  # type: ignore[union-attr]
+            where.append(which)
+        return _reorder(parts, where, self.schema.fields[field])
+
     def __repr__(self) -> str:
         state = "complete" if self.complete else "incomplete"
         return f"<Epoch {self.number} of {self.stream.name!r}: {len(self)} rows, {len(self.batch_sizes)} batches, {state}>"
@@ -852,3 +958,33 @@ class _Outputs(Mapping):
 
     def __len__(self) -> int:
         return len(self._infos)
+
+
+def _stored_hashes(group: Any, path: str, n: int) -> np.ndarray:
+    """The first ``n`` content hashes stored at ``path`` in ``group``; ``NO_HASH`` where none were stored."""
+    node = store.child(group, path)
+    if node is None or n == 0:
+        return np.full(n, hashing.NO_HASH, dtype=np.uint64)
+    return store.ChunkReader(node).read(0, n)
+
+
+#: Rows hashed at once when hashes must be computed from the data.
+_HASH_BLOCK = 4096
+
+
+def _fill_hashes(h: np.ndarray, rows: Any) -> np.ndarray:
+    """``h`` with its ``NO_HASH`` entries hashed from ``rows(positions)``, in blocks."""
+    todo = np.nonzero(h == hashing.NO_HASH)[0]
+    for lo in range(0, len(todo), _HASH_BLOCK):
+        block = todo[lo : lo + _HASH_BLOCK]
+        h[block] = hashing.row_hashes(rows(block))
+    return h
+
+
+def _reorder(parts: list[Any], where: list[np.ndarray], info: FieldInfo) -> np.ndarray | list[np.ndarray]:
+    """Rows gathered source by source, put back in the order asked for."""
+    if not parts:
+        return [] if info.ragged else np.empty((0, *(d or 0 for d in info.shape)), dtype=numpy_dtype(info.dtype))
+    joined = _join(parts)
+    inverse = np.argsort(np.concatenate(where), kind="stable")
+    return [joined[k] for k in inverse] if isinstance(joined, list) else joined[inverse]

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
-from . import config, layout, store
+from . import config, hashing, layout, store
 from ._writer import BackgroundWriter
 from .capture import CaptureCollate, CaptureIterable, CaptureMap, RawBlock, Tagged, Tags, bases, is_wrapped, raw_source
 from .errors import RecordingError, SchemaError, SnapshotExistsError, SnapstoreError, SnapstoreWarning, UsageError
@@ -63,6 +63,7 @@ class _EpochSink:
         self.batch_sizes = store.FieldSinks(group, "", capacity, compressor)
         self.seen = store.FieldSinks(group, layout.SEEN_GROUP, capacity, compressor)
         self.outputs = store.FieldSinks(group, layout.OUTPUTS_GROUP, capacity, compressor)
+        self.hashes = store.FieldSinks(group, "", capacity, compressor)  # content hashes of seen and output rows
         self.rows = 0
         self.batches = 0
         store.write_attr(group, layout.EPOCH_ATTR, manifest.to_dict())
@@ -77,15 +78,19 @@ class _EpochSink:
         self.batch_sizes.put(self.batches, layout.BATCH_SIZES, _INT64, np.array([n], dtype=np.int64))
         for path, (info, rows) in fields.items():
             self.seen.put(pos, path, info, host_rows(rows))
+        for path, (info, rows) in hashing.hash_fields(fields).items():
+            self.hashes.put(pos, layout.seen_hashes_path(path), info, rows)
         self.rows = pos + n
         self.batches += 1
 
     def put_outputs(self, pos: int, outputs: dict[str, tuple[FieldInfo, np.ndarray]]) -> None:
         for name, (info, rows) in outputs.items():
             self.outputs.put(pos, name, info, host_rows(rows))
+        for name, (info, rows) in hashing.hash_fields(outputs).items():
+            self.hashes.put(pos, layout.output_hashes_path(name), info, rows)
 
     def commit(self, *, complete: bool = False, final: bool = False) -> None:
-        for sinks in (self.positions, self.batch_sizes, self.seen, self.outputs):
+        for sinks in (self.positions, self.batch_sizes, self.seen, self.outputs, self.hashes):
             sinks.flush()
         self.manifest = dataclasses.replace(
             self.manifest,
@@ -107,12 +112,15 @@ class _RawSink:
         self.rows = rows
         self.index = store.FieldSinks(group, "", capacity, compressor, rows=rows)
         self.fields = store.FieldSinks(group, layout.RAW_FIELDS, capacity, compressor, rows=rows, ragged=ragged)
+        self.hashes = store.FieldSinks(group, "", capacity, compressor, rows=rows)
         self.dirty = False
 
     def put(self, block: RawBlock) -> None:
         self.index.put(self.rows, layout.RAW_INDEX, _INT64, block.indices)
         for path, (info, rows) in block.fields.items():
             self.fields.put(self.rows, path, info, rows)
+        for path, (info, rows) in hashing.hash_fields(block.fields).items():
+            self.hashes.put(self.rows, layout.raw_hashes_path(path), info, rows)
         self.rows += len(block.indices)
         self.dirty = True
 
@@ -120,6 +128,7 @@ class _RawSink:
         if self.dirty:
             self.index.flush()
             self.fields.flush()
+            self.hashes.flush()
             store.write_attr(self.group, layout.RAW_ATTR, {"rows": self.rows, "ragged": list(self.fields.ragged)})
             self.fields.after_commit()
             self.dirty = False

@@ -165,18 +165,18 @@ def _row_list_kind(seq: Any, batch_size: int | None, known: bool | None) -> str 
     """``"tensor-list"``/``"ndarray-list"`` when ``seq`` is a list of per-row tensors/arrays.
 
     ``known`` is what earlier batches decided for this path. For the first
-    batch: a list of ``batch_size`` tensors (arrays) of one dtype and rank is
-    a list of rows (e.g. ragged sequences from a custom collate_fn) unless
-    all have one shape whose first dimension is the batch size, which makes
-    it a structure like ``[images, labels]``.
+    batch: a list (never a tuple) of ``batch_size`` tensors (arrays) of one
+    dtype and rank is a list of rows (e.g. ragged sequences from a custom
+    collate_fn) unless every one has the batch size as its first dimension,
+    which makes it a structure like ``[images, labels]``.
     """
-    if batch_size is None or len(seq) != batch_size or not seq or known is False:
+    if batch_size is None or not isinstance(seq, list) or len(seq) != batch_size or not seq or known is False:
         return None
     for t, kind in ((torch.Tensor, "tensor-list"), (np.ndarray, "ndarray-list")):
         if all(isinstance(v, t) for v in seq):
             if len({(v.dtype, v.ndim) for v in seq}) != 1 or seq[0].ndim == 0:
                 return None
-            if not known and all(v.shape[0] == batch_size for v in seq) and len({tuple(v.shape) for v in seq}) == 1:
+            if not known and all(v.shape[0] == batch_size for v in seq):
                 return None
             return kind
     return None

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
-from pathlib import Path
 from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,19 +88,31 @@ def groups_with(group: Group, attr: str) -> dict[str, Group]:
     """Child groups of ``group`` that carry attribute ``attr`` (streams, epochs), by name.
 
     A child whose metadata a writer has not finished creating (a directory
-    without its ``zarr.json`` yet) is not listed.
+    without its ``zarr.json`` yet) is not listed; one whose ``zarr.json`` is
+    damaged raises ``CorruptionError``.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy", category=UserWarning)
-        return {name: g for name, g in group.groups() if attr in g.attrs}
+    return {name: g for name, g in groups(group) if attr in g.attrs}
 
 
 def child(group: Group, name: str) -> Any:
-    """``group[name]``, or ``None`` when there is no such node."""
+    """``group[name]``, or ``None`` when there is no such node.
+
+    Raises ``CorruptionError`` when the node's ``zarr.json`` cannot be parsed.
+    """
     try:
         return group[name]
     except KeyError:
         return None
+    except (ValueError, TypeError) as e:
+        raise _damaged(group, name, e) from e
+
+
+def _damaged(group: Group, name: str, e: Exception) -> CorruptionError:
+    path = f"{group.path}/{name}" if group.path else name
+    return CorruptionError(
+        f"the metadata (zarr.json) of {path!r} cannot be read: {e}; the snapshot is damaged: restore the "
+        "file from a copy, or run `snapstore audit` to list every damaged node"
+    )
 
 
 def reread(group: Group) -> Group:
@@ -333,6 +345,99 @@ class RaggedReader:
         return [self.read(int(p), int(p) + 1)[0] for p in positions]
 
 
+def read_chunk(array: Array, c: int) -> np.ndarray:
+    """Rows of row-chunk ``c`` of ``array`` (the last chunk may be shorter), decoded and checksum-verified.
+
+    Raises
+    ------
+    CorruptionError
+        The chunk fails to decode or its CRC32C does not match; the message
+        names the array, the chunk and its rows.
+    """
+    rows = array.chunks[0]
+    lo = c * rows
+    try:
+        return array[lo : lo + rows]
+    except (ValueError, RuntimeError, OSError) as e:
+        raise CorruptionError(
+            f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} cannot be read: {e}; "
+            "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
+        ) from e
+
+
+async def _list(store: Any, prefix: str) -> list[str]:
+    return [key async for key in store.list_prefix(prefix)]
+
+
+async def _list_dir(store: Any, prefix: str) -> list[str]:
+    return [key async for key in store.list_dir(prefix)]
+
+
+def children(group: Group) -> tuple[list[tuple[str, Group | Array]], list[tuple[str, Exception]]]:
+    """The nodes directly in ``group``, sorted by name, opened one by one.
+
+    Returns ``(nodes, errors)``: a child whose ``zarr.json`` cannot be read
+    or parsed lands in ``errors`` with its exception instead of failing the
+    whole listing (as ``Group.members()`` does).
+    """
+    names = sorted(zarr.core.sync.sync(_list_dir(group.store_path.store, group.store_path.path)))
+    nodes: list[tuple[str, Group | Array]] = []
+    errors: list[tuple[str, Exception]] = []
+    for name in names:
+        if name == "zarr.json":
+            continue
+        try:
+            nodes.append((name, group[name]))
+        except KeyError:  # a directory that is no node (chunk keys of an array live in arrays, not groups)
+            continue
+        except (ValueError, TypeError, OSError) as e:
+            errors.append((name, e))
+    return nodes, errors
+
+
+def groups(group: Group) -> list[tuple[str, Group]]:
+    """The groups directly in ``group``, sorted by name, like ``Group.groups()``.
+
+    Raises ``CorruptionError`` naming the first child whose ``zarr.json``
+    cannot be parsed (``Group.groups()`` raises a bare ``JSONDecodeError``).
+    """
+    nodes, errors = children(group)
+    if errors:
+        name, e = errors[0]
+        raise _damaged(group, name, e) from e
+    return [(name, node) for name, node in nodes if isinstance(node, Group)]
+
+
+def walk_arrays(group: Group, errors: list[tuple[str, Exception]] | None = None) -> Iterator[tuple[str, Array]]:
+    """Every array below ``group`` as ``(path relative to group, array)``, depth first by name.
+
+    Nodes whose metadata cannot be read are skipped and, when ``errors`` is
+    given, appended to it as ``(path relative to group, exception)``.
+    """
+    nodes, bad = children(group)
+    if errors is not None:
+        errors.extend(bad)
+    for name, node in nodes:
+        if isinstance(node, Array):
+            yield name, node
+        else:
+            sub: list[tuple[str, Exception]] | None = [] if errors is not None else None
+            for rel, arr in walk_arrays(node, sub):
+                yield f"{name}/{rel}", arr
+            if errors is not None and sub:
+                errors.extend((f"{name}/{rel}", e) for rel, e in sub)
+
+
+def stored_chunks(array: Array) -> set[int]:
+    """Row-chunk numbers of ``array`` that have a key (a file, an object) in the store."""
+    base = array.store_path.path
+    prefix = f"{base}/" if base else ""
+    keys = set(zarr.core.sync.sync(_list(array.store_path.store, prefix)))
+    encode = array.metadata.chunk_key_encoding.encode_chunk_key  # type: ignore[union-attr]  # always v3 here
+    tail = (0,) * (array.ndim - 1)
+    return {c for c in range(array.cdata_shape[0]) if prefix + encode((c, *tail)) in keys}
+
+
 class ChunkReader:
     """Reads rows of one array chunk by chunk, keeping a few decoded chunks.
 
@@ -352,14 +457,7 @@ class ChunkReader:
         if block is not None:
             self._cache.move_to_end(c)
             return block
-        lo = c * self.rows
-        try:
-            block = self.array[lo : lo + self.rows]
-        except (ValueError, RuntimeError, OSError) as e:
-            raise CorruptionError(
-                f"chunk {c} (rows {lo}-{lo + self.rows - 1}) of array {self.array.path!r} cannot be read: {e}; "
-                "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
-            ) from e
+        block = read_chunk(self.array, c)
         self._cache[c] = block
         if len(self._cache) > self._cached_chunks:
             self._cache.popitem(last=False)

@@ -133,3 +133,19 @@ def test_python_dash_m_snapstore(snapshot):
     assert "stream 'train'" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "snapstore", "info"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
+
+
+def test_audit_export_diff_are_wired_into_the_cli(tmp_path, capsys):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    path = tmp_path / "wired.snap"
+    with snapstore.record(DataLoader(TensorDataset(torch.randn(20, 2), torch.arange(20)), batch_size=5), path) as s:
+        list(s)
+    assert main(["audit", str(path)]) == 0
+    assert main(["diff", str(path), str(path)]) == 0
+    assert main(["export", str(path), "--stream", "train", "--epoch", "0", "-o", str(tmp_path / "e0.npz")]) == 0
+    import numpy as np
+
+    with np.load(tmp_path / "e0.npz") as z:
+        assert z["index"].tolist() == list(range(20))
