@@ -34,9 +34,9 @@ def test_readme_install_and_test_commands_are_what_ci_runs():
     bash = _blocks("bash")
     install = next(b.strip() for b in bash if "pip install" in b)
     test = next(b.strip() for b in bash if "pytest" in b)
-    assert install == "pip install torch==2.13.0 && pip install -e '.[test]'"
+    assert install == "pip install torch==2.13.0 && pip install -e '.[test,tf,dask]'"
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert "python -m pip install torch==2.13.0" in ci
-    assert "python -m pip install -e '.[test]'" in ci
-    assert ci.index("python -m pip install torch==2.13.0") < ci.index("python -m pip install -e '.[test]'")
+    assert "python -m pip install -e '.[test,tf,dask]'" in ci
+    assert ci.index("python -m pip install torch==2.13.0") < ci.index("python -m pip install -e '.[test,tf,dask]'")
     assert test in ci
