@@ -6,10 +6,10 @@ This is the only module that imports ``zarr``.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
+import warnings
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,9 +32,24 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
+#: What zarr and ``json`` raise for a ``zarr.json`` that is truncated, not JSON, or not valid
+#: metadata (``JSONDecodeError``, ``UnicodeDecodeError`` and zarr's own errors are ``ValueError``s;
+#: deeply nested junk is a ``RecursionError``).
+METADATA_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError)
+
+
+def _fsspec_error(path: str, e: Exception) -> UsageError:
+    protocol = path.split("://", 1)[0]
+    hint = "pip install 'snapstore[s3]'" if protocol in ("s3", "s3a") else "install the fsspec implementation it names"
+    return UsageError(f"{path}: fsspec cannot open {protocol}:// URLs here ({e}); {hint}")
+
+
 def _store(path: str, *, read_only: bool, storage_options: dict[str, Any] | None) -> Any:
     if _is_url(path):
-        return zarr.storage.FsspecStore.from_url(path, storage_options=storage_options, read_only=read_only)
+        try:
+            return zarr.storage.FsspecStore.from_url(path, storage_options=storage_options, read_only=read_only)
+        except (ImportError, ValueError) as e:  # no s3fs (ImportError), an unknown protocol (ValueError)
+            raise _fsspec_error(path, e) from e
     if storage_options:
         raise UsageError(f"storage_options apply to URLs like s3://bucket/run.snap, not to the local path {path!r}")
     return zarr.storage.LocalStore(path, read_only=read_only)
@@ -44,8 +59,13 @@ def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
     """Whether anything exists at ``path`` (a local directory with entries, or any key under a URL)."""
     if not _is_url(path):
         return os.path.exists(path) and (not os.path.isdir(path) or bool(os.listdir(path)))
-    store = _store(path, read_only=True, storage_options=storage_options)
-    return not zarr.core.sync.sync(store.is_empty(""))
+    import fsspec  # a dependency of zarr's FsspecStore
+
+    try:  # a fresh synchronous filesystem: no listings cached from earlier calls
+        fs, root = fsspec.url_to_fs(path, skip_instance_cache=True, **(storage_options or {}))
+    except (ImportError, ValueError) as e:
+        raise _fsspec_error(path, e) from e
+    return bool(fs.exists(root))
 
 
 def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None, attributes: dict[str, Any] | None = None) -> Group:
@@ -53,10 +73,13 @@ def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None =
     (with ``attributes``, written in the same key as the group).
 
     Opening a local snapshot for appending removes the temporary ``*.partial``
-    files a killed writer can leave behind.
+    files a killed writer can leave behind. Remote groups are opened as Zarr
+    v3 without consolidated metadata, so nothing probes for v2 keys or trusts
+    a stale consolidated listing.
 
     Raises ``SnapshotNotFoundError`` or ``NotASnapshotError`` for ``"r"``/``"a"``
-    when no readable Zarr group is there.
+    when no Zarr group is there, and ``CorruptionError`` when its root
+    ``zarr.json`` is damaged.
     """
     store = _store(path, read_only=mode == "r", storage_options=storage_options)
     if mode == "w":
@@ -68,10 +91,18 @@ def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None =
         return zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
         if has_data(path, storage_options):
-            raise NotASnapshotError(f"{path} holds data but no Zarr v3 group; pass the path of a snapshot written by snapstore") from e
+            raise NotASnapshotError(
+                f"{path} holds data but no Zarr v3 group; pass the path of a snapshot written by snapstore "
+                "(if this was one, its root zarr.json is missing: restore it from a copy)"
+            ) from e
         raise SnapshotNotFoundError(f"no snapshot at {path}; check the path, or record one with snapstore.Recorder") from e
-    except (json.JSONDecodeError, ValueError, TypeError, KeyError) as e:
-        raise NotASnapshotError(f"{path}: the root zarr.json cannot be read ({e}); the snapshot's metadata is damaged") from e
+    except zarr.errors.ContainsArrayError as e:
+        raise NotASnapshotError(f"{path} is a Zarr array, not a snapshot; pass the path of a snapshot written by snapstore") from e
+    except METADATA_ERRORS as e:
+        raise CorruptionError(
+            f"{path}/zarr.json (the snapshot's root metadata) is damaged: {type(e).__name__}: {e}; "
+            "restore it from a copy of the snapshot"
+        ) from e
 
 
 def check_exists(root: Group, path: str) -> None:
