@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from . import layout, store
+from . import _checks, layout, store
 from .errors import CorruptionError, SchemaError, SnapstoreError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
 from .schema import Structure, leaf_paths, numpy_dtype, rebuild_leaf, unflatten
@@ -44,15 +44,60 @@ def open(path: Any, *, storage_options: dict[str, Any] | None = None) -> Snapsho
     """
     path = str(path)
     root = store.open_group(path, mode="r", storage_options=storage_options)
-    manifest = SnapshotManifest.from_dict(root.attrs.get(layout.SNAPSHOT_ATTR), path=path)
+    manifest = _checks.snapshot_manifest(root.attrs.get(layout.SNAPSHOT_ATTR), path=path)
     return Snapshot(path, root, manifest)
 
 
-def _node(group: Any, name: str, what: str) -> Any:
-    node = store.child(group, name)
-    if node is None:
-        raise CorruptionError(f"{what}: {name!r} is missing from {group.path or 'the snapshot root'!r}; the snapshot is damaged")
+def _node(nodes: dict[str, Any], name: str, what: str) -> Any:
+    """The array ``name`` among ``nodes`` (``store.members``); ``CorruptionError`` if it is missing."""
+    node = nodes.get(name)
+    if not isinstance(node, store.Array):
+        raise CorruptionError(f"{what}/{name}: array {name!r} is missing; the snapshot is damaged: restore it from a copy")
     return node
+
+
+def _subtree(nodes: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The nodes under ``prefix/``, by path relative to it."""
+    return {k[len(prefix) + 1 :]: v for k, v in nodes.items() if k.startswith(prefix + "/")}
+
+
+def _group(nodes: dict[str, Any], name: str, what: str) -> Any:
+    """The group ``name`` among ``nodes``, or ``None`` if there is none."""
+    node = nodes.get(name)
+    if node is not None and not isinstance(node, store.Group):
+        raise CorruptionError(f"{what}/{name}: an array where snapstore writes a group; the snapshot is damaged")
+    return node
+
+
+def _manifested(group: Any, attrs: tuple[str, ...], where: str) -> dict[str, Any]:
+    """The child groups of ``group`` that carry one of the attributes ``attrs`` (streams, epochs), by name.
+
+    A child without one is skipped only while it is empty (a recorder stopped,
+    or still running, between creating the group and writing its manifest);
+    one holding data without its manifest is damage.
+    """
+    out = {}
+    for name, node in store.members(group, where).items():
+        if not isinstance(node, store.Group):
+            continue
+        if any(a in node.attrs for a in attrs):
+            out[name] = node
+        elif store.members(node, f"{where}/{name}"):
+            raise CorruptionError(
+                f"{where}/{name} holds data but its {attrs[0]!r} manifest attribute is missing; the snapshot is damaged: "
+                "restore it from a copy"
+            )
+    return out
+
+
+def _numbered(group: Any, where: str, what: str) -> dict[int, Any]:
+    """The manifested child groups of ``group`` named by a number (epochs, continuations), by number."""
+    out = {}
+    for name, node in _manifested(group, (layout.EPOCH_ATTR,), where).items():
+        if not name.isdigit() or str(int(name)) != name:
+            raise CorruptionError(f"{where}/{name}: the group of {what} must be named by its number; the snapshot is damaged")
+        out[int(name)] = node
+    return out
 
 
 class Snapshot:
@@ -64,14 +109,18 @@ class Snapshot:
         self._root = root
 
     @cached_property
+    def _streams(self) -> dict[str, Any]:
+        return _manifested(self._root, (layout.STREAM_ATTR, layout.RANKS_ATTR), self.path)
+
+    @cached_property
     def streams(self) -> list[str]:
         """Names of the recorded streams, sorted."""
-        return sorted(n for n, g in self._root.groups() if layout.STREAM_ATTR in g.attrs or layout.RANKS_ATTR in g.attrs)
+        return sorted(self._streams)
 
     def __getitem__(self, name: str) -> Stream:
         if name not in self.streams:
             raise KeyError(f"no stream {name!r} in {self.path}; streams: {self.streams}")
-        return Stream(self._root[name], f"{self.path}/{name}")
+        return Stream(self._streams[name], f"{self.path}/{name}")
 
     def __contains__(self, name: object) -> bool:
         return name in self.streams
@@ -86,7 +135,7 @@ class Snapshot:
             "format_version": self.manifest.format_version,
             "created": self.manifest.created,
             "versions": self.manifest.versions,
-            "bytes_stored": store.array_nbytes_stored(self._root),
+            "bytes_stored": store.array_nbytes_stored(self._root, self.path),
             "streams": {name: self[name].info() for name in self.streams},
         }
 
@@ -102,18 +151,33 @@ class Stream:
     saw each position) and ``stream.rank(r)`` is one rank's own view.
     """
 
-    def __init__(self, group: Any, path: str) -> None:
+    def __init__(self, group: Any, path: str, name: str | None = None) -> None:
         self._group = group
         self.path = path
-        ranked = group.attrs.get(layout.RANKS_ATTR)
-        if ranked is not None:
-            names = [layout.rank_name(r) for r in range(int(ranked["world_size"]))]
-            self._ranks = [_node(group, n, path) for n in names]
+        name = group.basename if name is None else name
+        if layout.RANKS_ATTR in group.attrs and layout.STREAM_ATTR not in group.attrs:
+            world_size = _checks.ranks_manifest(group.attrs[layout.RANKS_ATTR], where=path)
+            nodes = store.members(group, path)
+            names = [layout.rank_name(r) for r in range(world_size)]
+            self._ranks = []
+            for n in names:
+                rank_group = _group(nodes, n, path)
+                if rank_group is None:
+                    raise CorruptionError(f"{path}/{n}: the stream of rank {n} is missing; the snapshot is damaged: restore it from a copy")
+                self._ranks.append(rank_group)
+            self._paths = [f"{path}/{n}" for n in names]
         else:
             self._ranks = [group]
-        manifests = [StreamManifest.from_dict(g.attrs[layout.STREAM_ATTR]) for g in self._ranks]
+            self._paths = [path]
+        manifests = [_checks.stream_manifest(g.attrs.get(layout.STREAM_ATTR), name=name, where=p)
+                     for g, p in zip(self._ranks, self._paths)]
         self.manifest = _merged(manifests)
         self.name = self.manifest.name
+
+    def _schema(self) -> StreamManifest:
+        """The schema read again from the store: after commit records, it covers their rows."""
+        return _merged([_checks.stream_manifest(store.reopen(g).attrs.get(layout.STREAM_ATTR), name=self.name, where=p)
+                        for g, p in zip(self._ranks, self._paths)])
 
     @property
     def world_size(self) -> int:
@@ -124,7 +188,7 @@ class Stream:
         """The stream as rank ``r`` recorded it."""
         if not 0 <= r < self.world_size:
             raise KeyError(f"stream {self.name!r} was recorded by {self.world_size} rank(s); there is no rank {r}")
-        return self if self.world_size == 1 else Stream(self._ranks[r], f"{self.path}/{layout.rank_name(r)}")
+        return self if self.world_size == 1 else Stream(self._ranks[r], self._paths[r], name=self.name)
 
     @property
     def fields(self) -> dict[str, FieldInfo]:
@@ -136,16 +200,17 @@ class Stream:
         """Logged outputs by name."""
         return dict(self.manifest.outputs)
 
-    def _epoch_groups(self, rank_group: Any) -> dict[int, Any]:
-        group = store.child(rank_group, layout.EPOCHS_GROUP)
+    def _epoch_groups(self, r: int) -> dict[int, Any]:
+        """Rank ``r``'s epoch groups by number, listed now."""
+        group = _group(store.members(self._ranks[r], self._paths[r]), layout.EPOCHS_GROUP, self._paths[r])
         if group is None:
             return {}
-        return {int(n): g for n, g in group.groups() if layout.EPOCH_ATTR in g.attrs}
+        return _numbered(group, f"{self._paths[r]}/{layout.EPOCHS_GROUP}", "an epoch")
 
     @cached_property
     def epochs(self) -> list[int]:
         """Recorded epoch numbers, ascending (complete or not)."""
-        return sorted({e for g in self._ranks for e in self._epoch_groups(g)})
+        return sorted({e for r in range(len(self._ranks)) for e in self._epoch_groups(r)})
 
     def epoch(self, number: int) -> Epoch:
         """Epoch ``number`` (negative numbers count from the last), stitched across resumes and ranks."""
@@ -155,18 +220,21 @@ class Stream:
         if number not in epochs:
             raise KeyError(f"stream {self.name!r} has no epoch {number}; recorded epochs: {epochs}")
         ranks = []
-        for r, rank_group in enumerate(self._ranks):
-            group = self._epoch_groups(rank_group).get(number)
+        for r in range(len(self._ranks)):
+            group = self._epoch_groups(r).get(number)
             if group is None:
                 continue
-            continued = store.child(group, layout.CONTINUED_GROUP)
-            extra = sorted((int(k), g) for k, g in continued.groups() if layout.EPOCH_ATTR in g.attrs) if continued else []
-            what = f"{self.path} epoch {number}"
-            ranks.append([(g, r, what) for g in [group, *(g for _, g in extra)]])
+            what = f"{self._paths[r]}/{layout.EPOCHS_GROUP}/{layout.epoch_name(number)}"
+            continued = _group(store.members(group, what), layout.CONTINUED_GROUP, what)
+            where = f"{what}/{layout.CONTINUED_GROUP}"
+            extra = sorted(_numbered(continued, where, "a continuation").items()) if continued is not None else []
+            if extra and extra[0][0] == 0:
+                raise CorruptionError(f"{where}/0: continuations are numbered from 1; the snapshot is damaged")
+            ranks.append([(group, r, what, 0), *((g, r, f"{where}/{k}", k) for k, g in extra)])
         # The schema is read after the epoch's commit records, so it covers every committed row
         # even while a writer is adding to both.
-        schema = _merged([StreamManifest.from_dict(store.reopen(g).attrs[layout.STREAM_ATTR]) for g in self._ranks])
-        return Epoch(self, schema, [[_Part(schema, g, r, what) for g, r, what in parts] for parts in ranks])
+        schema = self._schema()
+        return Epoch(self, schema, [[_Part(schema, g, r, what, number, k) for g, r, what, k in parts] for parts in ranks])
 
     def __iter__(self) -> Iterator[Epoch]:
         return (self.epoch(e) for e in self.epochs)
@@ -265,22 +333,41 @@ class _Fields:
     row arrays), the others from ``<name>/<path>`` (one block of rows).
     """
 
-    def __init__(self, parent: Any, name: str, structure: Structure | None, infos: dict[str, FieldInfo],
+    def __init__(self, nodes: dict[str, Any], name: str, structure: Structure | None, infos: dict[str, FieldInfo],
                  ragged: list[str], rows: int, what: str) -> None:
         self.structure = structure or {"type": "none"}
         self.infos = infos
         self.readers: dict[str, store.ChunkReader | store.RaggedReader] = {}
-        for p in infos:
+        for p, info in infos.items():
             if p in ragged:
-                self.readers[p] = store.RaggedReader(_node(parent, f"{layout.RAGGED_GROUP}/{p}", what), rows)
+                self.readers[p] = store.RaggedReader(_subtree(nodes, f"{layout.RAGGED_GROUP}/{p}"), rows, info,
+                                                     f"{what}/{layout.RAGGED_GROUP}/{p}")
+            elif info.ragged and info.kind in ("tensor-list", "ndarray-list"):
+                raise CorruptionError(f"{what}: field {p!r} holds a list of rows but is not stored ragged; the snapshot is damaged")
             else:
-                self.readers[p] = store.ChunkReader(_node(parent, f"{name}/{p}", what))
+                self.readers[p] = store.ChunkReader(_node(nodes, f"{name}/{p}", what), what, rows=rows,
+                                                    dtype=numpy_dtype(info.dtype), row_shape=_row_shape(info))
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray | list[np.ndarray]]:
         return {p: r.read(start, stop) for p, r in self.readers.items()}
 
     def build(self, rows: dict[str, Any], batched: bool) -> Any:
         return unflatten(self.structure, lambda p: rebuild_leaf(self.infos[p], rows[p], batched))
+
+
+def _row_shape(info: FieldInfo) -> tuple[int, ...] | None:
+    """The shape a fixed array's rows must have; ``None`` (unchecked) for a field whose rows vary,
+    which is kept fixed (padded to one shape) until it turns ragged."""
+    return None if None in info.shape else tuple(info.shape)  # type: ignore[arg-type]
+
+
+def _check_indices(index: np.ndarray, m: StreamManifest, what: str) -> np.ndarray:
+    """``index`` (dataset indices) if each lies within the dataset; ``CorruptionError`` otherwise."""
+    n = m.dataset_len
+    if len(index) and ((index < 0).any() or (n is not None and not m.iterable and (index >= n).any())):
+        raise CorruptionError(f"{what}: {what.rsplit('/', 1)[-1]} holds dataset indices outside 0..{n}; the snapshot is damaged: "
+                              "restore it from a copy")
+    return index
 
 
 class RawSamples(Dataset):
@@ -294,16 +381,19 @@ class RawSamples(Dataset):
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
         self._sources: list[tuple[_Fields, np.ndarray]] = []  # one per rank that recorded raw samples
-        groups = [store.child(rank_group, layout.RAW_GROUP) for rank_group in stream._ranks]
+        wheres = [f"{p}/{layout.RAW_GROUP}" for p in stream._paths]
+        groups = [_group(store.members(g, p), layout.RAW_GROUP, p) for g, p in zip(stream._ranks, stream._paths)]
         attrs = [g.attrs.get(layout.RAW_ATTR, {}) if g is not None else {} for g in groups]
         # the schema, read after the raw commit records, covers every committed raw row
-        m = _merged([StreamManifest.from_dict(store.reopen(g).attrs[layout.STREAM_ATTR]) for g in stream._ranks])
+        m = stream._schema()
         self.schema = m
-        for group, a in zip(groups, attrs):
-            rows = int(a.get("rows", 0))
+        for group, a, where in zip(groups, attrs, wheres):
+            rows, ragged = _checks.raw_manifest(a, stream=m, where=where)
             if rows:
-                fields = _Fields(group, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, a.get("ragged", []), rows, stream.path)
-                index = store.ChunkReader(_node(group, layout.RAW_INDEX, stream.path)).read(0, rows)
+                nodes = store.members(group, where, recursive=True)
+                fields = _Fields(nodes, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, ragged, rows, where)
+                reader = store.ChunkReader(_node(nodes, layout.RAW_INDEX, where), where, rows=rows, dtype=np.dtype(np.int64), row_shape=())
+                index = _check_indices(reader.read(0, rows), m, f"{where}/{layout.RAW_INDEX}")
                 self._sources.append((fields, index))
         self._rows = sum(len(index) for _, index in self._sources)
 
@@ -354,25 +444,35 @@ class RawSamples(Dataset):
 class _Part:
     """One recorded piece of an epoch: a rank's epoch group, or a continuation after a resume."""
 
-    def __init__(self, schema: StreamManifest, group: Any, rank: int, what: str) -> None:
+    def __init__(self, schema: StreamManifest, group: Any, rank: int, what: str, number: int, part: int) -> None:
         self.group = group
         self.rank = rank
-        self.manifest = EpochManifest.from_dict(group.attrs[layout.EPOCH_ATTR])
+        self.manifest = _checks.epoch_manifest(group.attrs.get(layout.EPOCH_ATTR), number=number, stream=schema, where=what, part=part)
         self.rows = self.manifest.rows
         self.what = what
+        # the nodes listed after the commit record was read: every array it covers is there
+        self.nodes = store.members(group, what, recursive=True, exclude=(layout.CONTINUED_GROUP,)) if self.rows or self.manifest.batches else {}
         m = schema
-        self.seen = _Fields(group, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged, self.rows, what) if self.rows else None
+        self.seen = _Fields(self.nodes, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged, self.rows, what) if self.rows else None
 
     def array(self, name: str, n: int, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
         """The first ``n`` entries of a per-position (or per-batch) array; ``fill`` when it does not exist."""
         if n == 0:
             return np.empty(0, dtype=dtype)
-        node = store.child(self.group, name)
-        if node is None:
-            if fill is None:
-                raise CorruptionError(f"{self.what}: {name!r} is missing from {self.group.path!r}; the snapshot is damaged")
+        if name not in self.nodes and fill is not None:
             return np.full(n, fill, dtype=dtype)
-        return store.ChunkReader(node).read(0, n)
+        array = _node(self.nodes, name, self.what)
+        return store.ChunkReader(array, self.what, rows=n, dtype=np.dtype(dtype), row_shape=()).read(0, n)
+
+    def batch_sizes(self) -> np.ndarray:
+        """Rows of each committed batch; ``CorruptionError`` unless they add up to the committed rows."""
+        sizes = self.array(layout.BATCH_SIZES, self.manifest.batches)
+        if (sizes < 0).any() or int(sizes.sum()) != self.rows:
+            raise CorruptionError(
+                f"{self.what}: its {len(sizes)} batch sizes add up to {int(sizes.sum())} rows, but the commit record "
+                f"says {self.rows}; the snapshot is damaged: restore it from a copy"
+            )
+        return sizes
 
 
 def _interleave(per_rank: list[list[tuple[int, int, int]]]) -> list[tuple[int, int, int]]:
@@ -403,7 +503,7 @@ class Epoch:
         for parts in ranks:
             mine = []
             for part in parts:
-                ends = np.cumsum(part.array(layout.BATCH_SIZES, part.manifest.batches))
+                ends = np.cumsum(part.batch_sizes())
                 mine.extend((k, int(lo), int(hi)) for lo, hi in zip([0, *ends[:-1].tolist()], ends.tolist()))
                 k += 1
             batches.append(mine)
@@ -448,7 +548,7 @@ class Epoch:
     @cached_property
     def order(self) -> np.ndarray:
         """Dataset index at each position, in the order the model saw them (int64, (rows,))."""
-        return self._per_position(layout.ORDER)
+        return _check_indices(self._per_position(layout.ORDER), self.schema, f"{self._parts[0].what}/{layout.ORDER}")
 
     @cached_property
     def batch_sizes(self) -> np.ndarray:
@@ -478,7 +578,7 @@ class Epoch:
         ``ConcatDataset`` (nested too); ``base_dataset`` says which innermost
         dataset (``stream.manifest.base_datasets``) each row came from.
         """
-        if store.child(self._parts[0].group, layout.BASE_ORDER) is None:
+        if layout.BASE_ORDER not in self._parts[0].nodes:
             return self.order
         return self._per_position(layout.BASE_ORDER)
 
@@ -609,10 +709,15 @@ class _Outputs(Mapping):
             fill = np.nan if dtype.kind in "fc" else 0
             parts = []
             for p in self._epoch._parts:
-                node = store.child(p.group, f"{layout.OUTPUTS_GROUP}/{name}")
-                # never logged in this part (or not yet committed): the fill value
-                parts.append(store.ChunkReader(node).read(0, p.rows) if node is not None and p.rows else
-                             np.full((p.rows, *info.shape), fill, dtype=dtype))
+                key = f"{layout.OUTPUTS_GROUP}/{name}"
+                # rows never logged in this part (or not yet committed) read as the fill value
+                block = np.full((p.rows, *info.shape), fill, dtype=dtype)
+                if key in p.nodes and p.rows:
+                    array = _node(p.nodes, key, p.what)
+                    n = min(p.rows, array.shape[0])  # an output logged only early may be shorter than the rows
+                    reader = store.ChunkReader(array, p.what, rows=n, dtype=dtype, row_shape=_row_shape(info), sparse=True)
+                    block[:n] = reader.read(0, n)
+                parts.append(block)
             if len(parts) == 1:
                 self._cache[name] = parts[0]
             else:

@@ -141,3 +141,17 @@ def test_recording_throughput_to_s3_is_measured(s3, capsys):
     with capsys.disabled():
         print(f"\nS3 (moto on loopback) recording: {r['mb']:.1f} MB in {r['seconds']:.2f} s = {r['mb_per_s']:.1f} MB/s")
     assert len(snapstore.open(f"s3://{BUCKET}/bench.snap", storage_options=s3)["train"].epoch(0)) == 300
+
+
+def test_damage_on_s3_is_a_corruption_error(s3):
+    import fsspec
+
+    url = f"s3://{BUCKET}/damaged.snap"
+    record(url, s3, epochs=1)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **s3)
+    fs.rm(f"{BUCKET}/damaged.snap/train/epochs/0/order/c/0")  # a committed chunk lost
+    with pytest.raises(snapstore.CorruptionError, match="missing from the store"):
+        snapstore.open(url, storage_options=s3)["train"].epoch(0).order
+    fs.pipe_file(f"{BUCKET}/damaged.snap/train/epochs/0/zarr.json", b'{"zarr_format": 3, "node_type": "gr')  # truncated
+    with pytest.raises(snapstore.CorruptionError, match="damaged"):
+        snapstore.open(url, storage_options=s3)["train"].epochs
