@@ -25,3 +25,12 @@ DEFAULT_CACHED_CHUNKS = 4
 
 #: Compressor applied to every chunk before its CRC32C checksum.
 DEFAULT_COMPRESSOR = "lz4"
+
+#: Target uncompressed bytes an export reads per field at a time, rounded down
+#: to whole chunks (at least one chunk). Exports hold a few such blocks.
+DEFAULT_EXPORT_BLOCK_BYTES = 8 * 1024 * 1024
+
+#: Uncompressed bytes of index-ordered raw rows gathered at a time when raw
+#: samples were captured out of index order (a shuffled loader) and must be
+#: streamed in index order (``to_tf_dataset(epoch=None)``).
+DEFAULT_GATHER_BYTES = 64 * 1024 * 1024

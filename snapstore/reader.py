@@ -12,13 +12,12 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from . import _checks, layout, store
-from .errors import CorruptionError, SchemaError, SnapstoreError
+from . import _checks, export, layout, store
+from .errors import CorruptionError, UsageError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
-from .schema import Structure, leaf_paths, numpy_dtype, rebuild_leaf, unflatten
+from .schema import Structure, numpy_dtype, rebuild_leaf, unflatten
 
 __all__ = ["Epoch", "RawSamples", "Snapshot", "Stream", "open"]
 
@@ -45,7 +44,7 @@ def open(path: Any, *, storage_options: dict[str, Any] | None = None) -> Snapsho
     path = str(path)
     root = store.open_group(path, mode="r", storage_options=storage_options)
     manifest = _checks.snapshot_manifest(root.attrs.get(layout.SNAPSHOT_ATTR), path=path)
-    return Snapshot(path, root, manifest)
+    return Snapshot(path, root, manifest, storage_options=storage_options)
 
 
 def _node(nodes: dict[str, Any], name: str, what: str) -> Any:
@@ -103,9 +102,10 @@ def _numbered(group: Any, where: str, what: str) -> dict[int, Any]:
 class Snapshot:
     """A read-only snapshot: a mapping of stream names to ``Stream``."""
 
-    def __init__(self, path: str, root: Any, manifest: SnapshotManifest) -> None:
+    def __init__(self, path: str, root: Any, manifest: SnapshotManifest, *, storage_options: dict[str, Any] | None = None) -> None:
         self.path = path
         self.manifest = manifest
+        self.storage_options = storage_options
         self._root = root
 
     @cached_property
@@ -120,7 +120,7 @@ class Snapshot:
     def __getitem__(self, name: str) -> Stream:
         if name not in self.streams:
             raise KeyError(f"no stream {name!r} in {self.path}; streams: {self.streams}")
-        return Stream(self._streams[name], f"{self.path}/{name}")
+        return Stream(self._streams[name], f"{self.path}/{name}", snapshot=(self.path, self.storage_options))
 
     def __contains__(self, name: object) -> bool:
         return name in self.streams
@@ -151,10 +151,17 @@ class Stream:
     saw each position) and ``stream.rank(r)`` is one rank's own view.
     """
 
-    def __init__(self, group: Any, path: str, name: str | None = None) -> None:
+    def __init__(self, group: Any, path: str, *, snapshot: tuple[str, dict[str, Any] | None] | None = None,
+                 name: str | None = None) -> None:
         self._group = group
         self.path = path
-        name = group.basename if name is None else name
+        self._snapshot = snapshot  # (snapshot path, storage_options): how a worker reopens it
+        self._rank: int | None = None  # set on a one-rank view from rank()
+        self._name = group.basename if name is None else name  # a rank's view is named after its stream
+        self._read_manifests()
+
+    def _read_manifests(self) -> None:
+        group, path = self._group, self.path
         if layout.RANKS_ATTR in group.attrs and layout.STREAM_ATTR not in group.attrs:
             world_size = _checks.ranks_manifest(group.attrs[layout.RANKS_ATTR], where=path)
             nodes = store.members(group, path)
@@ -169,15 +176,10 @@ class Stream:
         else:
             self._ranks = [group]
             self._paths = [path]
-        manifests = [_checks.stream_manifest(g.attrs.get(layout.STREAM_ATTR), name=name, where=p)
+        manifests = [_checks.stream_manifest(g.attrs.get(layout.STREAM_ATTR), name=self._name, where=p)
                      for g, p in zip(self._ranks, self._paths)]
         self.manifest = _merged(manifests)
         self.name = self.manifest.name
-
-    def _schema(self) -> StreamManifest:
-        """The schema read again from the store: after commit records, it covers their rows."""
-        return _merged([_checks.stream_manifest(store.reopen(g).attrs.get(layout.STREAM_ATTR), name=self.name, where=p)
-                        for g, p in zip(self._ranks, self._paths)])
 
     @property
     def world_size(self) -> int:
@@ -188,7 +190,11 @@ class Stream:
         """The stream as rank ``r`` recorded it."""
         if not 0 <= r < self.world_size:
             raise KeyError(f"stream {self.name!r} was recorded by {self.world_size} rank(s); there is no rank {r}")
-        return self if self.world_size == 1 else Stream(self._ranks[r], self._paths[r], name=self.name)
+        if self.world_size == 1:
+            return self
+        view = Stream(self._ranks[r], self._paths[r], snapshot=self._snapshot, name=self.name)
+        view._rank = r
+        return view
 
     @property
     def fields(self) -> dict[str, FieldInfo]:
@@ -219,7 +225,17 @@ class Stream:
             number = epochs[number]
         if number not in epochs:
             raise KeyError(f"stream {self.name!r} has no epoch {number}; recorded epochs: {epochs}")
-        ranks = []
+        groups = self._epoch_groups_of(number)  # opening them reads their commit records
+        # The schema is read after the commit records, so it covers every committed row even while
+        # a writer is adding to both (a live recording).
+        self._group = store.reread(self._group)
+        self._read_manifests()
+        return Epoch(self, [[_Part(self, g, r, what, number, k) for g, what, k in parts] for r, parts in groups])
+
+    def _epoch_groups_of(self, number: int) -> list[tuple[int, list[tuple[Any, str, int]]]]:
+        """(rank, [(group, where, part) of the epoch's group and its continuations...]) for each rank
+        that recorded ``number``."""
+        out = []
         for r in range(len(self._ranks)):
             group = self._epoch_groups(r).get(number)
             if group is None:
@@ -230,11 +246,8 @@ class Stream:
             extra = sorted(_numbered(continued, where, "a continuation").items()) if continued is not None else []
             if extra and extra[0][0] == 0:
                 raise CorruptionError(f"{where}/0: continuations are numbered from 1; the snapshot is damaged")
-            ranks.append([(group, r, what, 0), *((g, r, f"{where}/{k}", k) for k, g in extra)])
-        # The schema is read after the epoch's commit records, so it covers every committed row
-        # even while a writer is adding to both.
-        schema = self._schema()
-        return Epoch(self, schema, [[_Part(schema, g, r, what, number, k) for g, r, what, k in parts] for parts in ranks])
+            out.append((r, [(group, what, 0), *((g, f"{where}/{k}", k) for k, g in extra)]))
+        return out
 
     def __iter__(self) -> Iterator[Epoch]:
         return (self.epoch(e) for e in self.epochs)
@@ -247,34 +260,131 @@ class Stream:
     def to_tensor_dataset(self, epoch: int | None = None) -> TensorDataset:
         """Recorded data as a ``TensorDataset``, one tensor per field in structure order.
 
-        ``epoch=None``: raw samples in dataset-index order (every index
-        ``0..len(dataset)-1`` must have been recorded). ``epoch=e``: the seen
-        rows of epoch ``e`` in the order the model saw them.
+        Built on ``to_numpy``: each field is filled chunk by chunk into one
+        array that the tensor then shares (no second copy). bfloat16 fields
+        come back as bfloat16 tensors.
+
+        Parameters
+        ----------
+        epoch : int, optional
+            ``None`` (default): raw samples in dataset-index order; every index
+            ``0 .. len(dataset)-1`` must have been recorded, so that
+            ``ds[i]`` is the raw sample of dataset index ``i``. ``e``: the seen
+            rows of epoch ``e`` in the order the model saw them.
+
+        Returns
+        -------
+        torch.utils.data.TensorDataset
+            Tensors of shape ``(rows, *row_shape)`` with the recorded dtypes.
 
         Raises
         ------
         SnapstoreError
-            Raw samples are missing for some indices, or a field holds strings
-            or rows of differing shapes.
+            Raw samples are missing for some indices.
+        SchemaError
+            A field holds strings, or is ragged (use ``to_numpy(ragged="pad")``).
+        KeyError
+            No epoch ``epoch``.
+
+        Examples
+        --------
+        >>> ds = snapstore.open("runs/exp1.snap")["train"].to_tensor_dataset()  # doctest: +SKIP
+        >>> x0, y0 = ds[0]  # the raw sample of dataset index 0  # doctest: +SKIP
         """
-        if epoch is None:
-            raw = self.raw
-            missing = len(raw) - len(raw.indices)
-            if missing:
-                raise SnapstoreError(
-                    f"stream {self.name!r} holds raw samples for {len(raw.indices)} of {len(raw)} dataset indices "
-                    f"({missing} never fetched); pass epoch=e for the rows an epoch saw, or use stream.raw"
-                )
-            arrays = raw.to_numpy()
-            infos, paths = self.manifest.raw_fields, leaf_paths(self.manifest.raw_structure or {"type": "none"})
-        else:
-            arrays = self.epoch(epoch).to_numpy()
-            infos, paths = self.manifest.fields, leaf_paths(self.manifest.structure or {"type": "none"})
-        for p in paths:
-            if infos[p].dtype == "str" or infos[p].ragged:
-                what = "strings" if infos[p].dtype == "str" else "rows of differing shapes"
-                raise SchemaError(f"field {p!r} holds {what}, which a TensorDataset cannot; use to_numpy() for it")
-        return TensorDataset(*(_as_tensor(infos[p], arrays[p]) for p in paths))
+        return export.to_tensor_dataset(self, epoch)
+
+    def as_dataset(self, epoch: int | None = None) -> Dataset:
+        """A map-style ``Dataset`` that reads items lazily from the snapshot.
+
+        For retraining or re-evaluating on exactly what was seen without
+        loading it all: ``DataLoader(stream.as_dataset(0), ...)``. It holds
+        only the snapshot path, storage options, stream name and epoch, and
+        reopens the snapshot in each DataLoader worker, so it works with
+        ``num_workers > 0`` (``fork`` or ``spawn``). Each item decodes the
+        chunk that holds it (recently decoded chunks are cached per worker),
+        so sequential access is fast and random access costs one chunk read.
+
+        Parameters
+        ----------
+        epoch : int, optional
+            ``None`` (default): ``ds[i]`` is the raw sample of dataset index
+            ``i`` (``KeyError`` for an index never fetched), ``len(ds)`` the
+            dataset length. ``e``: ``ds[k]`` is the seen sample at position
+            ``k`` of epoch ``e`` (one row of its batch), ``len(ds)`` the
+            epoch's rows.
+
+        Returns
+        -------
+        torch.utils.data.Dataset
+            Items with the structure and types the dataset (raw) or the
+            batch rows (seen) had.
+
+        Raises
+        ------
+        KeyError
+            No epoch ``epoch``.
+
+        Examples
+        --------
+        >>> ds = snapstore.open("runs/exp1.snap")["train"].as_dataset(epoch=0)  # doctest: +SKIP
+        >>> loader = DataLoader(ds, batch_size=64, num_workers=2)  # doctest: +SKIP
+        """
+        if self._snapshot is None:
+            raise UsageError(f"stream {self.name!r} was not opened through snapstore.open(); open it with snapstore.open(path)[name]")
+        path, storage_options = self._snapshot
+        length = len(self.raw) if epoch is None else len(self.epoch(epoch))
+        number = None if epoch is None else self.epoch(epoch).number
+        return export.StoreDataset(path, self.name, number, storage_options=storage_options, rank=self._rank, length=length)
+
+    def to_tf_dataset(self, epoch: int | None = None, *, channels_last: bool = False, fields: Any = None) -> Any:
+        """Recorded rows as a ``tf.data.Dataset``, streamed from the snapshot.
+
+        One element per row, like ``tf.data.Dataset.from_tensor_slices((x, y))``:
+        a tuple for tuple/list batches, a dict for dict batches (nested
+        structures nest), a namedtuple for namedtuples, a single tensor for a
+        single-tensor batch. ``element_spec`` comes from the stored schema
+        (dtypes and row shapes). Rows are read in chunk-aligned blocks through
+        ``from_generator`` with an ``output_signature``, so the epoch is never
+        loaded whole; strings become ``tf.string``, bfloat16 ``tf.bfloat16``.
+        Ragged fields have ``None`` for the dimensions that vary (rows are
+        then handed to TensorFlow one by one, which is slower than blocks).
+
+        Parameters
+        ----------
+        epoch : int, optional
+            ``None`` (default): raw samples in dataset-index order. Raw
+            samples captured out of index order (a shuffled loader) are
+            gathered ``config.DEFAULT_GATHER_BYTES`` (64 MiB) of rows at a
+            time, each window decoding the chunks it needs: about
+            ``raw bytes / 64 MiB`` passes over the raw data. ``e``: the seen
+            rows of epoch ``e`` in seen order (one pass).
+        channels_last : bool, default False
+            Move axis 0 of image-like fields to the end: fields recorded from
+            torch tensors whose rows are 3-D, ``(C, H, W) -> (H, W, C)``.
+            NumPy and PIL fields (already ``(H, W, C)``) are left as they are.
+        fields : list of str, optional
+            Field paths to keep (``["0"]``, ``["image", "meta/id"]``); the
+            element keeps their place in the structure. All by default.
+
+        Returns
+        -------
+        tf.data.Dataset
+
+        Raises
+        ------
+        SnapstoreError
+            TensorFlow is not installed (``pip install 'snapstore[tf]'``).
+        UsageError
+            An unknown field path.
+        KeyError
+            No epoch ``epoch``.
+
+        Examples
+        --------
+        >>> ds = snapstore.open("runs/exp1.snap")["train"].to_tf_dataset(epoch=1, channels_last=True)  # doctest: +SKIP
+        >>> model.fit(ds.batch(64))  # doctest: +SKIP
+        """
+        return export.to_tf_dataset(self, epoch, channels_last=channels_last, fields=fields)
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary of the stream."""
@@ -310,11 +420,6 @@ def _merged(manifests: list[StreamManifest]) -> StreamManifest:
     raw_structure = next((m.raw_structure for m in manifests if m.raw_structure is not None), None)
     return StreamManifest(first.name, first.iterable, first.batched, first.dataset_len, structure, fields,
                           raw_structure, raw_fields, outputs, first.base_datasets)
-
-
-def _as_tensor(info: FieldInfo, rows: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(rows))
-    return t.view(torch.bfloat16) if info.dtype == "bfloat16" else t
 
 
 def _join(parts: list[np.ndarray | list[np.ndarray]]) -> np.ndarray | list[np.ndarray]:
@@ -385,7 +490,8 @@ class RawSamples(Dataset):
         groups = [_group(store.members(g, p), layout.RAW_GROUP, p) for g, p in zip(stream._ranks, stream._paths)]
         attrs = [g.attrs.get(layout.RAW_ATTR, {}) if g is not None else {} for g in groups]
         # the schema, read after the raw commit records, covers every committed raw row
-        m = stream._schema()
+        m = _merged([_checks.stream_manifest(store.reread(g).attrs.get(layout.STREAM_ATTR), name=stream.name, where=p)
+                     for g, p in zip(stream._ranks, stream._paths)])
         self.schema = m
         for group, a, where in zip(groups, attrs, wheres):
             rows, ragged = _checks.raw_manifest(a, stream=m, where=where)
@@ -422,37 +528,85 @@ class RawSamples(Dataset):
         fields, _ = self._sources[where[0]]
         return fields.build(fields.read(where[1], where[1] + 1), batched=False)
 
-    def to_numpy(self) -> dict[str, Any]:
-        """``{"index": sorted indices, field: rows in index order}`` (a list of arrays for a ragged field)."""
-        out: dict[str, Any] = {"index": self.indices}
-        if not self._sources:
-            return out
-        located = [self._where[int(i)] for i in self.indices]
-        for p in self.schema.raw_fields:
-            parts, order = [], []
-            for s, (fields, _) in enumerate(self._sources):
-                rows = np.array([r for src, r in located if src == s], dtype=np.int64)
-                if len(rows):
-                    parts.append(fields.readers[p].gather(rows))
-                    order.extend(k for k, (src, _) in enumerate(located) if src == s)
-            joined = _join(parts)
-            inverse = np.argsort(np.array(order, dtype=np.int64), kind="stable")
-            out[p] = [joined[k] for k in inverse] if isinstance(joined, list) else joined[inverse]
-        return out
+    def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None, ragged: str = "list") -> dict[str, Any]:
+        """Raw samples in dataset-index order, one array per field.
+
+        Raw rows are stored in the order they were first captured; each
+        stored chunk is read once and its rows scattered to their place in
+        index order, so memory stays at one block beyond the result.
+
+        Parameters
+        ----------
+        fields : list of str, optional
+            Raw field paths to export (``stream.manifest.raw_fields``); all by default.
+        out : dict of str to ndarray, optional
+            Preallocated destinations (arrays or ``numpy.memmap``) for some or
+            all keys, e.g. to export more than fits in memory; the rest is
+            allocated. Shapes and dtypes: ``snapstore.export.out_specs(raw)``.
+        ragged : {"list", "pad"}, default "list"
+            Ragged fields (rows of differing shapes): a list of row arrays, or
+            zero-padded to the widest row plus ``"<field>.lengths"`` (int64,
+            (n,) for one varying dimension, else (n, varying dimensions)).
+
+        Returns
+        -------
+        dict of str to ndarray or list
+            ``"index"``: int64, (n,), the recorded dataset indices ascending;
+            each field: ``(n, *row_shape)`` in its stored dtype (``StringDType``
+            for strings, ``uint16`` bit patterns for bfloat16), or a list of n
+            arrays for a ragged field with ``ragged="list"``; the ``out``
+            arrays themselves where given.
+
+        Raises
+        ------
+        UsageError
+            An unknown field, or an ``out`` array of the wrong shape or dtype.
+        CorruptionError
+            A chunk fails to decode or its checksum.
+        """
+        return export.to_numpy(self, fields=fields, out=out, ragged=ragged)
+
+    def to_dask(self, fields: Any = None) -> dict[str, Any]:
+        """Raw samples as ``dask.array``s, in stored (capture) order, chunk-aligned.
+
+        Unlike ``to_numpy``, rows stay in the order they were captured: index
+        order would make every dask chunk gather from every stored chunk.
+        ``"index"`` holds the dataset index of each row; for index order,
+        ``x[np.argsort(index.compute())]`` (a full shuffle in dask).
+
+        Parameters
+        ----------
+        fields : list of str, optional
+            Raw field paths; all by default.
+
+        Returns
+        -------
+        dict of str to dask.array.Array
+            ``"index"``: int64, (n,); each field ``(n, *row_shape)``; dask
+            chunks are the stored chunks, limited to the committed rows.
+
+        Raises
+        ------
+        SnapstoreError
+            Dask is not installed (``pip install 'snapstore[dask]'``).
+        SchemaError
+            A selected field is ragged (a dask array needs one row shape).
+        """
+        return export.to_dask(self, fields)
 
 
 class _Part:
     """One recorded piece of an epoch: a rank's epoch group, or a continuation after a resume."""
 
-    def __init__(self, schema: StreamManifest, group: Any, rank: int, what: str, number: int, part: int) -> None:
+    def __init__(self, stream: Stream, group: Any, rank: int, what: str, number: int, part: int) -> None:
         self.group = group
         self.rank = rank
-        self.manifest = _checks.epoch_manifest(group.attrs.get(layout.EPOCH_ATTR), number=number, stream=schema, where=what, part=part)
+        m = stream.manifest  # read after this commit record (Stream.epoch): it covers its rows
+        self.manifest = _checks.epoch_manifest(group.attrs.get(layout.EPOCH_ATTR), number=number, stream=m, where=what, part=part)
         self.rows = self.manifest.rows
         self.what = what
         # the nodes listed after the commit record was read: every array it covers is there
         self.nodes = store.members(group, what, recursive=True, exclude=(layout.CONTINUED_GROUP,)) if self.rows or self.manifest.batches else {}
-        m = schema
         self.seen = _Fields(self.nodes, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged, self.rows, what) if self.rows else None
 
     def array(self, name: str, n: int, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
@@ -493,9 +647,8 @@ class Epoch:
     rank order.
     """
 
-    def __init__(self, stream: Stream, schema: StreamManifest, ranks: list[list[_Part]]) -> None:
+    def __init__(self, stream: Stream, ranks: list[list[_Part]]) -> None:
         self.stream = stream
-        self.schema = schema
         self._parts = [p for parts in ranks for p in parts]
         self.manifest = self._parts[0].manifest
         self.number = self.manifest.number
@@ -548,7 +701,7 @@ class Epoch:
     @cached_property
     def order(self) -> np.ndarray:
         """Dataset index at each position, in the order the model saw them (int64, (rows,))."""
-        return _check_indices(self._per_position(layout.ORDER), self.schema, f"{self._parts[0].what}/{layout.ORDER}")
+        return _check_indices(self._per_position(layout.ORDER), self.stream.manifest, f"{self._parts[0].what}/{layout.ORDER}")
 
     @cached_property
     def batch_sizes(self) -> np.ndarray:
@@ -602,7 +755,7 @@ class Epoch:
         return {p: _join([run[p] for run in runs]) for p in runs[0]} if runs else {}
 
     def _build(self, rows: dict[str, Any], batched: bool) -> Any:
-        m = self.schema
+        m = self.stream.manifest
         return unflatten(m.structure or {"type": "none"}, lambda p: rebuild_leaf(m.fields[p], rows[p], batched))
 
     def __getitem__(self, position: int) -> Any:
@@ -633,12 +786,25 @@ class Epoch:
         if not -nb <= j < nb:
             raise IndexError(f"batch {j} is outside epoch {self.number} of stream {self.stream.name!r} ({nb} batches)")
         k, lo, hi = self._batches[j % nb]
-        return self._build(self._parts[k].seen.read(lo, hi), batched=self.schema.batched)  # type: ignore[union-attr]
+        return self._build(self._parts[k].seen.read(lo, hi), batched=self.stream.manifest.batched)  # type: ignore[union-attr]
 
     def batches(self) -> Iterator[Any]:
         """Every batch in the order the loader yielded them; bitwise equal to the originals."""
-        for j in range(len(self._batches)):
-            yield self.batch(j)
+        return iter(self.replay_loader())
+
+    def replay_loader(self) -> export.ReplayLoader:
+        """A re-iterable loader of the recorded batches in recorded order.
+
+        Each batch has the structure, types, dtypes, shapes and values the
+        loader yielded; ``len()`` is the number of batches. Fields are read
+        forward in chunk-aligned blocks: one decode per chunk per pass.
+
+        Examples
+        --------
+        >>> for x, y in snapstore.open("runs/exp1.snap")["train"].epoch(0).replay_loader():  # doctest: +SKIP
+        ...     loss = criterion(model(x), y)
+        """
+        return export.ReplayLoader(self)
 
     @cached_property
     def outputs(self) -> Mapping[str, np.ndarray]:
@@ -665,7 +831,7 @@ class Epoch:
         KeyError
             ``field`` or ``lengths`` is not a field of the stream.
         """
-        infos = self.schema.fields
+        infos = self.stream.manifest.fields
         for f in (field, lengths):
             if f not in infos:
                 raise KeyError(f"no field {f!r} in stream {self.stream.name!r}; fields: {list(infos)}")
@@ -676,16 +842,77 @@ class Epoch:
                for k in range(stop - start)]
         return out[0] if position is not None else out
 
-    def to_numpy(self) -> dict[str, Any]:
-        """``{"index": order, field: seen rows in seen order}``: NumPy arrays, a list of row
-        arrays for a ragged field."""
-        out: dict[str, Any] = {"index": self.order}
-        if len(self):
-            out.update(self._rows(0, len(self)))
-        else:  # nothing committed yet: empty rows of each field
-            out.update({p: [] if f.ragged else np.empty((0, *f.shape), dtype=numpy_dtype(f.dtype))
-                        for p, f in self.schema.fields.items()})
-        return out
+    def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None, ragged: str = "list") -> dict[str, Any]:
+        """Seen rows in seen order, one array per field, plus ``"index"``.
+
+        Each array is allocated once (or taken from ``out``) and filled chunk
+        by chunk, so memory stays at one block beyond the result, and at one
+        block when every array is a ``numpy.memmap``.
+
+        Parameters
+        ----------
+        fields : list of str, optional
+            Field paths to export (``stream.fields``); all by default.
+        out : dict of str to ndarray, optional
+            Preallocated destinations (arrays or ``numpy.memmap``) for some or
+            all keys; the rest is allocated. Each must have the shape and
+            dtype of ``snapstore.export.out_specs(epoch)``.
+        ragged : {"list", "pad"}, default "list"
+            Ragged fields (rows of differing shapes): a list of row arrays, or
+            zero-padded to the widest row plus ``"<field>.lengths"`` (int64,
+            (n,) for one varying dimension, else (n, varying dimensions)).
+
+        Returns
+        -------
+        dict of str to ndarray or list
+            ``"index"``: int64, (n,), ``order``; each field: ``(n, *row_shape)``
+            in its stored dtype (``StringDType`` for strings, ``uint16`` bit
+            patterns for bfloat16), or a list of n arrays for a ragged field
+            with ``ragged="list"``; the ``out`` arrays themselves where given.
+
+        Raises
+        ------
+        UsageError
+            An unknown field or ragged mode, or an ``out`` array of the wrong
+            shape or dtype.
+        SchemaError
+            A field's key collides with ``"index"`` or a ``".lengths"`` key
+            (leave it out of ``fields``).
+        CorruptionError
+            A chunk fails to decode or its checksum.
+
+        Examples
+        --------
+        >>> ep = snapstore.open("runs/exp1.snap")["train"].epoch(0)  # doctest: +SKIP
+        >>> (shape, dtype), = snapstore.export.out_specs(ep, ["0"], index=False).values()  # doctest: +SKIP
+        >>> x = numpy.lib.format.open_memmap("x.npy", mode="w+", shape=shape, dtype=dtype)  # doctest: +SKIP
+        >>> ep.to_numpy(fields=["0"], out={"0": x})["index"]  # doctest: +SKIP
+        """
+        return export.to_numpy(self, fields=fields, out=out, ragged=ragged)
+
+    def to_dask(self, fields: Any = None) -> dict[str, Any]:
+        """Seen rows as ``dask.array``s in seen order, chunk-aligned, plus ``"index"``.
+
+        Parameters
+        ----------
+        fields : list of str, optional
+            Field paths; all by default.
+
+        Returns
+        -------
+        dict of str to dask.array.Array
+            ``"index"``: int64, (n,), ``order``; each field ``(n, *row_shape)``.
+            Dask chunks are the stored chunks, limited to the committed rows;
+            each task reads one chunk.
+
+        Raises
+        ------
+        SnapstoreError
+            Dask is not installed (``pip install 'snapstore[dask]'``).
+        SchemaError
+            A selected field is ragged (a dask array needs one row shape).
+        """
+        return export.to_dask(self, fields)
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "incomplete"
@@ -697,7 +924,7 @@ class _Outputs(Mapping):
 
     def __init__(self, epoch: Epoch) -> None:
         self._epoch = epoch
-        self._infos = epoch.schema.outputs
+        self._infos = epoch.stream.manifest.outputs
         self._cache: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:

@@ -398,7 +398,7 @@ class RecordingLoader:
                 )
         self._group = group
         epochs = store.require_group(group, layout.EPOCHS_GROUP)
-        numbers = sorted(int(n) for n, g in epochs.groups() if layout.EPOCH_ATTR in g.attrs)
+        numbers = sorted(int(n) for n in store.groups_with(epochs, layout.EPOCH_ATTR))
         self._next_epoch = 1 + max(numbers, default=-1)
         self._continue = _continuation(epochs, numbers, name) if resume_epoch else None
 
@@ -623,7 +623,7 @@ def _continuation(epochs: store.Group, numbers: list[int], name: str) -> tuple[i
         raise UsageError(f"resume_epoch=True, but stream {name!r} has no recorded epoch to continue")
     group = epochs[layout.epoch_name(numbers[-1])]
     parts = store.child(group, layout.CONTINUED_GROUP)
-    done = [int(k) for k, g in parts.groups() if layout.EPOCH_ATTR in g.attrs] if parts is not None else []
+    done = [int(k) for k in store.groups_with(parts, layout.EPOCH_ATTR)] if parts is not None else []
     last = parts[str(max(done))] if done else group
     if EpochManifest.from_dict(last.attrs[layout.EPOCH_ATTR]).complete:
         raise UsageError(f"epoch {numbers[-1]} of stream {name!r} is complete; there is nothing to continue: drop resume_epoch=True")

@@ -114,9 +114,15 @@ def check_exists(root: Group, path: str) -> None:
                              "check what deleted it, then record again") from e
 
 
-def reopen(group: Group) -> Group:
-    """``group`` read again from the store (a Group caches its metadata and attributes)."""
-    return zarr.open_group(group.store, path=group.path, mode="r", zarr_format=3, use_consolidated=False)
+def groups_with(group: Group, attr: str) -> dict[str, Group]:
+    """Child groups of ``group`` that carry attribute ``attr`` (streams, epochs), by name.
+
+    A child whose metadata a writer has not finished creating (a directory
+    without its ``zarr.json`` yet) is not listed.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy", category=UserWarning)
+        return {name: g for name, g in group.groups() if attr in g.attrs}
 
 
 def child(group: Group, name: str) -> Any:
@@ -207,6 +213,11 @@ def _find_damage(group: Group) -> str | None:
             except (*METADATA_ERRORS, OSError):
                 return str((child / "zarr.json").relative_to(root))
     return None
+
+
+def reread(group: Group) -> Group:
+    """``group`` read again from its store: its attributes as they are now, not as when it was opened."""
+    return zarr.open_group(group.store, path=group.path, mode="r", zarr_format=3, use_consolidated=False)
 
 
 def require_group(group: Group, name: str) -> Group:
@@ -572,6 +583,24 @@ class ChunkReader:
             sel = np.nonzero(chunks == c)[0]
             out[sel] = self.chunk(int(c))[positions[sel] - c * self.rows]
         return out
+
+
+def check_rows_stored(array: Array, start: int, block: np.ndarray, where: str = "the snapshot") -> None:
+    """Raise ``CorruptionError`` if a chunk under ``block`` (rows ``start:`` of ``array``, read
+    directly rather than through a ``ChunkReader``) is missing from the store, i.e. reads as
+    nothing but the fill value and has no key. For committed rows only (not outputs)."""
+    if len(block) == 0 or block.shape[1:] != array.shape[1:]:
+        return
+    rows = array.chunks[0]
+    fill = np.asarray(array.fill_value)
+    for c in range(start // rows, (start + len(block) - 1) // rows + 1):
+        part = block[max(0, c * rows - start) : (c + 1) * rows - start]
+        same = np.isnan(part) if part.dtype.kind in "fc" and np.isnan(fill) else part == fill
+        if np.all(same) and not _chunk_stored(array, c):
+            raise CorruptionError(
+                f"chunk {c} (rows {c * rows}-{(c + 1) * rows - 1}) of array {array.path!r} of {where} is missing from "
+                "the store although the manifest says its rows were committed; restore the file from a copy"
+            )
 
 
 def _chunk_stored(array: Array, c: int) -> bool:

@@ -96,11 +96,12 @@ def refused_or_inert(snap: Path, marker: Path) -> str:
 
 def test_the_library_source_has_no_pickle_or_eval_path():
     """No module of snapstore can unpickle, evaluate or import something named by a snapshot."""
-    # a method such as ``model.eval()`` (torch's training-mode switch, in demo.py) is not the builtin
+    # a method such as ``model.eval()`` (torch's training-mode switch, in demo.py) is not the builtin,
+    # and a comment naming allow_pickle (cli_export.py says its .npy files load without it) is no call
     risky = re.compile(r"(?<!\.)\b(pickle|cPickle|dill|cloudpickle|marshal|shelve|joblib|torch\.load|allow_pickle|eval|exec|"
                        r"__import__|import_module|getattr\(\w+, *\w+\[|yaml\.load)\b")
     hits = [f"{p.name}:{i}: {line.strip()}" for p in sorted(SOURCE.glob("*.py"))
-            for i, line in enumerate(p.read_text().splitlines(), 1) if risky.search(line)]
+            for i, line in enumerate(p.read_text().splitlines(), 1) if risky.search(line.split("#", 1)[0])]  # code, not comments
     assert hits == []
 
 
