@@ -160,13 +160,13 @@ def read(array: Any, start: int, stop: int, rest: tuple[Any, ...] = ()) -> np.nd
     and the chunk that failed.
     """
     try:
-        return array[(slice(start, stop), *rest)]
-    except (ValueError, RuntimeError, OSError) as e:
+        block = array[(slice(start, stop), *rest)]
+    except (ValueError, RuntimeError, OSError, TypeError, IndexError) as e:
         chunk = int(array.chunks[0])
         for lo in range(start - start % chunk, stop, chunk):  # find the damaged chunk to name it
             try:
                 array[(slice(lo, min(lo + chunk, array.shape[0])), *rest)]
-            except (ValueError, RuntimeError, OSError) as err:
+            except (ValueError, RuntimeError, OSError, TypeError, IndexError) as err:
                 raise CorruptionError(
                     f"chunk {lo // chunk} (rows {lo}-{lo + chunk - 1}) of array {array.path!r} cannot be read: {err}; "
                     "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
@@ -175,6 +175,9 @@ def read(array: Any, start: int, stop: int, rest: tuple[Any, ...] = ()) -> np.nd
             f"rows {start}-{stop - 1} of array {array.path!r} cannot be read: {e}; the file is damaged: restore it "
             "from a copy, or run `snapstore audit` to list every damaged chunk"
         ) from e
+    if not rest:  # whole rows: a chunk missing from the store must not pass for fill values
+        store.check_rows_stored(array, start, block)
+    return block
 
 
 def block_rows(array: Any) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, TensorDataset
 
-from . import export, hashing, layout, store
+from . import _checks, export, hashing, layout, store
 from .errors import CorruptionError, UsageError
 from .layout import EpochManifest, FieldInfo, SnapshotManifest, StreamManifest
 from .schema import Structure, numpy_dtype, rebuild_leaf, unflatten
@@ -43,15 +43,60 @@ def open(path: Any, *, storage_options: dict[str, Any] | None = None) -> Snapsho
     """
     path = str(path)
     root = store.open_group(path, mode="r", storage_options=storage_options)
-    manifest = SnapshotManifest.from_dict(root.attrs.get(layout.SNAPSHOT_ATTR), path=path)
+    manifest = _checks.snapshot_manifest(root.attrs.get(layout.SNAPSHOT_ATTR), path=path)
     return Snapshot(path, root, manifest, storage_options=storage_options)
 
 
-def _node(group: Any, name: str, what: str) -> Any:
-    node = store.child(group, name)
-    if node is None:
-        raise CorruptionError(f"{what}: {name!r} is missing from {group.path or 'the snapshot root'!r}; the snapshot is damaged")
+def _node(nodes: dict[str, Any], name: str, what: str) -> Any:
+    """The array ``name`` among ``nodes`` (``store.members``); ``CorruptionError`` if it is missing."""
+    node = nodes.get(name)
+    if not isinstance(node, store.Array):
+        raise CorruptionError(f"{what}/{name}: array {name!r} is missing; the snapshot is damaged: restore it from a copy")
     return node
+
+
+def _subtree(nodes: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The nodes under ``prefix/``, by path relative to it."""
+    return {k[len(prefix) + 1 :]: v for k, v in nodes.items() if k.startswith(prefix + "/")}
+
+
+def _group(nodes: dict[str, Any], name: str, what: str) -> Any:
+    """The group ``name`` among ``nodes``, or ``None`` if there is none."""
+    node = nodes.get(name)
+    if node is not None and not isinstance(node, store.Group):
+        raise CorruptionError(f"{what}/{name}: an array where snapstore writes a group; the snapshot is damaged")
+    return node
+
+
+def _manifested(group: Any, attrs: tuple[str, ...], where: str) -> dict[str, Any]:
+    """The child groups of ``group`` that carry one of the attributes ``attrs`` (streams, epochs), by name.
+
+    A child without one is skipped only while it is empty (a recorder stopped,
+    or still running, between creating the group and writing its manifest);
+    one holding data without its manifest is damage.
+    """
+    out = {}
+    for name, node in store.members(group, where).items():
+        if not isinstance(node, store.Group):
+            continue
+        if any(a in node.attrs for a in attrs):
+            out[name] = node
+        elif store.members(node, f"{where}/{name}"):
+            raise CorruptionError(
+                f"{where}/{name} holds data but its {attrs[0]!r} manifest attribute is missing; the snapshot is damaged: "
+                "restore it from a copy"
+            )
+    return out
+
+
+def _numbered(group: Any, where: str, what: str) -> dict[int, Any]:
+    """The manifested child groups of ``group`` named by a number (epochs, continuations), by number."""
+    out = {}
+    for name, node in _manifested(group, (layout.EPOCH_ATTR,), where).items():
+        if not name.isdigit() or str(int(name)) != name:
+            raise CorruptionError(f"{where}/{name}: the group of {what} must be named by its number; the snapshot is damaged")
+        out[int(name)] = node
+    return out
 
 
 class Snapshot:
@@ -64,14 +109,18 @@ class Snapshot:
         self._root = root
 
     @cached_property
+    def _streams(self) -> dict[str, Any]:
+        return _manifested(self._root, (layout.STREAM_ATTR, layout.RANKS_ATTR), self.path)
+
+    @cached_property
     def streams(self) -> list[str]:
         """Names of the recorded streams, sorted."""
-        return sorted({**store.groups_with(self._root, layout.STREAM_ATTR), **store.groups_with(self._root, layout.RANKS_ATTR)})
+        return sorted(self._streams)
 
     def __getitem__(self, name: str) -> Stream:
         if name not in self.streams:
             raise KeyError(f"no stream {name!r} in {self.path}; streams: {self.streams}")
-        return Stream(self._root[name], f"{self.path}/{name}", snapshot=(self.path, self.storage_options))
+        return Stream(self._streams[name], f"{self.path}/{name}", snapshot=(self.path, self.storage_options))
 
     def __contains__(self, name: object) -> bool:
         return name in self.streams
@@ -86,7 +135,7 @@ class Snapshot:
             "format_version": self.manifest.format_version,
             "created": self.manifest.created,
             "versions": self.manifest.versions,
-            "bytes_stored": store.array_nbytes_stored(self._root),
+            "bytes_stored": store.array_nbytes_stored(self._root, self.path),
             "streams": {name: self[name].info() for name in self.streams},
         }
 
@@ -102,21 +151,33 @@ class Stream:
     saw each position) and ``stream.rank(r)`` is one rank's own view.
     """
 
-    def __init__(self, group: Any, path: str, *, snapshot: tuple[str, dict[str, Any] | None] | None = None) -> None:
+    def __init__(self, group: Any, path: str, *, snapshot: tuple[str, dict[str, Any] | None] | None = None,
+                 name: str | None = None) -> None:
         self._group = group
         self.path = path
         self._snapshot = snapshot  # (snapshot path, storage_options): how a worker reopens it
         self._rank: int | None = None  # set on a one-rank view from rank()
+        self._name = group.basename if name is None else name  # a rank's view is named after its stream
         self._read_manifests()
 
     def _read_manifests(self) -> None:
-        ranked = self._group.attrs.get(layout.RANKS_ATTR)
-        if ranked is not None:
-            names = [layout.rank_name(r) for r in range(int(ranked["world_size"]))]
-            self._ranks = [_node(self._group, n, self.path) for n in names]
+        group, path = self._group, self.path
+        if layout.RANKS_ATTR in group.attrs and layout.STREAM_ATTR not in group.attrs:
+            world_size = _checks.ranks_manifest(group.attrs[layout.RANKS_ATTR], where=path)
+            nodes = store.members(group, path)
+            names = [layout.rank_name(r) for r in range(world_size)]
+            self._ranks = []
+            for n in names:
+                rank_group = _group(nodes, n, path)
+                if rank_group is None:
+                    raise CorruptionError(f"{path}/{n}: the stream of rank {n} is missing; the snapshot is damaged: restore it from a copy")
+                self._ranks.append(rank_group)
+            self._paths = [f"{path}/{n}" for n in names]
         else:
-            self._ranks = [self._group]
-        manifests = [StreamManifest.from_dict(g.attrs[layout.STREAM_ATTR]) for g in self._ranks]
+            self._ranks = [group]
+            self._paths = [path]
+        manifests = [_checks.stream_manifest(g.attrs.get(layout.STREAM_ATTR), name=self._name, where=p)
+                     for g, p in zip(self._ranks, self._paths)]
         self.manifest = _merged(manifests)
         self.name = self.manifest.name
 
@@ -131,7 +192,7 @@ class Stream:
             raise KeyError(f"stream {self.name!r} was recorded by {self.world_size} rank(s); there is no rank {r}")
         if self.world_size == 1:
             return self
-        view = Stream(self._ranks[r], f"{self.path}/{layout.rank_name(r)}", snapshot=self._snapshot)
+        view = Stream(self._ranks[r], self._paths[r], snapshot=self._snapshot, name=self.name)
         view._rank = r
         return view
 
@@ -145,16 +206,17 @@ class Stream:
         """Logged outputs by name."""
         return dict(self.manifest.outputs)
 
-    def _epoch_groups(self, rank_group: Any) -> dict[int, Any]:
-        group = store.child(rank_group, layout.EPOCHS_GROUP)
+    def _epoch_groups(self, r: int) -> dict[int, Any]:
+        """Rank ``r``'s epoch groups by number, listed now."""
+        group = _group(store.members(self._ranks[r], self._paths[r]), layout.EPOCHS_GROUP, self._paths[r])
         if group is None:
             return {}
-        return {int(n): g for n, g in store.groups_with(group, layout.EPOCH_ATTR).items()}
+        return _numbered(group, f"{self._paths[r]}/{layout.EPOCHS_GROUP}", "an epoch")
 
     @cached_property
     def epochs(self) -> list[int]:
         """Recorded epoch numbers, ascending (complete or not)."""
-        return sorted({e for g in self._ranks for e in self._epoch_groups(g)})
+        return sorted({e for r in range(len(self._ranks)) for e in self._epoch_groups(r)})
 
     def epoch(self, number: int) -> Epoch:
         """Epoch ``number`` (negative numbers count from the last), stitched across resumes and ranks."""
@@ -168,18 +230,23 @@ class Stream:
         # a writer is adding to both (a live recording).
         self._group = store.reread(self._group)
         self._read_manifests()
-        return Epoch(self, [[_Part(self, g, r, what) for g in parts] for r, what, parts in groups])
+        return Epoch(self, [[_Part(self, g, r, what, number, k) for g, what, k in parts] for r, parts in groups])
 
-    def _epoch_groups_of(self, number: int) -> list[tuple[int, str, list[Any]]]:
-        """(rank, description, [the epoch's group, its continuations...]) for each rank that recorded ``number``."""
+    def _epoch_groups_of(self, number: int) -> list[tuple[int, list[tuple[Any, str, int]]]]:
+        """(rank, [(group, where, part) of the epoch's group and its continuations...]) for each rank
+        that recorded ``number``."""
         out = []
-        for r, rank_group in enumerate(self._ranks):
-            group = self._epoch_groups(rank_group).get(number)
+        for r in range(len(self._ranks)):
+            group = self._epoch_groups(r).get(number)
             if group is None:
                 continue
-            continued = store.child(group, layout.CONTINUED_GROUP)
-            extra = sorted((int(k), g) for k, g in store.groups_with(continued, layout.EPOCH_ATTR).items()) if continued else []
-            out.append((r, f"{self.path} epoch {number}", [group, *(g for _, g in extra)]))
+            what = f"{self._paths[r]}/{layout.EPOCHS_GROUP}/{layout.epoch_name(number)}"
+            continued = _group(store.members(group, what), layout.CONTINUED_GROUP, what)
+            where = f"{what}/{layout.CONTINUED_GROUP}"
+            extra = sorted(_numbered(continued, where, "a continuation").items()) if continued is not None else []
+            if extra and extra[0][0] == 0:
+                raise CorruptionError(f"{where}/0: continuations are numbered from 1; the snapshot is damaged")
+            out.append((r, [(group, what, 0), *((g, f"{where}/{k}", k) for k, g in extra)]))
         return out
 
     def __iter__(self) -> Iterator[Epoch]:
@@ -371,22 +438,41 @@ class _Fields:
     row arrays), the others from ``<name>/<path>`` (one block of rows).
     """
 
-    def __init__(self, parent: Any, name: str, structure: Structure | None, infos: dict[str, FieldInfo],
+    def __init__(self, nodes: dict[str, Any], name: str, structure: Structure | None, infos: dict[str, FieldInfo],
                  ragged: list[str], rows: int, what: str) -> None:
         self.structure = structure or {"type": "none"}
         self.infos = infos
         self.readers: dict[str, store.ChunkReader | store.RaggedReader] = {}
-        for p in infos:
+        for p, info in infos.items():
             if p in ragged:
-                self.readers[p] = store.RaggedReader(_node(parent, f"{layout.RAGGED_GROUP}/{p}", what), rows)
+                self.readers[p] = store.RaggedReader(_subtree(nodes, f"{layout.RAGGED_GROUP}/{p}"), rows, info,
+                                                     f"{what}/{layout.RAGGED_GROUP}/{p}")
+            elif info.ragged and info.kind in ("tensor-list", "ndarray-list"):
+                raise CorruptionError(f"{what}: field {p!r} holds a list of rows but is not stored ragged; the snapshot is damaged")
             else:
-                self.readers[p] = store.ChunkReader(_node(parent, f"{name}/{p}", what))
+                self.readers[p] = store.ChunkReader(_node(nodes, f"{name}/{p}", what), what, rows=rows,
+                                                    dtype=numpy_dtype(info.dtype), row_shape=_row_shape(info))
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray | list[np.ndarray]]:
         return {p: r.read(start, stop) for p, r in self.readers.items()}
 
     def build(self, rows: dict[str, Any], batched: bool) -> Any:
         return unflatten(self.structure, lambda p: rebuild_leaf(self.infos[p], rows[p], batched))
+
+
+def _row_shape(info: FieldInfo) -> tuple[int, ...] | None:
+    """The shape a fixed array's rows must have; ``None`` (unchecked) for a field whose rows vary,
+    which is kept fixed (padded to one shape) until it turns ragged."""
+    return None if None in info.shape else tuple(info.shape)  # type: ignore[arg-type]
+
+
+def _check_indices(index: np.ndarray, m: StreamManifest, what: str) -> np.ndarray:
+    """``index`` (dataset indices) if each lies within the dataset; ``CorruptionError`` otherwise."""
+    n = m.dataset_len
+    if len(index) and ((index < 0).any() or (n is not None and not m.iterable and (index >= n).any())):
+        raise CorruptionError(f"{what}: {what.rsplit('/', 1)[-1]} holds dataset indices outside 0..{n}; the snapshot is damaged: "
+                              "restore it from a copy")
+    return index
 
 
 class RawSamples(Dataset):
@@ -401,16 +487,20 @@ class RawSamples(Dataset):
         self._stream = stream
         self._sources: list[tuple[_Fields, np.ndarray]] = []  # one per rank that recorded raw samples
         self._groups: list[Any] = []  # the raw group of each source
-        groups = [store.child(rank_group, layout.RAW_GROUP) for rank_group in stream._ranks]
+        wheres = [f"{p}/{layout.RAW_GROUP}" for p in stream._paths]
+        groups = [_group(store.members(g, p), layout.RAW_GROUP, p) for g, p in zip(stream._ranks, stream._paths)]
+        attrs = [g.attrs.get(layout.RAW_ATTR, {}) if g is not None else {} for g in groups]
         # the schema, read after the raw commit records, covers every committed raw row
-        m = _merged([StreamManifest.from_dict(store.reread(g).attrs[layout.STREAM_ATTR]) for g in stream._ranks])
+        m = _merged([_checks.stream_manifest(store.reread(g).attrs.get(layout.STREAM_ATTR), name=stream.name, where=p)
+                     for g, p in zip(stream._ranks, stream._paths)])
         self.schema = m
-        for group in groups:
-            attrs = group.attrs.get(layout.RAW_ATTR, {}) if group is not None else {}
-            rows = int(attrs.get("rows", 0))
+        for group, a, where in zip(groups, attrs, wheres):
+            rows, ragged = _checks.raw_manifest(a, stream=m, where=where)
             if rows:
-                fields = _Fields(group, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, attrs.get("ragged", []), rows, stream.path)
-                index = store.ChunkReader(_node(group, layout.RAW_INDEX, stream.path)).read(0, rows)
+                nodes = store.members(group, where, recursive=True)
+                fields = _Fields(nodes, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, ragged, rows, where)
+                reader = store.ChunkReader(_node(nodes, layout.RAW_INDEX, where), where, rows=rows, dtype=np.dtype(np.int64), row_shape=())
+                index = _check_indices(reader.read(0, rows), m, f"{where}/{layout.RAW_INDEX}")
                 self._sources.append((fields, index))
                 self._groups.append(group)
         self._rows = sum(len(index) for _, index in self._sources)
@@ -562,25 +652,35 @@ class RawSamples(Dataset):
 class _Part:
     """One recorded piece of an epoch: a rank's epoch group, or a continuation after a resume."""
 
-    def __init__(self, stream: Stream, group: Any, rank: int, what: str) -> None:
+    def __init__(self, stream: Stream, group: Any, rank: int, what: str, number: int, part: int) -> None:
         self.group = group
         self.rank = rank
-        self.manifest = EpochManifest.from_dict(group.attrs[layout.EPOCH_ATTR])
+        m = stream.manifest  # read after this commit record (Stream.epoch): it covers its rows
+        self.manifest = _checks.epoch_manifest(group.attrs.get(layout.EPOCH_ATTR), number=number, stream=m, where=what, part=part)
         self.rows = self.manifest.rows
         self.what = what
-        m = stream.manifest
-        self.seen = _Fields(group, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged, self.rows, what) if self.rows else None
+        # the nodes listed after the commit record was read: every array it covers is there
+        self.nodes = store.members(group, what, recursive=True, exclude=(layout.CONTINUED_GROUP,)) if self.rows or self.manifest.batches else {}
+        self.seen = _Fields(self.nodes, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged, self.rows, what) if self.rows else None
 
     def array(self, name: str, n: int, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
         """The first ``n`` entries of a per-position (or per-batch) array; ``fill`` when it does not exist."""
         if n == 0:
             return np.empty(0, dtype=dtype)
-        node = store.child(self.group, name)
-        if node is None:
-            if fill is None:
-                raise CorruptionError(f"{self.what}: {name!r} is missing from {self.group.path!r}; the snapshot is damaged")
+        if name not in self.nodes and fill is not None:
             return np.full(n, fill, dtype=dtype)
-        return store.ChunkReader(node).read(0, n)
+        array = _node(self.nodes, name, self.what)
+        return store.ChunkReader(array, self.what, rows=n, dtype=np.dtype(dtype), row_shape=()).read(0, n)
+
+    def batch_sizes(self) -> np.ndarray:
+        """Rows of each committed batch; ``CorruptionError`` unless they add up to the committed rows."""
+        sizes = self.array(layout.BATCH_SIZES, self.manifest.batches)
+        if (sizes < 0).any() or int(sizes.sum()) != self.rows:
+            raise CorruptionError(
+                f"{self.what}: its {len(sizes)} batch sizes add up to {int(sizes.sum())} rows, but the commit record "
+                f"says {self.rows}; the snapshot is damaged: restore it from a copy"
+            )
+        return sizes
 
 
 def _interleave(per_rank: list[list[tuple[int, int, int]]]) -> list[tuple[int, int, int]]:
@@ -611,7 +711,7 @@ class Epoch:
         for parts in ranks:
             mine = []
             for part in parts:
-                ends = np.cumsum(part.array(layout.BATCH_SIZES, part.manifest.batches))
+                ends = np.cumsum(part.batch_sizes())
                 mine.extend((k, int(lo), int(hi)) for lo, hi in zip([0, *ends[:-1].tolist()], ends.tolist()))
                 k += 1
             batches.append(mine)
@@ -656,7 +756,7 @@ class Epoch:
     @cached_property
     def order(self) -> np.ndarray:
         """Dataset index at each position, in the order the model saw them (int64, (rows,))."""
-        return self._per_position(layout.ORDER)
+        return _check_indices(self._per_position(layout.ORDER), self.stream.manifest, f"{self._parts[0].what}/{layout.ORDER}")
 
     @cached_property
     def batch_sizes(self) -> np.ndarray:
@@ -686,7 +786,7 @@ class Epoch:
         ``ConcatDataset`` (nested too); ``base_dataset`` says which innermost
         dataset (``stream.manifest.base_datasets``) each row came from.
         """
-        if store.child(self._parts[0].group, layout.BASE_ORDER) is None:
+        if layout.BASE_ORDER not in self._parts[0].nodes:
             return self.order
         return self._per_position(layout.BASE_ORDER)
 
@@ -941,10 +1041,15 @@ class _Outputs(Mapping):
             fill = np.nan if dtype.kind in "fc" else 0
             parts = []
             for p in self._epoch._parts:
-                node = store.child(p.group, f"{layout.OUTPUTS_GROUP}/{name}")
-                # never logged in this part (or not yet committed): the fill value
-                parts.append(store.ChunkReader(node).read(0, p.rows) if node is not None and p.rows else
-                             np.full((p.rows, *info.shape), fill, dtype=dtype))
+                key = f"{layout.OUTPUTS_GROUP}/{name}"
+                # rows never logged in this part (or not yet committed) read as the fill value
+                block = np.full((p.rows, *info.shape), fill, dtype=dtype)
+                if key in p.nodes and p.rows:
+                    array = _node(p.nodes, key, p.what)
+                    n = min(p.rows, array.shape[0])  # an output logged only early may be shorter than the rows
+                    reader = store.ChunkReader(array, p.what, rows=n, dtype=dtype, row_shape=_row_shape(info), sparse=True)
+                    block[:n] = reader.read(0, n)
+                parts.append(block)
             if len(parts) == 1:
                 self._cache[name] = parts[0]
             else:

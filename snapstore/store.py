@@ -6,8 +6,8 @@ This is the only module that imports ``zarr``.
 
 from __future__ import annotations
 
-import json
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +33,24 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
+#: What zarr and ``json`` raise for a ``zarr.json`` that is truncated, not JSON, or not valid
+#: metadata (``JSONDecodeError``, ``UnicodeDecodeError`` and zarr's own errors are ``ValueError``s;
+#: deeply nested junk is a ``RecursionError``).
+METADATA_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError)
+
+
+def _fsspec_error(path: str, e: Exception) -> UsageError:
+    protocol = path.split("://", 1)[0]
+    hint = "pip install 'snapstore[s3]'" if protocol in ("s3", "s3a") else "install the fsspec implementation it names"
+    return UsageError(f"{path}: fsspec cannot open {protocol}:// URLs here ({e}); {hint}")
+
+
 def _store(path: str, *, read_only: bool, storage_options: dict[str, Any] | None) -> Any:
     if _is_url(path):
-        return zarr.storage.FsspecStore.from_url(path, storage_options=storage_options, read_only=read_only)
+        try:
+            return zarr.storage.FsspecStore.from_url(path, storage_options=storage_options, read_only=read_only)
+        except (ImportError, ValueError) as e:  # no s3fs (ImportError), an unknown protocol (ValueError)
+            raise _fsspec_error(path, e) from e
     if storage_options:
         raise UsageError(f"storage_options apply to URLs like s3://bucket/run.snap, not to the local path {path!r}")
     return zarr.storage.LocalStore(path, read_only=read_only)
@@ -45,8 +60,13 @@ def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
     """Whether anything exists at ``path`` (a local directory with entries, or any key under a URL)."""
     if not _is_url(path):
         return os.path.exists(path) and (not os.path.isdir(path) or bool(os.listdir(path)))
-    store = _store(path, read_only=True, storage_options=storage_options)
-    return not zarr.core.sync.sync(store.is_empty(""))
+    import fsspec  # a dependency of zarr's FsspecStore
+
+    try:  # a fresh synchronous filesystem: no listings cached from earlier calls
+        fs, root = fsspec.url_to_fs(path, skip_instance_cache=True, **(storage_options or {}))
+    except (ImportError, ValueError) as e:
+        raise _fsspec_error(path, e) from e
+    return bool(fs.exists(root))
 
 
 def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None, attributes: dict[str, Any] | None = None) -> Group:
@@ -54,10 +74,13 @@ def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None =
     (with ``attributes``, written in the same key as the group).
 
     Opening a local snapshot for appending removes the temporary ``*.partial``
-    files a killed writer can leave behind.
+    files a killed writer can leave behind. Remote groups are opened as Zarr
+    v3 without consolidated metadata, so nothing probes for v2 keys or trusts
+    a stale consolidated listing.
 
     Raises ``SnapshotNotFoundError`` or ``NotASnapshotError`` for ``"r"``/``"a"``
-    when no readable Zarr group is there.
+    when no Zarr group is there, and ``CorruptionError`` when its root
+    ``zarr.json`` is damaged.
     """
     store = _store(path, read_only=mode == "r", storage_options=storage_options)
     if mode == "w":
@@ -69,10 +92,18 @@ def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None =
         return zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
         if has_data(path, storage_options):
-            raise NotASnapshotError(f"{path} holds data but no Zarr v3 group; pass the path of a snapshot written by snapstore") from e
+            raise NotASnapshotError(
+                f"{path} holds data but no Zarr v3 group; pass the path of a snapshot written by snapstore "
+                "(if this was one, its root zarr.json is missing: restore it from a copy)"
+            ) from e
         raise SnapshotNotFoundError(f"no snapshot at {path}; check the path, or record one with snapstore.Recorder") from e
-    except (json.JSONDecodeError, ValueError, TypeError, KeyError) as e:
-        raise NotASnapshotError(f"{path}: the root zarr.json cannot be read ({e}); the snapshot's metadata is damaged") from e
+    except zarr.errors.ContainsArrayError as e:
+        raise NotASnapshotError(f"{path} is a Zarr array, not a snapshot; pass the path of a snapshot written by snapstore") from e
+    except METADATA_ERRORS as e:
+        raise CorruptionError(
+            f"{path}/zarr.json (the snapshot's root metadata) is damaged: {type(e).__name__}: {e}; "
+            "restore it from a copy of the snapshot"
+        ) from e
 
 
 def check_exists(root: Group, path: str) -> None:
@@ -113,6 +144,88 @@ def _damaged(group: Group, name: str, e: Exception) -> CorruptionError:
         f"the metadata (zarr.json) of {path!r} cannot be read: {e}; the snapshot is damaged: restore the "
         "file from a copy, or run `snapstore audit` to list every damaged node"
     )
+
+
+def _ignorable(name: str) -> bool:
+    """Entries that are not nodes and not damage: hidden files, temp files of interrupted writes."""
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(".") or base.endswith(".partial")
+
+
+def members(group: Group, where: str, *, recursive: bool = False, exclude: tuple[str, ...] = ()) -> dict[str, Group | Array]:
+    """The nodes under ``group`` by path relative to it (children only, or the whole subtree
+    without descending into the children named in ``exclude``).
+
+    For readers: where zarr would skip an entry with a warning (a folder whose
+    ``zarr.json`` was deleted) or fail on unreadable metadata, this raises
+    ``CorruptionError`` naming the place, so damage never hides a node.
+    """
+    out: dict[str, Group | Array] = {}
+    todo: list[tuple[str, Group]] = [("", group)]
+    while todo:
+        prefix, parent = todo.pop()
+        for name, node in _children(parent, f"{where}/{prefix}" if prefix else where).items():
+            key = f"{prefix}/{name}" if prefix else name
+            out[key] = node
+            if recursive and isinstance(node, zarr.Group) and key not in exclude:
+                todo.append((key, node))
+    return out
+
+
+def _children(group: Group, where: str) -> dict[str, Group | Array]:
+    def damaged(what: str) -> CorruptionError:
+        found = _find_damage(group)
+        return CorruptionError(
+            f"{where}: {found or 'the zarr.json of one of its nodes'} is damaged ({what}); "
+            "restore the snapshot from a copy, or run `snapstore audit` to list what else is damaged"
+        )
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            nodes = dict(group.members())
+        except METADATA_ERRORS as e:
+            raise damaged(f"{type(e).__name__}: {e}") from e
+    for w in caught:
+        message = str(w.message)
+        if issubclass(w.category, zarr.errors.ZarrUserWarning) and "not recognized" in message:
+            # zarr skips a child whose zarr.json is missing, or lacks a required key, with this warning
+            name = message.removeprefix("Object at ").split(" is not recognized", 1)[0]
+            if not _ignorable(name) and not _being_written(group, name):
+                raise damaged(f"zarr cannot read {name!r} as a group or an array")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return nodes
+
+
+def _being_written(group: Group, name: str) -> bool:
+    """Whether the local folder ``name`` of ``group`` holds nothing but temp files of a write in
+    progress (or of a writer killed in it): a node being created, not a damaged one."""
+    if not isinstance(group.store, zarr.storage.LocalStore):
+        return False
+    folder = Path(group.store.root) / group.path / name.rsplit("/", 1)[-1]
+    if not folder.is_dir():  # gone since zarr listed it (a replaced array being deleted)
+        return True
+    return all(p.is_dir() or _ignorable(p.name) for p in folder.rglob("*"))
+
+
+def _find_damage(group: Group) -> str | None:
+    """On a local disk, which child of ``group`` has a missing or unreadable ``zarr.json``."""
+    if not isinstance(group.store, zarr.storage.LocalStore):
+        return None
+    root = Path(group.store.root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for child in sorted((root / group.path).iterdir()):
+            if not child.is_dir() or _ignorable(child.name):
+                continue
+            if not (child / "zarr.json").exists():
+                return f"{child.relative_to(root)} (its zarr.json is missing)"
+            try:
+                group[child.name]
+            except (*METADATA_ERRORS, OSError):
+                return str((child / "zarr.json").relative_to(root))
+    return None
 
 
 def reread(group: Group) -> Group:
@@ -324,13 +437,72 @@ class FieldSinks:
         self._replaced.clear()
 
 
-class RaggedReader:
-    """Reads rows of a ragged field: a list of arrays per read, through the values' chunk cache."""
+_SERIALIZERS = (zarr.codecs.BytesCodec, zarr.codecs.VLenUTF8Codec)
+_BYTES_CODECS = (BloscCodec, zarr.codecs.ZstdCodec, zarr.codecs.GzipCodec)
 
-    def __init__(self, group: Group, rows: int) -> None:
-        self._values = ChunkReader(group[layout.VALUES])
-        self.offsets = ChunkReader(group[layout.OFFSETS]).read(0, rows)
-        self.shapes = ChunkReader(group[layout.SHAPES]).read(0, rows)
+
+def check_array(array: Array, where: str, *, dtype: np.dtype | None = None, row_shape: tuple[int, ...] | None = None,
+                rows: int = 0) -> None:
+    """Refuse an array whose metadata snapstore did not write, before it decodes a byte of it.
+
+    The metadata is not checksummed, so it is checked against what the
+    manifests say: rows chunked along axis 0 only, ``dtype`` and ``row_shape``
+    as recorded, at least ``rows`` rows, and the codec chain snapstore writes
+    (little-endian bytes or vlen-utf8, then an optional blosc/zstd/gzip,
+    then crc32c last). Anything else, a transpose, a missing checksum, a
+    codec outside the Zarr spec, could turn stored bytes into wrong values
+    without an error, so it raises ``CorruptionError``.
+    """
+    def bad(what: str) -> CorruptionError:
+        return CorruptionError(f"array {array.path!r} of {where}: {what}; the snapshot's metadata was altered: restore it from a copy")
+
+    md = array.metadata
+    if md.zarr_format != 3 or array.ndim < 1:
+        raise bad(f"expected a Zarr v3 array of rows, found zarr_format {md.zarr_format} with {array.ndim} dimensions")
+    if tuple(array.chunks[1:]) != tuple(array.shape[1:]):
+        raise bad(f"chunks {array.chunks} split rows of shape {array.shape[1:]}; snapstore chunks along rows only")
+    if array.shape[0] < rows:
+        raise bad(f"{array.shape[0]} rows, fewer than the {rows} the manifest says were committed")
+    if dtype is not None and array.dtype != dtype:
+        raise bad(f"dtype {array.dtype}, but the manifest records {dtype}")
+    if row_shape is not None and tuple(array.shape[1:]) != tuple(row_shape):
+        raise bad(f"rows of shape {tuple(array.shape[1:])}, but the manifest records {tuple(row_shape)}")
+    codecs = list(md.codecs)
+    ok = (
+        len(codecs) >= 2
+        and isinstance(codecs[0], _SERIALIZERS)
+        and getattr(codecs[0], "endian", None) in (None, zarr.codecs.Endian.little)
+        and all(isinstance(c, _BYTES_CODECS) for c in codecs[1:-1])
+        and isinstance(codecs[-1], Crc32cCodec)
+    )
+    if not ok:
+        raise bad(f"codecs {[type(c).__name__ for c in codecs]} are not the chain snapstore writes (bytes or vlen-utf8, "
+                  "an optional compressor, crc32c)")
+
+
+class RaggedReader:
+    """Reads rows of a ragged field: a list of arrays per read, through the values' chunk cache.
+
+    ``nodes`` maps ``values``/``offsets``/``shapes`` to their arrays.
+    """
+
+    def __init__(self, nodes: dict[str, Any], rows: int, info: FieldInfo, where: str) -> None:
+        def array(name: str) -> Array:
+            node = nodes.get(name)
+            if not isinstance(node, zarr.Array):
+                raise CorruptionError(f"{where}: array {name!r} of a ragged field is missing; the snapshot is damaged: restore it from a copy")
+            return node
+
+        int64 = np.dtype("int64")
+        self._where = where
+        self.offsets = ChunkReader(array(layout.OFFSETS), where, rows=rows, dtype=int64, row_shape=()).read(0, rows)
+        self.shapes = ChunkReader(array(layout.SHAPES), where, rows=rows, dtype=int64, row_shape=(len(info.shape),)).read(0, rows)
+        counts = np.prod(self.shapes, axis=1, dtype=np.int64)
+        ends = self.offsets + counts
+        if rows and (self.offsets[0] < 0 or (self.shapes < 0).any() or (self.offsets[1:] != ends[:-1]).any()):
+            raise CorruptionError(f"{where}: the offsets and shapes of a ragged field disagree; the snapshot is damaged: restore it from a copy")
+        total = int(ends[-1]) if rows else 0
+        self._values = ChunkReader(array(layout.VALUES), where, rows=total, dtype=numpy_dtype(info.dtype), row_shape=())
 
     def read(self, start: int, stop: int) -> list[np.ndarray]:
         if stop <= start:
@@ -358,7 +530,7 @@ def read_chunk(array: Array, c: int) -> np.ndarray:
     lo = c * rows
     try:
         return array[lo : lo + rows]
-    except (ValueError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError, TypeError, IndexError) as e:
         raise CorruptionError(
             f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} cannot be read: {e}; "
             "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
@@ -442,13 +614,22 @@ class ChunkReader:
     """Reads rows of one array chunk by chunk, keeping a few decoded chunks.
 
     Sequential reads decode each chunk once; a random read of a recently read
-    chunk costs a slice. Decode and checksum failures become ``CorruptionError``
-    naming the array and the chunk.
+    chunk costs a slice. The array's metadata is checked first (``check_array``).
+    Decode and checksum failures become ``CorruptionError`` naming the array
+    and the chunk, and so does a chunk missing from the store for rows the
+    manifest says were committed (zarr would read it as the fill value), unless
+    ``sparse`` (outputs, whose rows may never have been logged).
     """
 
-    def __init__(self, array: Array, *, cached_chunks: int = config.DEFAULT_CACHED_CHUNKS) -> None:
+    def __init__(self, array: Array, where: str = "the snapshot", *, rows: int | None = None, dtype: np.dtype | None = None,
+                 row_shape: tuple[int, ...] | None = None, sparse: bool = False,
+                 cached_chunks: int = config.DEFAULT_CACHED_CHUNKS) -> None:
+        check_array(array, where, dtype=dtype, row_shape=row_shape, rows=rows or 0)
         self.array = array
         self.rows = array.chunks[0]
+        self._where = where
+        self._committed = array.shape[0] if rows is None else rows
+        self._sparse = sparse
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached_chunks = cached_chunks
 
@@ -458,10 +639,29 @@ class ChunkReader:
             self._cache.move_to_end(c)
             return block
         block = read_chunk(self.array, c)
+        if not self._sparse:
+            self._check_stored(c, block[: max(0, self._committed - c * self.rows)])
         self._cache[c] = block
         if len(self._cache) > self._cached_chunks:
             self._cache.popitem(last=False)
         return block
+
+    def _check_stored(self, c: int, committed: np.ndarray) -> None:
+        """Raise if chunk ``c`` reads as nothing but the fill value because it is missing from the store.
+
+        Only a block equal to the fill value is suspicious; then the chunk's key
+        is looked up (every committed chunk is written, even an empty one).
+        """
+        if len(committed) == 0:
+            return
+        fill = np.asarray(self.array.fill_value)
+        same = np.isnan(committed) if committed.dtype.kind in "fc" and np.isnan(fill) else committed == fill
+        if not np.all(same) or _chunk_stored(self.array, c):
+            return
+        raise CorruptionError(
+            f"chunk {c} (rows {c * self.rows}-{(c + 1) * self.rows - 1}) of array {self.array.path!r} of {self._where} "
+            "is missing from the store although the manifest says its rows were committed; restore the file from a copy"
+        )
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as a new array."""
@@ -484,8 +684,41 @@ class ChunkReader:
         return out
 
 
-def array_nbytes_stored(group: Group) -> int:
+def check_rows_stored(array: Array, start: int, block: np.ndarray, where: str = "the snapshot") -> None:
+    """Raise ``CorruptionError`` if a chunk under ``block`` (rows ``start:`` of ``array``, read
+    directly rather than through a ``ChunkReader``) is missing from the store, i.e. reads as
+    nothing but the fill value and has no key. For committed rows only (not outputs)."""
+    if len(block) == 0 or block.shape[1:] != array.shape[1:]:
+        return
+    rows = array.chunks[0]
+    fill = np.asarray(array.fill_value)
+    for c in range(start // rows, (start + len(block) - 1) // rows + 1):
+        part = block[max(0, c * rows - start) : (c + 1) * rows - start]
+        same = np.isnan(part) if part.dtype.kind in "fc" and np.isnan(fill) else part == fill
+        if np.all(same) and not _chunk_stored(array, c):
+            raise CorruptionError(
+                f"chunk {c} (rows {c * rows}-{(c + 1) * rows - 1}) of array {array.path!r} of {where} is missing from "
+                "the store although the manifest says its rows were committed; restore the file from a copy"
+            )
+
+
+def _chunk_stored(array: Array, c: int) -> bool:
+    """Whether row chunk ``c`` of ``array`` exists as a key in its store."""
+    key = f"{array.path}/{array.metadata.encode_chunk_key((c, *(0 for _ in array.shape[1:])))}"
+    store = array.store
+    if isinstance(store, zarr.storage.LocalStore):
+        return (Path(store.root) / key).exists()
+    if isinstance(store, zarr.storage.FsspecStore):
+        fs = getattr(store.fs, "sync_fs", None)  # a synchronous filesystem zarr wrapped
+        if fs is None:  # an async one (s3fs): a synchronous twin with the same options
+            fs = type(store.fs)(**{**store.fs.storage_options, "asynchronous": False, "skip_instance_cache": True})
+        return bool(fs.exists(f"{store.path}/{key}"))
+    return True  # snapstore opens only the two stores above; any other cannot be asked cheaply
+
+
+def array_nbytes_stored(group: Group, where: str = "the snapshot") -> int:
     """Bytes the group's arrays occupy in the store (compressed, all chunks)."""
-    return sum(int(a.nbytes_stored()) for _, a in group.arrays()) + sum(
-        array_nbytes_stored(g) for _, g in group.groups()
-    )
+    try:
+        return sum(int(a.nbytes_stored()) for a in members(group, where, recursive=True).values() if isinstance(a, zarr.Array))
+    except OSError as e:
+        raise CorruptionError(f"{where}: the stored size cannot be read: {e}") from e

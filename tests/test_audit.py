@@ -353,7 +353,7 @@ def test_damaged_array_metadata_is_a_finding_not_a_crash(tmp_path):
     assert [(f.check, f.epoch, f.field) for f in report.findings] == [("integrity", 1, "0")], str(report)
     assert "metadata (zarr.json) of train/epochs/1/seen/0 cannot be read" in report.findings[0].message
     assert snap["train"].epochs == [0, 1]
-    with pytest.raises(snapstore.CorruptionError, match="'train/epochs/1/seen/0'"):  # reading it: no JSONDecodeError
+    with pytest.raises(snapstore.CorruptionError, match="train/epochs/1/seen/0"):  # reading it: no JSONDecodeError
         snap["train"].epoch(1)
 
 
@@ -371,5 +371,5 @@ def test_damaged_epoch_metadata(tmp_path):
     meta.write_text(meta.read_text()[:200])
     report = snapstore.audit(tmp_path / "img.snap", epochs=[1])
     assert [(f.check, f.epoch, f.field) for f in report.findings] == [("integrity", 1, None)], str(report)
-    with pytest.raises(snapstore.CorruptionError, match="'train/epochs/1'"):
+    with pytest.raises(snapstore.CorruptionError, match="train/epochs/1"):
         _ = snapstore.open(snap.path)["train"].epochs

@@ -1,0 +1,157 @@
+"""Snapshots on object storage: record and read s3:// URLs against a real S3-compatible
+server (moto) on 127.0.0.1, started and stopped by the module's fixture."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import Indexed, same, snapshot_batch
+from torch.utils.data import DataLoader
+
+import snapstore
+
+pytest.importorskip("s3fs", reason="object storage needs s3fs: pip install 'snapstore[s3]'")
+pytest.importorskip("moto.server", reason="the S3 tests need moto[server]: pip install 'snapstore[test]'")
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from benchmarks.bench_s3 import CREDENTIALS, moto_server, record_throughput  # noqa: E402
+
+BUCKET = "snapstore-test"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``storage_options`` for a moto server on loopback holding an empty bucket ``BUCKET``."""
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in CREDENTIALS.items():
+            mp.setenv(k, v)
+        with moto_server(BUCKET, log=str(log)) as storage_options:
+            yield storage_options
+
+
+def loader() -> DataLoader:
+    return DataLoader(Indexed(40, augment=True), batch_size=6, shuffle=True, num_workers=2)
+
+
+def record(url: str, so: dict[str, Any], epochs: int, **kw: Any) -> list[list[Any]]:
+    seen = []
+    with snapstore.Recorder(url, storage_options=so, **kw) as rec:
+        stream = rec.wrap(loader(), name="train")
+        for _ in range(epochs):
+            batches = []
+            for batch in stream:
+                batches.append(snapshot_batch(batch))
+                stream.log(loss=batch[0].double().sum((1, 2, 3)))
+            seen.append(batches)
+    return seen
+
+
+def test_record_a_real_loader_to_s3_and_replay_it_bitwise(s3):
+    url = f"s3://{BUCKET}/replay.snap"
+    torch.manual_seed(0)
+    seen = record(url, s3, epochs=2)
+    snap = snapstore.open(url, storage_options=s3)
+    stream = snap["train"]
+    assert snap.streams == ["train"] and stream.epochs == [0, 1]
+    for e, batches in enumerate(seen):
+        ep = stream.epoch(e)
+        assert ep.complete and len(ep) == 40
+        for got, want in zip(ep.batches(), batches, strict=True):
+            same(got, want)
+        order = torch.cat([y for _, y in batches]).numpy()
+        assert ep.order.tolist() == order.tolist()
+        want_loss = torch.cat([x.double().sum((1, 2, 3)) for x, _ in batches]).numpy()
+        assert ep.outputs["loss"].tobytes() == want_loss.tobytes()
+    for i in (0, 17, 39):  # raw samples: the items with the dataset's transform disabled
+        x, index = stream.raw[i]
+        assert index == i and torch.equal(x, Indexed(40).__getitem__(i)[0])
+    assert snap.info()["streams"]["train"]["raw_samples"] == 40
+
+
+def test_append_mode_continues_epoch_numbers_on_s3(s3):
+    url = f"s3://{BUCKET}/append.snap"
+    first = record(url, s3, epochs=1)
+    more = record(url, s3, epochs=1, mode="a")
+    stream = snapstore.open(url, storage_options=s3)["train"]
+    assert stream.epochs == [0, 1]
+    for e, batches in enumerate(first + more):
+        for got, want in zip(stream.epoch(e).batches(), batches, strict=True):
+            same(got, want)
+
+
+def test_overwrite_is_refused_on_s3_unless_asked(s3):
+    url = f"s3://{BUCKET}/overwrite.snap"
+    record(url, s3, epochs=1)
+    with pytest.raises(snapstore.SnapshotExistsError, match="overwrite=True"):
+        snapstore.Recorder(url, storage_options=s3)
+    assert snapstore.open(url, storage_options=s3)["train"].epochs == [0]
+    with snapstore.Recorder(url, storage_options=s3, overwrite=True) as rec:
+        rec.wrap(loader(), name="test")  # a new snapshot with another stream, no epoch recorded
+    assert snapstore.open(url, storage_options=s3).streams == ["test"]
+
+
+def test_foreign_data_on_s3_is_never_overwritten(s3):
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **s3)
+    fs.pipe_file(f"{BUCKET}/foreign/data.bin", b"not a snapshot")
+    url = f"s3://{BUCKET}/foreign"
+    with pytest.raises(snapstore.SnapshotExistsError, match="not a snapshot"):
+        snapstore.Recorder(url, storage_options=s3, overwrite=True)
+    with pytest.raises(snapstore.NotASnapshotError):
+        snapstore.open(url, storage_options=s3)
+    assert fs.cat_file(f"{BUCKET}/foreign/data.bin") == b"not a snapshot"
+
+
+def test_missing_s3_paths_are_snapshot_not_found(s3):
+    with pytest.raises(snapstore.SnapshotNotFoundError, match="no snapshot at s3://"):
+        snapstore.open(f"s3://{BUCKET}/never-written.snap", storage_options=s3)
+    with pytest.raises(snapstore.SnapshotNotFoundError):
+        snapstore.open("s3://no-such-bucket-here/run.snap", storage_options=s3)
+    with pytest.raises(snapstore.SnapshotNotFoundError):
+        snapstore.Recorder(f"s3://{BUCKET}/never-written.snap", mode="a", storage_options=s3)
+
+
+def test_a_url_without_its_fsspec_implementation_names_the_package(monkeypatch):
+    registry = importlib.import_module("fsspec.registry")  # the module (fsspec.registry is also a mapping)
+    monkeypatch.delitem(registry._registry, "s3", raising=False)
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # as if s3fs were not installed
+    with pytest.raises(snapstore.SnapstoreError, match=r"pip install 'snapstore\[s3\]'"):
+        snapstore.open("s3://bucket/run.snap")
+    with pytest.raises(snapstore.SnapstoreError, match=r"pip install 'snapstore\[s3\]'"):
+        snapstore.Recorder("s3://bucket/run.snap")
+    with pytest.raises(snapstore.UsageError, match="nosuchproto"):
+        snapstore.open("nosuchproto://bucket/run.snap")
+
+
+def test_storage_options_are_refused_for_local_paths(tmp_path):
+    with pytest.raises(snapstore.UsageError, match="storage_options"):
+        snapstore.Recorder(tmp_path / "run.snap", storage_options={"key": "x"})
+
+
+def test_recording_throughput_to_s3_is_measured(s3, capsys):
+    """The benchmark's function at a tiny size (run benchmarks/bench_s3.py for the real number)."""
+    r = record_throughput(f"s3://{BUCKET}/bench.snap", samples=300, batch_size=64, storage_options=s3)
+    assert r["mb_per_s"] > 0
+    with capsys.disabled():
+        print(f"\nS3 (moto on loopback) recording: {r['mb']:.1f} MB in {r['seconds']:.2f} s = {r['mb_per_s']:.1f} MB/s")
+    assert len(snapstore.open(f"s3://{BUCKET}/bench.snap", storage_options=s3)["train"].epoch(0)) == 300
+
+
+def test_damage_on_s3_is_a_corruption_error(s3):
+    import fsspec
+
+    url = f"s3://{BUCKET}/damaged.snap"
+    record(url, s3, epochs=1)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **s3)
+    fs.rm(f"{BUCKET}/damaged.snap/train/epochs/0/order/c/0")  # a committed chunk lost
+    with pytest.raises(snapstore.CorruptionError, match="missing from the store"):
+        snapstore.open(url, storage_options=s3)["train"].epoch(0).order
+    fs.pipe_file(f"{BUCKET}/damaged.snap/train/epochs/0/zarr.json", b'{"zarr_format": 3, "node_type": "gr')  # truncated
+    with pytest.raises(snapstore.CorruptionError, match="damaged"):
+        snapstore.open(url, storage_options=s3)["train"].epochs
