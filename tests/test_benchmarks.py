@@ -1,0 +1,70 @@
+"""The benchmark script at a tiny size, so it never rots (no timing assertions: numbers are only printed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+pytest.importorskip("sklearn", reason="the benchmark workloads crop scikit-learn's sample photographs")
+
+import bench_record  # noqa: E402
+import peers  # noqa: E402
+import workloads  # noqa: E402
+
+OPTIONAL = {"h5py": ("h5py", "'.[bench]'"), "WebDataset": ("webdataset", "'.[bench]'"),
+            "MosaicML": ("streaming", "mosaicml-streaming (it pins numpy<2.2 and a CUDA torchvision)")}
+
+
+def _module_of(peer: str) -> tuple[str, str] | None:
+    return next((m for k, m in OPTIONAL.items() if peer.startswith(k)), None)
+
+
+@pytest.fixture(scope="module")
+def batches() -> list[peers.Batch]:
+    return workloads.premade_batches(workloads.Workload("tiny", 96, 8, 32, 2))
+
+
+def test_workload_is_real_photographs_augmented() -> None:
+    w = workloads.workloads(full=False)["cifar"]
+    ds = workloads.make_dataset(w)
+    x, label, index = ds[3]
+    assert x.dtype == __import__("torch").float32 and tuple(x.shape) == (3, w.size, w.size)
+    assert ds.crops.dtype == np.uint8 and ds.crops.std() > 10  # photographs, not constants
+    assert (label, index) == (int(ds.labels[3]), 3)
+
+
+# webdataset's own reader pipeline leaves its tar file for the garbage collector to close
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning", "ignore::ResourceWarning")
+@pytest.mark.parametrize("name", ["snapstore", *peers.PEERS])
+def test_writer_and_reader_round_trip(name: str, batches: list[peers.Batch], tmp_path: Path) -> None:
+    needs = _module_of(name)
+    if needs is not None and importlib.util.find_spec(needs[0]) is None:
+        pytest.skip(f"{needs[0]} is not installed: pip install {needs[1]}")
+    write, reader = (peers.write_snapstore, lambda o, b: peers.SnapstoreReader(o)) if name == "snapstore" else peers.PEERS[name]
+    try:
+        write(batches, str(tmp_path))
+    except peers.Unavailable as e:
+        pytest.skip(str(e))
+    r = reader(str(tmp_path), len(batches[0][0]))
+    assert bench_record._count(r.replay()) == 96
+    r.sample(5)
+    r.close()
+    stats = bench_record.measure_reader(lambda: reader(str(tmp_path), len(batches[0][0])), str(tmp_path), 1, 3, 96)
+    assert set(stats) == {"replay cold", "replay warm", "random cold us", "random warm us"}
+
+
+def test_whole_table_at_tiny_size(tmp_path: Path) -> None:
+    out = io.StringIO()
+    results = bench_record.run(full=False, repeat=1, reads=3, tmp=str(tmp_path), only=[], out=out)
+    text = out.getvalue()
+    assert "## Recording overhead" in text and "## Writers" in text and "## Reading back" in text
+    assert {nw for _, nw in results["overhead"]} == {0, 2}
+    assert "snapstore" in results["writers"] and "snapstore" in results["readers"]
