@@ -596,7 +596,6 @@ class RawSamples(Dataset):
         """
         return export.to_dask(self, fields)
 
-
     def _check_field(self, field: str) -> None:
         if field not in self.schema.raw_fields:
             raise KeyError(f"no raw field {field!r} in stream {self._stream.name!r}; raw fields: {list(self.schema.raw_fields)}")
@@ -746,7 +745,10 @@ class Epoch:
         return part, local
 
     def _per_position(self, name: str, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
-        arrays = [p.array(name, p.rows, dtype, fill) for p in self._parts]
+        return self._in_position_order([p.array(name, p.rows, dtype, fill) for p in self._parts])
+
+    def _in_position_order(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """One per-row array from each part's, reordered to the epoch's positions."""
         if len(arrays) == 1:
             return arrays[0]
         part, local = self._map
@@ -1050,12 +1052,7 @@ class _Outputs(Mapping):
                     reader = store.ChunkReader(array, p.what, rows=n, dtype=dtype, row_shape=_row_shape(info), sparse=True)
                     block[:n] = reader.read(0, n)
                 parts.append(block)
-            if len(parts) == 1:
-                self._cache[name] = parts[0]
-            else:
-                part, local = self._epoch._map
-                offsets = np.concatenate([[0], np.cumsum([p.rows for p in self._epoch._parts])])
-                self._cache[name] = np.concatenate(parts)[offsets[part] + local]
+            self._cache[name] = self._epoch._in_position_order(parts)
         return self._cache[name]
 
     def __iter__(self) -> Iterator[str]:
