@@ -389,7 +389,7 @@ class RecordingLoader:
         root = recorder._root
         group = store.child(root, path)
         if group is None:
-            group = root.create_group(path)
+            group = store.create_group(root, path)
             self._manifest = StreamManifest(name, iterable, batched, dataset_len)
             store.write_attr(group, layout.STREAM_ATTR, self._manifest.to_dict())
         else:
@@ -491,7 +491,7 @@ class RecordingLoader:
         name = layout.epoch_name(manifest.number)
         if manifest.part:
             name = f"{name}/{layout.CONTINUED_GROUP}/{manifest.part}"
-        group = self._group[layout.EPOCHS_GROUP].create_group(name)
+        group = store.create_group(self._group[layout.EPOCHS_GROUP], name)
         cursor.sink = _EpochSink(group, manifest, capacity, self._recorder.compressor)
         self._recorder._epochs.append(cursor.sink)
 

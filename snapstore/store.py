@@ -234,8 +234,23 @@ def reread(group: Group) -> Group:
 
 
 def require_group(group: Group, name: str) -> Group:
-    node = child(group, name)
-    return node if node is not None else group.create_group(name)
+    """The group at path ``name`` (``a/b/c``) under ``group``, creating what is missing.
+
+    Groups are created one level at a time, parent before child: zarr writes a
+    node's ``zarr.json`` and those of its missing parents concurrently, so a
+    writer killed in between could leave a node under a folder with no
+    ``zarr.json``, which readers rightly take for damage.
+    """
+    for part in name.split("/"):
+        node = child(group, part)
+        group = node if node is not None else group.create_group(part)
+    return group
+
+
+def create_group(group: Group, name: str, attributes: dict[str, Any] | None = None) -> Group:
+    """A new group at path ``name`` under ``group``; missing parents are created first (see ``require_group``)."""
+    parent, _, base = name.rpartition("/")
+    return (require_group(group, parent) if parent else group).create_group(base, attributes=attributes)
 
 
 def write_attr(node: Group | Array, key: str, value: dict[str, Any]) -> None:
@@ -268,8 +283,9 @@ def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, c
     """
     dtype = numpy_dtype(info.dtype)
     fill = np.nan if dtype.kind in "fc" else None
-    return group.create_array(
-        name,
+    parent, _, base = name.rpartition("/")
+    return (require_group(group, parent) if parent else group).create_array(
+        base,
         shape=(capacity, *info.shape),
         dtype=str if info.dtype == "str" else dtype,
         chunks=(chunk or chunk_rows(info), *info.shape),

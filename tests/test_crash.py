@@ -14,10 +14,13 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import zarr
+from torch.utils.data import DataLoader
 
 import snapstore
 
@@ -157,3 +160,37 @@ def test_concurrent_reader_sees_committed_prefix_never_torn_rows(tmp_path):
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+def test_no_node_is_written_before_its_parent(tmp_path, monkeypatch):
+    """zarr writes a node's zarr.json and its missing parents' concurrently: a kill between the two
+    left `epochs/1/seen/0/zarr.json` under a `seen/` with none, which readers take for damage.
+    Every zarr.json the recorder writes must find its parent's already on disk."""
+    orphans = []
+    real_set = zarr.storage.LocalStore.set
+
+    async def set_after_parent(self, key, value):
+        if key.endswith("/zarr.json"):
+            parent = key.rsplit("/", 2)[0] + "/zarr.json" if key.count("/") > 1 else "zarr.json"
+            if not (Path(self.root) / parent).exists():
+                orphans.append(key)
+        await real_set(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", set_after_parent)
+    texts = [torch.arange(n) for n in (3, 5, 2, 7, 4, 6, 1, 8)]
+    items = [{"image": {"pixels": torch.full((4,), float(i))}, "text": t} for i, t in enumerate(texts)]
+    loader = DataLoader(items, batch_size=2, collate_fn=lambda b: {"pixels": torch.stack([x["image"]["pixels"] for x in b]),
+                                                                    "text": [x["text"] for x in b]})
+    with snapstore.Recorder(tmp_path / "run.snap") as rec:
+        stream = rec.wrap(loader, name="train")
+        for epoch in range(2):
+            for step, batch in enumerate(stream):
+                stream.log(score=batch["pixels"].mean(1))
+                if epoch == 1 and step == 1:
+                    break  # epoch 1 is left incomplete, then continued
+    with snapstore.Recorder(tmp_path / "run.snap", mode="a") as rec:
+        stream = rec.wrap(loader, name="train", resume_epoch=True)
+        for batch in stream:
+            pass
+    assert snapstore.open(tmp_path / "run.snap")["train"].epochs == [0, 1]
+    assert orphans == []
