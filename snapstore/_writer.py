@@ -5,6 +5,12 @@ order and, whenever ``interval`` seconds pass, calls ``flush`` so rows handed
 over are committed within seconds even when no chunk filled. A job that fails
 stops the thread; the failure is re-raised, chained, at the next ``submit``
 and at ``close``.
+
+Back-pressure is counted in bytes as well as jobs: the training thread
+``reserve``s the bytes it is about to copy *before* copying them, and the
+writer releases them when the job that holds them returns. So the rows
+waiting for the writer never exceed ``max_bytes`` (or one job's rows when a
+single batch is larger), whatever the batch or dataset size.
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ class BackgroundWriter:
         Seconds between flushes.
     """
 
-    def __init__(self, flush: Callable[[], None], *, maxsize: int, interval: float) -> None:
+    def __init__(self, flush: Callable[[], None], *, maxsize: int, interval: float, max_bytes: int | None = None) -> None:
         self._flush = flush
         self._interval = interval
         self._queue: queue.Queue = queue.Queue(maxsize)
+        self._max_bytes = max_bytes
+        self._pending = 0  # bytes reserved and not yet released by a finished job
+        self._budget = threading.Condition()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="snapstore-writer", daemon=True)
         self._thread.start()
@@ -52,7 +61,12 @@ class BackgroundWriter:
                     self._flush()
                     return
                 if job is not None:
+                    job, release = job
                     job()
+                    if release:
+                        with self._budget:
+                            self._pending -= release
+                            self._budget.notify_all()
                 if time.monotonic() - last >= self._interval:
                     self._flush()
                     last = time.monotonic()
@@ -77,12 +91,31 @@ class BackgroundWriter:
                 "the failure is readable with snapstore.open"
             ) from self._error
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue ``job``; blocks while the queue is full. Raises ``RecordingError`` after a failure."""
+    def reserve(self, nbytes: int) -> None:
+        """Block until ``nbytes`` more fit the byte budget (always when nothing is pending), then count them.
+
+        Pass the same number as ``release`` to the ``submit`` of the job that holds them.
+        """
+        if not self._max_bytes or nbytes <= 0:
+            return
+        with self._budget:
+            while self._pending and self._pending + nbytes > self._max_bytes:
+                self.check()
+                if not self._thread.is_alive():
+                    raise RecordingError("the background writer stopped unexpectedly")
+                self._budget.wait(0.1)
+            self._pending += nbytes
+
+    def submit(self, job: Callable[[], None], *, release: int = 0) -> None:
+        """Queue ``job``; blocks while the queue is full. Raises ``RecordingError`` after a failure.
+
+        ``release``: bytes given back to the budget once ``job`` has returned (see ``reserve``).
+        """
+        item = None if job is _STOP else (job, release)
         while True:
             self.check()
             try:
-                self._queue.put(job, timeout=0.1)
+                self._queue.put(_STOP if item is None else item, timeout=0.1)
                 return
             except queue.Full:
                 if not self._thread.is_alive():

@@ -155,7 +155,79 @@ def raw_source(raw: Any, dataset: Any) -> tuple[Callable[[int], Any] | None, boo
 
 def stack_raw(indices: np.ndarray, samples: list[Any]) -> RawBlock:
     """Flatten raw samples and join each field's rows (packed when their shapes differ)."""
+    uniform = _stack_uniform(samples)
+    if uniform is not None:
+        return RawBlock(indices, *uniform)
     return _join([(indices[k : k + 1], *flatten(s, None)) for k, s in enumerate(samples)])
+
+
+def _stack_uniform(samples: list[Any]) -> tuple[Structure, dict[str, Any]] | None:
+    """``(structure, fields)`` of samples laid out exactly like the first one, stacked field by field.
+
+    The common case (every sample a tuple/dict of same-shape CPU tensors or
+    arrays and Python numbers) costs one ``flatten`` plus a few checks per
+    sample instead of a ``flatten`` per sample (which dominated raw capture:
+    about 60 us a sample). Anything else returns ``None`` and goes through the
+    general per-sample path, which reconciles types and packs ragged rows.
+    """
+    structure, first = flatten(samples[0], None)
+    if len(samples) == 1:
+        return structure, first
+    containers: list[tuple[tuple[Any, ...], type, int]] = []
+    leaves: list[tuple[str, tuple[Any, ...], Any]] = []
+
+    def walk(node: Structure, obj: Any, keys: tuple[Any, ...]) -> bool:
+        kind = node["type"]
+        if kind == "leaf":
+            info = first[node["field"]][0]
+            if info.kind in ("tensor", "ndarray") and info.dtype not in ("bfloat16", "str") and not getattr(obj, "is_cuda", False):
+                leaves.append((node["field"], keys, (type(obj), obj.dtype, tuple(obj.shape))))
+                return True
+            if info.kind == "scalar" and info.dtype != "str":
+                leaves.append((node["field"], keys, type(obj)))
+                return True
+            return False
+        if kind == "none":
+            return obj is None and not containers.append((keys, type(None), 0))
+        if kind not in ("tuple", "list", "dict", "namedtuple"):
+            return False
+        containers.append((keys, type(obj), len(obj)))
+        names = node["keys"] if kind == "dict" else range(len(node["items"]))
+        return all(walk(child, obj[k], (*keys, k)) for k, child in zip(names, node["items"]))
+
+    if not walk(structure, samples[0], ()):
+        return None
+    try:
+        for s in samples[1:]:
+            for keys, typ, n in containers:
+                c = _get(s, keys)
+                if type(c) is not typ or (c is not None and len(c) != n):
+                    return None
+            for _, keys, sig in leaves:
+                v = _get(s, keys)
+                if type(sig) is tuple:
+                    if type(v) is not sig[0] or v.dtype != sig[1] or tuple(v.shape) != sig[2] or getattr(v, "is_cuda", False):
+                        return None
+                elif type(v) is not sig:
+                    return None
+    except (KeyError, IndexError, TypeError):
+        return None
+    fields: dict[str, Any] = {}
+    for path, keys, sig in leaves:
+        info, _ = first[path]
+        values = [_get(s, keys) for s in samples]
+        if type(sig) is tuple:
+            block = torch.stack(values).numpy() if sig[0] is torch.Tensor else np.stack(values)
+        else:
+            block = np.array(values, dtype=first[path][1].dtype)
+        fields[path] = (info, block)
+    return structure, fields
+
+
+def _get(obj: Any, keys: tuple[Any, ...]) -> Any:
+    for k in keys:
+        obj = obj[k]
+    return obj
 
 
 def _join(parts: list[tuple[np.ndarray, Structure, dict[str, Any]]]) -> RawBlock:

@@ -17,6 +17,24 @@ DEFAULT_FLUSH_INTERVAL = 2.0
 #: blocks (back-pressure).
 DEFAULT_QUEUE_BATCHES = 16
 
+#: Bytes of handed-over rows that may wait for the background writer before
+#: the training loop blocks, whatever the batch size (one batch is always
+#: admitted when nothing waits).
+#:
+#: Memory the recorder adds to a training process is bounded, independent of
+#: the dataset size, by about::
+#:
+#:     max(DEFAULT_QUEUE_BYTES, one batch) + DEFAULT_QUEUE_BYTES + fields * chunk bytes * 3
+#:
+#: where "one batch" is the bytes of one yielded batch plus its new raw
+#: samples, the second ``DEFAULT_QUEUE_BYTES`` caps the free-list of recycled
+#: copy buffers (at most two per field shape), "fields" counts every recorded array (seen, raw, order,
+#: outputs, ...) and "chunk bytes" is at most ``DEFAULT_CHUNK_BYTES`` rounded
+#: up to a row (one staging buffer per array, plus the encoder's transient
+#: copies of the chunk being written). CIFAR-like (batch 256 of 15 KB
+#: samples): at most 64 + 64 + 6 x 2 x 3 MiB, about 170 MB.
+DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
+
 #: Rows preallocated for an epoch whose length the loader cannot tell.
 DEFAULT_UNKNOWN_ROWS = 65536
 
