@@ -374,13 +374,27 @@ class Recorder:
             return False
         return True
 
-    def _submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+    def _submit(self, fn: Any, *args: Any, release: int = 0) -> None:
+        """Queue ``fn(*args)`` for the writer; ``release``: bytes ``_reserve`` counted for it."""
         if self._recording():
             try:
-                self._writer.submit(functools.partial(fn, *args, **kwargs))
+                self._writer.submit(functools.partial(fn, *args), release=release)
             except RecordingError:
                 if self._recording():  # the writer failed while we waited: raise or warn now
                     raise
+
+    def _reserve(self, nbytes: int) -> bool:
+        """Block while the rows waiting for the writer exceed the byte budget (back-pressure, before
+        the copy); False once recording has stopped (``on_error="warn"``)."""
+        if not self._recording():
+            return False
+        try:
+            self._writer.reserve(nbytes)
+        except RecordingError:
+            if self._recording():  # the writer failed while we waited: raise or warn now
+                raise
+            return False
+        return True
 
     def _flush(self) -> None:  # writer thread
         store.check_exists(self._root, self.path)
@@ -540,14 +554,14 @@ class RecordingLoader:
         infos = self._reconcile("structure", "fields", structure, fields, where)
         held = sum(_nbytes(rows) for _, rows in fields.values()) + (
             sum(_nbytes(rows) for _, rows in tags.raw.fields.values()) if tags.raw is not None else 0)
-        self._recorder._writer.reserve(held)  # back-pressure before copying, so waiting rows stay bounded
+        if not self._recorder._reserve(held):
+            return
         buffers = self._recorder._buffers
         copies = {p: (infos[p], buffers.copy(rows)) for p, (_, rows) in fields.items()}
         if tags.raw is not None:
             self._hand_off_raw(tags.raw)
-        self._recorder._writer.submit(
-            functools.partial(_put_rows, cursor, cursor.rows, Tags(tags.indices, None, tags.worker, tags.base), copies, buffers),
-            release=held)
+        self._recorder._submit(_put_rows, cursor, cursor.rows, Tags(tags.indices, None, tags.worker, tags.base), copies, buffers,
+                               release=held)
         cursor.current = (cursor.rows, n)
         cursor.rows += n
         cursor.batches += 1

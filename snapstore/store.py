@@ -17,6 +17,9 @@ import numpy as np
 import zarr
 import zarr.errors
 from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.array_spec import ArrayConfig
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from . import config, layout
 from .errors import CorruptionError, NotASnapshotError, RecordingError, SnapshotNotFoundError, UsageError
@@ -297,6 +300,28 @@ def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, c
     )
 
 
+_CHUNK_CONFIG = ArrayConfig(order="C", write_empty_chunks=True)
+
+
+def write_chunk(array: Array, c: int, block: np.ndarray) -> None:
+    """Store ``block``, shape ``array.chunks``, as row-chunk ``c`` of ``array``.
+
+    The bytes are what ``array[lo:hi] = block`` stores for a whole chunk: the
+    array's own codecs encode it (``_encode_sync``, each codec in turn, CRC32C
+    last) and one store write puts the key, atomically. Going around
+    ``Array.__setitem__`` skips zarr's per-call machinery (selection, task
+    scheduling on its event loop, a copy into a fresh chunk), which cost the
+    training thread more than the encoding itself (PERF-NOTES.md).
+    """
+    spec = array.metadata.get_chunk_spec((c,) + (0,) * (array.ndim - 1), _CHUNK_CONFIG, default_buffer_prototype())
+    data: Any = default_buffer_prototype().nd_buffer.from_numpy_array(block)
+    for codec in array.metadata.codecs:
+        data = codec._encode_sync(data, spec)
+        spec = codec.resolve_metadata(spec)
+    key = array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))
+    sync((array.store_path / key).set(data))
+
+
 class RowSink:
     """Stages rows of one array and writes each chunk whole, once it is full.
 
@@ -350,9 +375,7 @@ class RowSink:
         # rows): a partial-chunk write makes zarr read, decode and merge the old chunk first.
         if not self._dirty:
             return
-        lo = self._chunk * self.rows
-        hi = min(lo + self.rows, self.array.shape[0])
-        self.array[lo:hi] = self._buf[: hi - lo]
+        write_chunk(self.array, self._chunk, self._buf)
         self._dirty = not whole
 
     def flush(self) -> None:
@@ -542,6 +565,10 @@ class RaggedReader:
 def read_chunk(array: Array, c: int) -> np.ndarray:
     """Rows of row-chunk ``c`` of ``array`` (the last chunk may be shorter), decoded and checksum-verified.
 
+    One store read and the array's codecs in reverse (``_decode_sync``): what
+    ``array[lo:lo + rows]`` returns, without zarr's per-call machinery. A chunk
+    missing from the store reads as the fill value, as in zarr.
+
     Raises
     ------
     CorruptionError
@@ -550,13 +577,24 @@ def read_chunk(array: Array, c: int) -> np.ndarray:
     """
     rows = array.chunks[0]
     lo = c * rows
+    n = min(rows, array.shape[0] - lo)
+    coords = (c,) + (0,) * (array.ndim - 1)
     try:
-        return array[lo : lo + rows]
+        data: Any = sync((array.store_path / array.metadata.encode_chunk_key(coords)).get(default_buffer_prototype()))
+        if data is None:
+            return np.full((n, *array.shape[1:]), array.fill_value, dtype=array.dtype)
+        specs = [array.metadata.get_chunk_spec(coords, _CHUNK_CONFIG, default_buffer_prototype())]
+        for codec in array.metadata.codecs[:-1]:
+            specs.append(codec.resolve_metadata(specs[-1]))
+        for codec, spec in zip(reversed(array.metadata.codecs), reversed(specs)):
+            data = codec._decode_sync(data, spec)
+        block = data.as_numpy_array()[:n]
     except (ValueError, RuntimeError, OSError, TypeError, IndexError) as e:
         raise CorruptionError(
             f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} cannot be read: {e}; "
             "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
         ) from e
+    return block if block.flags.writeable else block.copy()
 
 
 async def _list(store: Any, prefix: str) -> list[str]:
@@ -574,7 +612,7 @@ def children(group: Group) -> tuple[list[tuple[str, Group | Array]], list[tuple[
     or parsed lands in ``errors`` with its exception instead of failing the
     whole listing (as ``Group.members()`` does).
     """
-    names = sorted(zarr.core.sync.sync(_list_dir(group.store_path.store, group.store_path.path)))
+    names = sorted(sync(_list_dir(group.store_path.store, group.store_path.path)))
     nodes: list[tuple[str, Group | Array]] = []
     errors: list[tuple[str, Exception]] = []
     for name in names:
@@ -626,7 +664,7 @@ def stored_chunks(array: Array) -> set[int]:
     """Row-chunk numbers of ``array`` that have a key (a file, an object) in the store."""
     base = array.store_path.path
     prefix = f"{base}/" if base else ""
-    keys = set(zarr.core.sync.sync(_list(array.store_path.store, prefix)))
+    keys = set(sync(_list(array.store_path.store, prefix)))
     encode = array.metadata.chunk_key_encoding.encode_chunk_key  # type: ignore[union-attr]  # always v3 here
     tail = (0,) * (array.ndim - 1)
     return {c for c in range(array.cdata_shape[0]) if prefix + encode((c, *tail)) in keys}

@@ -1,0 +1,49 @@
+"""The writer stores each chunk exactly as zarr's own ``Array.__setitem__`` would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from snapstore import store
+from snapstore.layout import FieldInfo
+
+def tmp_path_of(array):
+    return Path(array.store.root) / array.path
+
+
+DTYPES = ["uint8", "int16", "int64", "float32", "float64", "bool", "complex64"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype=st.sampled_from(DTYPES),
+    row_shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
+    chunk=st.integers(1, 9),
+    compressor=st.sampled_from(store.COMPRESSORS),
+    data=st.data(),
+)
+def test_write_chunk_stores_the_bytes_zarr_stores(tmp_path_factory, dtype, row_shape, chunk, compressor, data):
+    root = zarr.open_group(zarr.storage.LocalStore(tmp_path_factory.mktemp("chunks")), mode="w", zarr_format=3)
+    info = FieldInfo("ndarray", dtype, tuple(row_shape))
+    ours = store.create_rows_array(root, "ours", info, 3 * chunk, compressor, chunk=chunk)
+    zarrs = store.create_rows_array(root, "zarrs", info, 3 * chunk, compressor, chunk=chunk)
+    block = data.draw(hnp.arrays(np.dtype(dtype), (chunk, *row_shape)))
+    store.write_chunk(ours, 1, block)
+    zarrs[chunk : 2 * chunk] = block
+    key = ours.metadata.encode_chunk_key((1,) + (0,) * len(row_shape))
+    assert (tmp_path_of(ours) / key).read_bytes() == (tmp_path_of(zarrs) / key).read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(root.store, path="ours", mode="r")[chunk : 2 * chunk], block)
+
+
+def test_write_chunk_strings(tmp_path):
+    root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
+    info = FieldInfo("ndarray", "str", ())
+    array = store.create_rows_array(root, "s", info, 4, "lz4", chunk=2)
+    store.write_chunk(array, 1, np.array(["ünïcode", ""], dtype=np.dtypes.StringDType()))
+    assert array[2:4].tolist() == ["ünïcode", ""]
