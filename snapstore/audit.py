@@ -365,7 +365,7 @@ def compare(stream: Stream, dataset: Any, *, progress: bool | None = None) -> Co
             gone.append(i)
             continue
         try:
-            sample = fetch(i) if fetch is not None else dataset[i]
+            sample = fetch([i])[0] if fetch is not None else dataset[i]
         except (IndexError, KeyError):
             gone.append(i)
             continue

@@ -114,29 +114,35 @@ def has_transforms(dataset: Any) -> bool:
 
 
 class Untransformed:
-    """``index -> dataset[index]`` with the transforms of the dataset that serves it disabled."""
+    """``indices -> [dataset[i] for i in indices]`` with the transforms of the datasets serving them
+    disabled, once for the lot (toggling them per sample cost more than the fetch)."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
 
-    def __call__(self, index: int) -> Any:
-        base, local = locate(self.dataset, index)
-        saved = {a: getattr(base, a) for a in TRANSFORM_ATTRS if getattr(base, a, None) is not None}
+    def __call__(self, indices: Any) -> list[Any]:
+        located = [locate(self.dataset, int(i)) for i in indices]
+        served = {id(b): b for b, _ in located}.values()
+        saved = [(b, a, getattr(b, a)) for b in served for a in TRANSFORM_ATTRS if getattr(b, a, None) is not None]
         try:
-            for a in saved:
-                setattr(base, a, None)
-            return base[local]
+            for b, a, _ in saved:
+                setattr(b, a, None)
+            return [b[j] for b, j in located]
         finally:
-            for a, v in saved.items():
-                setattr(base, a, v)
+            for b, a, v in saved:
+                setattr(b, a, v)
 
 
-def raw_source(raw: Any, dataset: Any) -> tuple[Callable[[int], Any] | None, bool]:
+def _each(fetch: Callable[[int], Any]) -> Callable[[Any], list[Any]]:
+    return lambda indices: [fetch(int(i)) for i in indices]
+
+
+def raw_source(raw: Any, dataset: Any) -> tuple[Callable[[Any], list[Any]] | None, bool]:
     """Resolve ``Recorder.wrap(raw=...)`` to ``(fetch, record)``.
 
-    ``record`` says whether raw samples are recorded at all; ``fetch(index)``
-    returns one, or is ``None`` when the raw sample is the fetched item
-    itself (no second fetch).
+    ``record`` says whether raw samples are recorded at all; ``fetch(indices)``
+    returns the raw samples of a sequence of indices, or is ``None`` when the
+    raw sample is the fetched item itself (no second fetch).
     """
     if raw is None:
         return None, False
@@ -147,9 +153,9 @@ def raw_source(raw: Any, dataset: Any) -> tuple[Callable[[int], Any] | None, boo
             return None, True
         return Untransformed(dataset), True
     if isinstance(raw, Dataset):
-        return raw.__getitem__, True
+        return _each(raw.__getitem__), True
     if callable(raw):
-        return raw, True
+        return _each(raw), True
     raise UsageError(f"raw={raw!r} is not understood; pass 'auto', None, a Dataset or a callable index -> sample")
 
 
@@ -261,12 +267,12 @@ class CaptureMap(Dataset):
     dataset : Dataset
         The user's dataset; fetched exactly as the DataLoader would.
     fetch_raw : callable or None
-        ``index -> raw sample``; ``None`` takes the fetched item itself.
+        ``indices -> raw samples`` (see ``raw_source``); ``None`` takes the fetched items themselves.
     recorded : torch.Tensor of bool, shape (len(dataset),), in shared memory, or None
         Indices whose raw sample is already recorded; ``None`` records no raw samples.
     """
 
-    def __init__(self, dataset: Any, fetch_raw: Callable[[int], Any] | None, recorded: torch.Tensor | None) -> None:
+    def __init__(self, dataset: Any, fetch_raw: Callable[[Any], list[Any]] | None, recorded: torch.Tensor | None) -> None:
         self.dataset = dataset
         self.fetch_raw = fetch_raw
         self.recorded = recorded
@@ -294,7 +300,7 @@ class CaptureMap(Dataset):
         if len(new) == 0:
             return None
         if self.fetch_raw is not None:
-            samples = [self.fetch_raw(int(indices[k])) for k in new]
+            samples = self.fetch_raw(indices[new])
         elif items is not None:
             samples = [items[k] for k in new]
         else:  # __getitems__ returned no per-index list: fetch the raw items again
@@ -324,7 +330,7 @@ class CaptureIterable(IterableDataset):
     delivers when workers yield equal shares); with no workers, ``p``.
     """
 
-    def __init__(self, dataset: Any, fetch_raw: Callable[[int], Any] | None, record_raw: bool) -> None:
+    def __init__(self, dataset: Any, fetch_raw: Callable[[Any], list[Any]] | None, record_raw: bool) -> None:
         self.dataset = dataset
         self.fetch_raw = fetch_raw
         self.record_raw = record_raw
@@ -335,7 +341,7 @@ class CaptureIterable(IterableDataset):
         for p, item in enumerate(self.dataset):
             idx = np.array([p * workers + worker], dtype=np.int64)
             if self.fetch_raw is not None:
-                raw = stack_raw(idx, [self.fetch_raw(int(idx[0]))])
+                raw = stack_raw(idx, self.fetch_raw(idx))
             elif self.record_raw:
                 raw = stack_raw(idx, [item])
             else:
