@@ -35,6 +35,10 @@ DEFAULT_QUEUE_BATCHES = 16
 #: samples): at most 64 + 64 + 6 x 2 x 3 MiB, about 170 MB.
 DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 
+#: Encoded chunks that may wait for the store while the writer encodes the next
+#: ones (``store.ChunkWriter``); at DEFAULT_CHUNK_BYTES each, they bound the
+#: memory that overlap costs.
+CHUNKS_IN_FLIGHT = 8
 #: Rows preallocated for an epoch whose length the loader cannot tell.
 DEFAULT_UNKNOWN_ROWS = 65536
 

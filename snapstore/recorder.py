@@ -58,14 +58,15 @@ _INT32 = FieldInfo("ndarray", "int32", ())
 class _EpochSink:
     """Writer-thread state of one epoch: its group, field sinks and commit record."""
 
-    def __init__(self, group: store.Group, manifest: EpochManifest, capacity: int, compressor: str) -> None:
+    def __init__(self, group: store.Group, manifest: EpochManifest, capacity: int, chunks: store.ChunkWriter) -> None:
         self.group = group
         self.manifest = manifest
-        self.positions = store.FieldSinks(group, "", capacity, compressor)  # order, worker, base_*
-        self.batch_sizes = store.FieldSinks(group, "", capacity, compressor)
-        self.seen = store.FieldSinks(group, layout.SEEN_GROUP, capacity, compressor)
-        self.outputs = store.FieldSinks(group, layout.OUTPUTS_GROUP, capacity, compressor)
-        self.hashes = store.FieldSinks(group, "", capacity, compressor)  # content hashes of seen and output rows
+        self.positions = store.FieldSinks(group, "", capacity, chunks)  # order, worker, base_*
+        self.batch_sizes = store.FieldSinks(group, "", capacity, chunks)
+        self.seen = store.FieldSinks(group, layout.SEEN_GROUP, capacity, chunks)
+        self.outputs = store.FieldSinks(group, layout.OUTPUTS_GROUP, capacity, chunks)
+        self.hashes = store.FieldSinks(group, "", capacity, chunks)  # content hashes of seen and output rows
+        self.chunks = chunks
         self.rows = 0
         self.batches = 0
         store.write_attr(group, layout.EPOCH_ATTR, manifest.to_dict())
@@ -102,6 +103,7 @@ class _EpochSink:
             ended=utc_now() if final else None,
             ragged=list(self.seen.ragged),
         )
+        self.chunks.wait()  # the data first, then the commit record that covers it
         store.write_attr(self.group, layout.EPOCH_ATTR, self.manifest.to_dict())
         self.seen.after_commit()
 
@@ -109,12 +111,13 @@ class _EpochSink:
 class _RawSink:
     """Writer-thread state of a stream's raw samples: appended in order of first capture."""
 
-    def __init__(self, group: store.Group, rows: int, ragged: list[str], capacity: int, compressor: str) -> None:
+    def __init__(self, group: store.Group, rows: int, ragged: list[str], capacity: int, chunks: store.ChunkWriter) -> None:
         self.group = group
         self.rows = rows
-        self.index = store.FieldSinks(group, "", capacity, compressor, rows=rows)
-        self.fields = store.FieldSinks(group, layout.RAW_FIELDS, capacity, compressor, rows=rows, ragged=ragged)
-        self.hashes = store.FieldSinks(group, "", capacity, compressor, rows=rows)
+        self.index = store.FieldSinks(group, "", capacity, chunks, rows=rows)
+        self.fields = store.FieldSinks(group, layout.RAW_FIELDS, capacity, chunks, rows=rows, ragged=ragged)
+        self.hashes = store.FieldSinks(group, "", capacity, chunks, rows=rows)
+        self.chunks = chunks
         self.dirty = False
 
     def put(self, block: RawBlock) -> None:
@@ -131,6 +134,7 @@ class _RawSink:
             self.index.flush()
             self.fields.flush()
             self.hashes.flush()
+            self.chunks.wait()
             store.write_attr(self.group, layout.RAW_ATTR, {"rows": self.rows, "ragged": list(self.fields.ragged)})
             self.fields.after_commit()
             self.dirty = False
@@ -212,9 +216,7 @@ class Recorder:
         self.on_error = on_error
         self._stopped = False  # recording failed and on_error="warn": the loop goes on unrecorded
         self._reported = False  # a writer failure was raised in the loop
-        if compressor not in store.COMPRESSORS:
-            raise UsageError(f"compressor={compressor!r} is not one of {store.COMPRESSORS}")
-        self.compressor = compressor
+        self._chunks = store.ChunkWriter(compressor)  # raises UsageError for an unknown compressor
         self.rank, self.world_size = _rank_and_world()
         if mode == "w" and self.world_size > 1:  # rank 0 creates the snapshot, the others join it
             failure = [None]
@@ -328,7 +330,10 @@ class Recorder:
         for rl in self._loaders.values():
             rl._end_epoch(complete=False)
         try:
-            self._writer.close()
+            try:
+                self._writer.close()
+            finally:
+                self._chunks.close()
         except RecordingError:
             if self.on_error == "raise" and not self._reported:  # not yet raised in the loop
                 raise
@@ -462,7 +467,7 @@ class RecordingLoader:
             index = store.child(raw_group, layout.RAW_INDEX)
             self._recorded = set(index[:raw_rows].tolist()) if raw_rows and index is not None else set()
         capacity = dataset_len or config.DEFAULT_UNKNOWN_ROWS
-        self._raw_sink = _RawSink(raw_group, raw_rows, list(raw_attrs.get("ragged", [])), capacity, recorder.compressor)
+        self._raw_sink = _RawSink(raw_group, raw_rows, list(raw_attrs.get("ragged", [])), capacity, recorder._chunks)
         recorder._raws.append(self._raw_sink)
         if is_wrapped(loader.dataset) and not self._manifest.base_datasets:
             self._update_manifest(base_datasets=[_class_name(b) for b in bases(loader.dataset)])
@@ -528,7 +533,7 @@ class RecordingLoader:
         if manifest.part:
             name = f"{name}/{layout.CONTINUED_GROUP}/{manifest.part}"
         group = store.create_group(self._group[layout.EPOCHS_GROUP], name)
-        cursor.sink = _EpochSink(group, manifest, capacity, self._recorder.compressor)
+        cursor.sink = _EpochSink(group, manifest, capacity, self._recorder._chunks)
         self._recorder._epochs.append(cursor.sink)
 
     def _end_epoch(self, *, complete: bool) -> None:

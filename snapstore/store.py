@@ -6,9 +6,12 @@ This is the only module that imports ``zarr``.
 
 from __future__ import annotations
 
+import collections
+import functools
 import os
 import warnings
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.array_spec import ArrayConfig
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage._local import _put as _local_put
 
 from . import config, layout
 from .errors import CorruptionError, NotASnapshotError, RecordingError, SnapshotNotFoundError, UsageError
@@ -303,23 +307,57 @@ def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, c
 _CHUNK_CONFIG = ArrayConfig(order="C", write_empty_chunks=True)
 
 
-def write_chunk(array: Array, c: int, block: np.ndarray) -> None:
-    """Store ``block``, shape ``array.chunks``, as row-chunk ``c`` of ``array``.
+class ChunkWriter:
+    """Encodes whole chunks in the calling thread and stores them from a second one.
 
-    The bytes are what ``array[lo:hi] = block`` stores for a whole chunk: the
-    array's own codecs encode it (``_encode_sync``, each codec in turn, CRC32C
-    last) and one store write puts the key, atomically. Going around
-    ``Array.__setitem__`` skips zarr's per-call machinery (selection, task
-    scheduling on its event loop, a copy into a fresh chunk), which cost the
-    training thread more than the encoding itself (PERF-NOTES.md).
+    ``write`` encodes a chunk with its array's own codecs (``_encode_sync``,
+    each codec in turn, CRC32C last: the bytes ``array[lo:hi] = block`` would
+    store) and queues one store write of the key; the caller may reuse
+    ``block`` as soon as ``write`` returns. Storing overlaps the encoding of
+    the next chunks, so the recorder's writer is limited by the slower of the
+    codec and the disk, not their sum. At most ``in_flight`` encoded chunks
+    wait (back-pressure); ``wait`` returns once every queued chunk is stored,
+    and must precede any commit record that covers them. A failed store
+    write is raised by the next ``write`` or ``wait``.
+
+    Going around ``Array.__setitem__`` also skips zarr's per-call machinery
+    (selection, event-loop tasks, a copy into a fresh chunk), which cost the
+    recorder more CPU than the encoding itself (PERF-NOTES.md).
     """
-    spec = array.metadata.get_chunk_spec((c,) + (0,) * (array.ndim - 1), _CHUNK_CONFIG, default_buffer_prototype())
-    data: Any = default_buffer_prototype().nd_buffer.from_numpy_array(block)
-    for codec in array.metadata.codecs:
-        data = codec._encode_sync(data, spec)
-        spec = codec.resolve_metadata(spec)
-    key = array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))
-    sync((array.store_path / key).set(data))
+
+    def __init__(self, compressor: str, *, in_flight: int = config.CHUNKS_IN_FLIGHT) -> None:
+        if compressor not in COMPRESSORS:
+            raise UsageError(f"compressor={compressor!r} is not one of {COMPRESSORS}")
+        self.compressor = compressor
+        self._in_flight = in_flight
+        self._pending: collections.deque[Future[None]] = collections.deque()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="snapstore-store")
+
+    def write(self, array: Array, c: int, block: np.ndarray) -> None:
+        """Encode ``block``, shape ``array.chunks``, now; store it as row-chunk ``c`` of ``array`` soon."""
+        coords = (c,) + (0,) * (array.ndim - 1)
+        spec = array.metadata.get_chunk_spec(coords, _CHUNK_CONFIG, default_buffer_prototype())
+        data: Any = default_buffer_prototype().nd_buffer.from_numpy_array(block)
+        for codec in array.metadata.codecs:
+            data = codec._encode_sync(data, spec)
+            spec = codec.resolve_metadata(spec)
+        while len(self._pending) >= self._in_flight:
+            self._pending.popleft().result()
+        where = array.store_path / array.metadata.encode_chunk_key(coords)
+        if isinstance(where.store, zarr.storage.LocalStore):  # zarr's own temp-file-and-rename write, minus the
+            store = functools.partial(_local_put, where.store.root / where.path, data)  # hops through its event loop
+        else:
+            store = functools.partial(sync, where.set(data))
+        self._pending.append(self._pool.submit(store))
+
+    def wait(self) -> None:
+        """Return once every chunk queued so far is stored; raise the first failure."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Stop the storing thread after the queued writes (their failures are not raised: see ``wait``)."""
+        self._pool.shutdown(wait=True)
 
 
 class RowSink:
@@ -331,8 +369,9 @@ class RowSink:
     when a position passes its preallocated length.
     """
 
-    def __init__(self, array: Array, *, resume_at: int = 0) -> None:
+    def __init__(self, array: Array, writer: ChunkWriter, *, resume_at: int = 0) -> None:
         self.array = array
+        self.writer = writer
         self.rows = array.chunks[0]
         self._chunk = -1
         self._buf = np.empty(0)
@@ -375,7 +414,7 @@ class RowSink:
         # rows): a partial-chunk write makes zarr read, decode and merge the old chunk first.
         if not self._dirty:
             return
-        write_chunk(self.array, self._chunk, self._buf)
+        self.writer.write(self.array, self._chunk, self._buf)
         self._dirty = not whole
 
     def flush(self) -> None:
@@ -395,12 +434,12 @@ class RaggedSink:
     ``values``. ``rows`` and ``values`` give where a resumed field continues.
     """
 
-    def __init__(self, group: Group, info: FieldInfo, capacity: int, compressor: str, *, rows: int = 0) -> None:
+    def __init__(self, group: Group, info: FieldInfo, capacity: int, writer: ChunkWriter, *, rows: int = 0) -> None:
         def sink(name: str, part: FieldInfo, cap: int, **kw: Any) -> RowSink:
             array = child(group, name)
             if array is None:
-                array = create_rows_array(group, name, part, cap, compressor, **kw)
-            return RowSink(array, resume_at=rows if name != layout.VALUES else self.next)
+                array = create_rows_array(group, name, part, cap, writer.compressor, **kw)
+            return RowSink(array, writer, resume_at=rows if name != layout.VALUES else self.next)
 
         self.next = 0
         self.offsets = sink(layout.OFFSETS, FieldInfo("ndarray", "int64", ()), capacity)
@@ -434,11 +473,11 @@ class FieldSinks:
     readable either way.
     """
 
-    def __init__(self, group: Group, prefix: str, capacity: int, compressor: str, *, rows: int = 0, ragged: list[str] = ()) -> None:
+    def __init__(self, group: Group, prefix: str, capacity: int, writer: ChunkWriter, *, rows: int = 0, ragged: list[str] = ()) -> None:
         self.group = group
         self.prefix = prefix
         self.capacity = capacity
-        self.compressor = compressor
+        self.writer = writer
         self.resume = rows
         self.ragged = list(ragged)
         self.sinks: dict[str, RowSink | RaggedSink] = {}
@@ -455,15 +494,16 @@ class FieldSinks:
         if not info.ragged:
             array = child(self.group, name)
             if array is None:
-                array = create_rows_array(self.group, name, info, self.capacity, self.compressor)
-            return RowSink(array, resume_at=self.resume)
+                array = create_rows_array(self.group, name, info, self.capacity, self.writer.compressor)
+            return RowSink(array, self.writer, resume_at=self.resume)
         ragged_group = require_group(self.group, f"{layout.RAGGED_GROUP}/{path}")
         resumed = self.resume if path in self.ragged else 0
-        sink = RaggedSink(ragged_group, info, self.capacity, self.compressor, rows=resumed)
+        sink = RaggedSink(ragged_group, info, self.capacity, self.writer, rows=resumed)
         if path not in self.ragged:
             old = fixed.array if fixed is not None else child(self.group, name)
             if fixed is not None:
                 fixed.flush()
+                self.writer.wait()  # its chunks are read back just below
             if old is not None:  # rows written before the field turned ragged
                 for lo in range(0, pos, old.chunks[0]):
                     sink.put(lo, old[lo : min(pos, lo + old.chunks[0])])

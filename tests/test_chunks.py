@@ -1,10 +1,12 @@
-"""The writer stores each chunk exactly as zarr's own ``Array.__setitem__`` would."""
+"""``store.ChunkWriter`` stores each chunk exactly as zarr's own ``Array.__setitem__`` would, and
+``store.read_chunk`` reads it back."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,16 +36,36 @@ def test_write_chunk_stores_the_bytes_zarr_stores(tmp_path_factory, dtype, row_s
     ours = store.create_rows_array(root, "ours", info, 3 * chunk, compressor, chunk=chunk)
     zarrs = store.create_rows_array(root, "zarrs", info, 3 * chunk, compressor, chunk=chunk)
     block = data.draw(hnp.arrays(np.dtype(dtype), (chunk, *row_shape)))
-    store.write_chunk(ours, 1, block)
-    zarrs[chunk : 2 * chunk] = block
+    writer = store.ChunkWriter(compressor)
+    writer.write(ours, 1, block)
+    block[...] = block[::-1]  # reusable once write returns: the encoded bytes are the writer's own
+    writer.wait()
+    writer.close()
+    zarrs[chunk : 2 * chunk] = block[::-1]
     key = ours.metadata.encode_chunk_key((1,) + (0,) * len(row_shape))
     assert (tmp_path_of(ours) / key).read_bytes() == (tmp_path_of(zarrs) / key).read_bytes()
-    np.testing.assert_array_equal(zarr.open_array(root.store, path="ours", mode="r")[chunk : 2 * chunk], block)
+    np.testing.assert_array_equal(zarr.open_array(root.store, path="ours", mode="r")[chunk : 2 * chunk], block[::-1])
+    np.testing.assert_array_equal(store.read_chunk(ours, 1), block[::-1])
 
 
 def test_write_chunk_strings(tmp_path):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
     info = FieldInfo("ndarray", "str", ())
     array = store.create_rows_array(root, "s", info, 4, "lz4", chunk=2)
-    store.write_chunk(array, 1, np.array(["ünïcode", ""], dtype=np.dtypes.StringDType()))
+    writer = store.ChunkWriter("lz4")
+    writer.write(array, 1, np.array(["ünïcode", ""], dtype=np.dtypes.StringDType()))
+    writer.wait()
+    writer.close()
     assert array[2:4].tolist() == ["ünïcode", ""]
+    assert store.read_chunk(array, 1).tolist() == ["ünïcode", ""]
+
+
+def test_a_failed_store_write_is_raised_by_wait(tmp_path):
+    root = zarr.open_group(zarr.storage.LocalStore(tmp_path / "s"), mode="w", zarr_format=3)
+    array = store.create_rows_array(root, "a", FieldInfo("ndarray", "int64", ()), 4, "lz4", chunk=2)
+    (tmp_path / "s" / "a" / "c").write_text("a file where the chunk folder goes")
+    writer = store.ChunkWriter("lz4")
+    writer.write(array, 0, np.arange(2))
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.close()
