@@ -768,11 +768,14 @@ class ChunkReader:
         if stop - start == 0:
             return np.empty((0, *self.array.shape[1:]), dtype=self.array.dtype)
         first, last = start // self.rows, (stop - 1) // self.rows
+        if first == last:  # one chunk: the common case of a batch or a single row
+            lo = first * self.rows
+            return self.chunk(first)[start - lo : stop - lo].copy()
         parts = [
             self.chunk(c)[max(start - c * self.rows, 0) : stop - c * self.rows]
             for c in range(first, last + 1)
         ]
-        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+        return np.concatenate(parts)
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
         """Rows at ``positions`` (any order) as a new array, each chunk decoded once."""
