@@ -24,21 +24,24 @@ DEFAULT_QUEUE_BATCHES = 16
 #: Memory the recorder adds to a training process is bounded, independent of
 #: the dataset size, by about::
 #:
-#:     max(DEFAULT_QUEUE_BYTES, one batch) + DEFAULT_QUEUE_BYTES + fields * chunk bytes * 3
+#:     max(DEFAULT_QUEUE_BYTES, one batch) + DEFAULT_QUEUE_BYTES
+#:         + fields * chunk bytes * 3 + CHUNKS_IN_FLIGHT * chunk bytes
 #:
 #: where "one batch" is the bytes of one yielded batch plus its new raw
 #: samples, the second ``DEFAULT_QUEUE_BYTES`` caps the free-list of recycled
 #: copy buffers (at most two per field shape), "fields" counts every recorded array (seen, raw, order,
 #: outputs, ...) and "chunk bytes" is at most ``DEFAULT_CHUNK_BYTES`` rounded
 #: up to a row (one staging buffer per array, plus the encoder's transient
-#: copies of the chunk being written). CIFAR-like (batch 256 of 15 KB
-#: samples): at most 64 + 64 + 6 x 2 x 3 MiB, about 170 MB.
+#: copies of the chunk being written, plus encoded chunks waiting to be
+#: stored). CIFAR-like (batch 256 of 15 KB samples): at most
+#: 64 + 64 + 6 x 2 x 3 + 8 x 2 MiB, about 190 MB.
 DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 
 #: Encoded chunks that may wait for the store while the writer encodes the next
-#: ones (``store.ChunkWriter``); at DEFAULT_CHUNK_BYTES each, they bound the
-#: memory that overlap costs.
+#: ones (``_sinks.ChunkWriter``): the overlap of encoding and storing costs at
+#: most this many chunks of memory.
 CHUNKS_IN_FLIGHT = 8
+
 #: Rows preallocated for an epoch whose length the loader cannot tell.
 DEFAULT_UNKNOWN_ROWS = 65536
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
-from . import config, hashing, layout, store
+from . import _sinks, config, hashing, layout, store
 from ._writer import BackgroundWriter
 from .capture import CaptureCollate, CaptureIterable, CaptureMap, RawBlock, Tagged, Tags, bases, is_wrapped, raw_source
 from .errors import RecordingError, SchemaError, SnapshotExistsError, SnapstoreError, SnapstoreWarning, UsageError
@@ -58,14 +58,14 @@ _INT32 = FieldInfo("ndarray", "int32", ())
 class _EpochSink:
     """Writer-thread state of one epoch: its group, field sinks and commit record."""
 
-    def __init__(self, group: store.Group, manifest: EpochManifest, capacity: int, chunks: store.ChunkWriter) -> None:
+    def __init__(self, group: store.Group, manifest: EpochManifest, capacity: int, chunks: _sinks.ChunkWriter) -> None:
         self.group = group
         self.manifest = manifest
-        self.positions = store.FieldSinks(group, "", capacity, chunks)  # order, worker, base_*
-        self.batch_sizes = store.FieldSinks(group, "", capacity, chunks)
-        self.seen = store.FieldSinks(group, layout.SEEN_GROUP, capacity, chunks)
-        self.outputs = store.FieldSinks(group, layout.OUTPUTS_GROUP, capacity, chunks)
-        self.hashes = store.FieldSinks(group, "", capacity, chunks)  # content hashes of seen and output rows
+        self.positions = _sinks.FieldSinks(group, "", capacity, chunks)  # order, worker, base_*
+        self.batch_sizes = _sinks.FieldSinks(group, "", capacity, chunks)
+        self.seen = _sinks.FieldSinks(group, layout.SEEN_GROUP, capacity, chunks)
+        self.outputs = _sinks.FieldSinks(group, layout.OUTPUTS_GROUP, capacity, chunks)
+        self.hashes = _sinks.FieldSinks(group, "", capacity, chunks)  # content hashes of seen and output rows
         self.chunks = chunks
         self.rows = 0
         self.batches = 0
@@ -111,12 +111,12 @@ class _EpochSink:
 class _RawSink:
     """Writer-thread state of a stream's raw samples: appended in order of first capture."""
 
-    def __init__(self, group: store.Group, rows: int, ragged: list[str], capacity: int, chunks: store.ChunkWriter) -> None:
+    def __init__(self, group: store.Group, rows: int, ragged: list[str], capacity: int, chunks: _sinks.ChunkWriter) -> None:
         self.group = group
         self.rows = rows
-        self.index = store.FieldSinks(group, "", capacity, chunks, rows=rows)
-        self.fields = store.FieldSinks(group, layout.RAW_FIELDS, capacity, chunks, rows=rows, ragged=ragged)
-        self.hashes = store.FieldSinks(group, "", capacity, chunks, rows=rows)
+        self.index = _sinks.FieldSinks(group, "", capacity, chunks, rows=rows)
+        self.fields = _sinks.FieldSinks(group, layout.RAW_FIELDS, capacity, chunks, rows=rows, ragged=ragged)
+        self.hashes = _sinks.FieldSinks(group, "", capacity, chunks, rows=rows)
         self.chunks = chunks
         self.dirty = False
 
@@ -174,13 +174,15 @@ class Recorder:
     -----
     Recording runs off the training thread: each batch is copied into a
     recycled buffer and queued for one background writer thread, which
-    stages rows into whole chunks, compresses, checksums and writes them,
-    and commits the epoch manifest after the data every
+    hashes rows, stages them into whole chunks, compresses and checksums
+    them; a second thread stores the encoded chunks while the next are
+    encoded, and the epoch manifest is committed after the data every
     ``config.DEFAULT_FLUSH_INTERVAL`` (2 s). The memory it adds is bounded,
     whatever the dataset size, by about ``max(DEFAULT_QUEUE_BYTES, one
-    batch) + DEFAULT_QUEUE_BYTES of recycled buffers + arrays x chunk bytes x 3``
-    (see ``config.DEFAULT_QUEUE_BYTES``); the training loop blocks
-    (back-pressure) while more than ``DEFAULT_QUEUE_BYTES`` wait.
+    batch) + DEFAULT_QUEUE_BYTES of recycled buffers + arrays x chunk bytes x 3
+    + CHUNKS_IN_FLIGHT x chunk bytes`` (see ``config.DEFAULT_QUEUE_BYTES``);
+    the training loop blocks (back-pressure) while more than
+    ``DEFAULT_QUEUE_BYTES`` wait.
 
     Raises
     ------
@@ -216,7 +218,7 @@ class Recorder:
         self.on_error = on_error
         self._stopped = False  # recording failed and on_error="warn": the loop goes on unrecorded
         self._reported = False  # a writer failure was raised in the loop
-        self._chunks = store.ChunkWriter(compressor)  # raises UsageError for an unknown compressor
+        self._chunks = _sinks.ChunkWriter(compressor)  # raises UsageError for an unknown compressor
         self.rank, self.world_size = _rank_and_world()
         if mode == "w" and self.world_size > 1:  # rank 0 creates the snapshot, the others join it
             failure = [None]

@@ -1,17 +1,16 @@
-"""Everything that touches Zarr: opening snapshots, creating arrays, writing
-whole chunks, committing manifests, and reading chunks back through a cache.
+"""Everything that touches Zarr but writing rows: opening snapshots, groups,
+attributes (commit records), checking arrays and reading chunks back through
+a cache.
 
-This is the only module that imports ``zarr``.
+This and ``_sinks.py`` (creating arrays, writing rows as whole chunks) are the
+only modules that import ``zarr``.
 """
 
 from __future__ import annotations
 
-import collections
-import functools
 import os
 import warnings
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,14 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.array_spec import ArrayConfig
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
-from zarr.storage._local import _put as _local_put
 
 from . import config, layout
 from .errors import CorruptionError, NotASnapshotError, RecordingError, SnapshotNotFoundError, UsageError
 from .layout import FieldInfo
-from .schema import Ragged, numpy_dtype
+from .schema import numpy_dtype
 
 Group = zarr.Group
 Array = zarr.Array
-
-COMPRESSORS = ("lz4", "zstd", "none")
-
 
 def _is_url(path: str) -> bool:
     return "://" in path
@@ -265,263 +260,6 @@ def write_attr(node: Group | Array, key: str, value: dict[str, Any]) -> None:
     node.attrs.update({key: value})
 
 
-def chunk_rows(info: FieldInfo) -> int:
-    """Rows per chunk: the power of two nearest below ``DEFAULT_CHUNK_BYTES / row bytes``,
-    between 1 and ``MAX_CHUNK_ROWS`` (strings count 16 bytes a row)."""
-    itemsize = 16 if info.dtype == "str" else numpy_dtype(info.dtype).itemsize
-    rows = config.DEFAULT_CHUNK_BYTES // max(1, int(np.prod(info.shape, dtype=np.int64)) * itemsize)
-    return min(config.MAX_CHUNK_ROWS, 1 << max(0, int(rows).bit_length() - 1))
-
-
-def _codecs(dtype: np.dtype, compressor: str) -> list[Any]:
-    if compressor not in COMPRESSORS:
-        raise UsageError(f"compressor={compressor!r} is not one of {COMPRESSORS}")
-    if compressor == "none":
-        return [Crc32cCodec()]
-    shuffle = "shuffle" if dtype.kind in "iu" and dtype.itemsize > 1 else "noshuffle"
-    return [BloscCodec(cname=compressor, clevel=5 if compressor == "lz4" else 1, shuffle=shuffle), Crc32cCodec()]
-
-
-def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, compressor: str, *, chunk: int | None = None) -> Array:
-    """A preallocated ``(capacity, *info.shape)`` array chunked along rows, compressed and checksummed.
-
-    Floats are filled with NaN so unwritten rows are visible; committed row
-    counts live in the manifests, never in the fill value.
-    """
-    dtype = numpy_dtype(info.dtype)
-    fill = np.nan if dtype.kind in "fc" else None
-    parent, _, base = name.rpartition("/")
-    return (require_group(group, parent) if parent else group).create_array(
-        base,
-        shape=(capacity, *info.shape),
-        dtype=str if info.dtype == "str" else dtype,
-        chunks=(chunk or chunk_rows(info), *info.shape),
-        compressors=_codecs(dtype, compressor),
-        fill_value=fill,
-        dimension_names=("row", *(f"dim_{i}" for i in range(1, len(info.shape) + 1))),
-        attributes={"field": info.to_dict()},
-        config={"write_empty_chunks": True},
-    )
-
-
-_CHUNK_CONFIG = ArrayConfig(order="C", write_empty_chunks=True)
-
-
-class ChunkWriter:
-    """Encodes whole chunks in the calling thread and stores them from a second one.
-
-    ``write`` encodes a chunk with its array's own codecs (``_encode_sync``,
-    each codec in turn, CRC32C last: the bytes ``array[lo:hi] = block`` would
-    store) and queues one store write of the key; the caller may reuse
-    ``block`` as soon as ``write`` returns. Storing overlaps the encoding of
-    the next chunks, so the recorder's writer is limited by the slower of the
-    codec and the disk, not their sum. At most ``in_flight`` encoded chunks
-    wait (back-pressure); ``wait`` returns once every queued chunk is stored,
-    and must precede any commit record that covers them. A failed store
-    write is raised by the next ``write`` or ``wait``.
-
-    Going around ``Array.__setitem__`` also skips zarr's per-call machinery
-    (selection, event-loop tasks, a copy into a fresh chunk), which cost the
-    recorder more CPU than the encoding itself (PERF-NOTES.md).
-    """
-
-    def __init__(self, compressor: str, *, in_flight: int = config.CHUNKS_IN_FLIGHT) -> None:
-        if compressor not in COMPRESSORS:
-            raise UsageError(f"compressor={compressor!r} is not one of {COMPRESSORS}")
-        self.compressor = compressor
-        self._in_flight = in_flight
-        self._pending: collections.deque[Future[None]] = collections.deque()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="snapstore-store")
-
-    def write(self, array: Array, c: int, block: np.ndarray) -> None:
-        """Encode ``block``, shape ``array.chunks``, now; store it as row-chunk ``c`` of ``array`` soon."""
-        coords = (c,) + (0,) * (array.ndim - 1)
-        spec = array.metadata.get_chunk_spec(coords, _CHUNK_CONFIG, default_buffer_prototype())
-        data: Any = default_buffer_prototype().nd_buffer.from_numpy_array(block)
-        for codec in array.metadata.codecs:
-            data = codec._encode_sync(data, spec)
-            spec = codec.resolve_metadata(spec)
-        while len(self._pending) >= self._in_flight:
-            self._pending.popleft().result()
-        where = array.store_path / array.metadata.encode_chunk_key(coords)
-        if isinstance(where.store, zarr.storage.LocalStore):  # zarr's own temp-file-and-rename write, minus the
-            store = functools.partial(_local_put, where.store.root / where.path, data)  # hops through its event loop
-        else:
-            store = functools.partial(sync, where.set(data))
-        self._pending.append(self._pool.submit(store))
-
-    def wait(self) -> None:
-        """Return once every chunk queued so far is stored; raise the first failure."""
-        while self._pending:
-            self._pending.popleft().result()
-
-    def close(self) -> None:
-        """Stop the storing thread after the queued writes (their failures are not raised: see ``wait``)."""
-        self._pool.shutdown(wait=True)
-
-
-class RowSink:
-    """Stages rows of one array and writes each chunk whole, once it is full.
-
-    Rows arrive at increasing positions (gaps keep the fill value). ``flush``
-    writes the partly filled current chunk so a commit can cover it; the chunk
-    is written again, whole, when it fills. The array grows (never shrinks)
-    when a position passes its preallocated length.
-    """
-
-    def __init__(self, array: Array, writer: ChunkWriter, *, resume_at: int = 0) -> None:
-        self.array = array
-        self.writer = writer
-        self.rows = array.chunks[0]
-        self._chunk = -1
-        self._buf = np.empty(0)
-        self._end = resume_at  # one past the highest staged position
-        self._dirty = False
-        if resume_at % self.rows:  # keep the committed rows of a partly written chunk
-            self._start_chunk(resume_at // self.rows)
-            lo = self._chunk * self.rows
-            self._buf[: resume_at - lo] = array[lo:resume_at]
-
-    def put(self, start: int, rows: np.ndarray) -> None:
-        stop = start + len(rows)
-        if stop > self.array.shape[0]:
-            self.array.resize((max(stop, 2 * self.array.shape[0]), *self.array.shape[1:]))
-        done = 0
-        while done < len(rows):
-            pos = start + done
-            chunk = pos // self.rows
-            if chunk != self._chunk:
-                self._write(whole=True)
-                self._start_chunk(chunk)
-            lo = pos - chunk * self.rows
-            n = min(len(rows) - done, self.rows - lo)
-            self._buf[lo : lo + n] = rows[done : done + n]
-            done += n
-            self._end = max(self._end, pos + n)
-            self._dirty = True
-
-    def _start_chunk(self, chunk: int) -> None:
-        # Reuse the buffer of the chunk just written: its write has returned, and the encoded
-        # bytes (always checksummed) never alias it. Fresh pages cost ~3x a copy into used ones.
-        self._chunk = chunk
-        shape = (self.rows, *self.array.shape[1:])
-        if self._buf.shape != shape or self._buf.dtype != self.array.dtype:
-            self._buf = np.empty(shape, dtype=self.array.dtype)
-        self._buf[...] = self.array.fill_value
-
-    def _write(self, *, whole: bool) -> None:
-        # Always the whole chunk (rows past the staged ones hold the fill value or resumed
-        # rows): a partial-chunk write makes zarr read, decode and merge the old chunk first.
-        if not self._dirty:
-            return
-        self.writer.write(self.array, self._chunk, self._buf)
-        self._dirty = not whole
-
-    def flush(self) -> None:
-        """Write the current chunk with the rows staged so far (a whole-chunk write, again when it fills)."""
-        self._write(whole=False)
-        self._dirty = False
-
-    def close(self) -> None:
-        """Write the current chunk up to the last staged row."""
-        self.flush()
-
-
-class RaggedSink:
-    """Writes a ragged field as ``values`` (1-D), ``offsets`` and ``shapes`` arrays in ``group``.
-
-    Rows arrive at increasing positions; their elements are appended to
-    ``values``. ``rows`` and ``values`` give where a resumed field continues.
-    """
-
-    def __init__(self, group: Group, info: FieldInfo, capacity: int, writer: ChunkWriter, *, rows: int = 0) -> None:
-        def sink(name: str, part: FieldInfo, cap: int, **kw: Any) -> RowSink:
-            array = child(group, name)
-            if array is None:
-                array = create_rows_array(group, name, part, cap, writer.compressor, **kw)
-            return RowSink(array, writer, resume_at=rows if name != layout.VALUES else self.next)
-
-        self.next = 0
-        self.offsets = sink(layout.OFFSETS, FieldInfo("ndarray", "int64", ()), capacity)
-        self.shapes = sink(layout.SHAPES, FieldInfo("ndarray", "int64", (len(info.shape),)), capacity)
-        if rows:
-            last = self.offsets.array[rows - 1 : rows]
-            self.next = int(last[0] + np.prod(self.shapes.array[rows - 1]))
-        elements = max(1, config.DEFAULT_CHUNK_BYTES // numpy_dtype(info.dtype).itemsize)
-        self.values = sink(layout.VALUES, FieldInfo(info.kind, info.dtype, ()), elements, chunk=elements)
-
-    def put(self, pos: int, rows: np.ndarray | Ragged) -> None:
-        packed = rows if isinstance(rows, Ragged) else Ragged.from_block(rows)
-        counts = packed.counts()
-        self.offsets.put(pos, self.next + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))
-        self.shapes.put(pos, packed.shapes)
-        self.values.put(self.next, packed.values)
-        self.next += int(counts.sum())
-
-    def flush(self) -> None:
-        for sink in (self.values, self.offsets, self.shapes):
-            sink.flush()
-
-
-class FieldSinks:
-    """Writes the fields of a group of rows: an epoch's seen rows, or a stream's raw samples.
-
-    Fixed-shape fields go to ``<prefix>/<path>`` arrays; ragged ones to
-    ``ragged/<path>/``. A fixed field that turns ragged is copied, chunk by
-    chunk, into its ragged arrays; the fixed array is deleted only after the
-    next commit names the field ragged, so a crash leaves the committed rows
-    readable either way.
-    """
-
-    def __init__(self, group: Group, prefix: str, capacity: int, writer: ChunkWriter, *, rows: int = 0, ragged: list[str] = ()) -> None:
-        self.group = group
-        self.prefix = prefix
-        self.capacity = capacity
-        self.writer = writer
-        self.resume = rows
-        self.ragged = list(ragged)
-        self.sinks: dict[str, RowSink | RaggedSink] = {}
-        self._replaced: list[str] = []
-
-    def put(self, pos: int, path: str, info: FieldInfo, rows: np.ndarray | Ragged) -> None:
-        sink = self.sinks.get(path)
-        if sink is None or (info.ragged and isinstance(sink, RowSink)):
-            sink = self.sinks[path] = self._open(path, info, sink, pos)
-        sink.put(pos, rows)
-
-    def _open(self, path: str, info: FieldInfo, fixed: RowSink | None, pos: int) -> RowSink | RaggedSink:
-        name = f"{self.prefix}/{path}" if self.prefix else path
-        if not info.ragged:
-            array = child(self.group, name)
-            if array is None:
-                array = create_rows_array(self.group, name, info, self.capacity, self.writer.compressor)
-            return RowSink(array, self.writer, resume_at=self.resume)
-        ragged_group = require_group(self.group, f"{layout.RAGGED_GROUP}/{path}")
-        resumed = self.resume if path in self.ragged else 0
-        sink = RaggedSink(ragged_group, info, self.capacity, self.writer, rows=resumed)
-        if path not in self.ragged:
-            old = fixed.array if fixed is not None else child(self.group, name)
-            if fixed is not None:
-                fixed.flush()
-                self.writer.wait()  # its chunks are read back just below
-            if old is not None:  # rows written before the field turned ragged
-                for lo in range(0, pos, old.chunks[0]):
-                    sink.put(lo, old[lo : min(pos, lo + old.chunks[0])])
-                self._replaced.append(name)
-            self.ragged.append(path)
-        return sink
-
-    def flush(self) -> None:
-        for sink in self.sinks.values():
-            sink.flush()
-
-    def after_commit(self) -> None:
-        """Delete fixed arrays whose rows now live in ragged arrays named by the committed manifest."""
-        for name in self._replaced:
-            del self.group[name]
-        self._replaced.clear()
-
-
 _SERIALIZERS = (zarr.codecs.BytesCodec, zarr.codecs.VLenUTF8Codec)
 _BYTES_CODECS = (BloscCodec, zarr.codecs.ZstdCodec, zarr.codecs.GzipCodec)
 
@@ -602,6 +340,10 @@ class RaggedReader:
         return [self.read(int(p), int(p) + 1)[0] for p in positions]
 
 
+#: How snapstore encodes and decodes whole chunks itself (see ``read_chunk`` and ``_sinks.ChunkWriter``).
+CHUNK_CONFIG = ArrayConfig(order="C", write_empty_chunks=True)
+
+
 def read_chunk(array: Array, c: int) -> np.ndarray:
     """Rows of row-chunk ``c`` of ``array`` (the last chunk may be shorter), decoded and checksum-verified.
 
@@ -623,7 +365,7 @@ def read_chunk(array: Array, c: int) -> np.ndarray:
         data: Any = sync((array.store_path / array.metadata.encode_chunk_key(coords)).get(default_buffer_prototype()))
         if data is None:
             return np.full((n, *array.shape[1:]), array.fill_value, dtype=array.dtype)
-        specs = [array.metadata.get_chunk_spec(coords, _CHUNK_CONFIG, default_buffer_prototype())]
+        specs = [array.metadata.get_chunk_spec(coords, CHUNK_CONFIG, default_buffer_prototype())]
         for codec in array.metadata.codecs[:-1]:
             specs.append(codec.resolve_metadata(specs[-1]))
         for codec, spec in zip(reversed(array.metadata.codecs), reversed(specs)):

@@ -1,4 +1,4 @@
-"""``store.ChunkWriter`` stores each chunk exactly as zarr's own ``Array.__setitem__`` would, and
+"""``_sinks.ChunkWriter`` stores each chunk exactly as zarr's own ``Array.__setitem__`` would, and
 ``store.read_chunk`` reads it back."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from snapstore import store
+from snapstore import _sinks, store
 from snapstore.layout import FieldInfo
 
 def tmp_path_of(array):
@@ -27,16 +27,16 @@ DTYPES = ["uint8", "int16", "int64", "float32", "float64", "bool", "complex64"]
     dtype=st.sampled_from(DTYPES),
     row_shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
     chunk=st.integers(1, 9),
-    compressor=st.sampled_from(store.COMPRESSORS),
+    compressor=st.sampled_from(_sinks.COMPRESSORS),
     data=st.data(),
 )
 def test_write_chunk_stores_the_bytes_zarr_stores(tmp_path_factory, dtype, row_shape, chunk, compressor, data):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path_factory.mktemp("chunks")), mode="w", zarr_format=3)
     info = FieldInfo("ndarray", dtype, tuple(row_shape))
-    ours = store.create_rows_array(root, "ours", info, 3 * chunk, compressor, chunk=chunk)
-    zarrs = store.create_rows_array(root, "zarrs", info, 3 * chunk, compressor, chunk=chunk)
+    ours = _sinks.create_rows_array(root, "ours", info, 3 * chunk, compressor, chunk=chunk)
+    zarrs = _sinks.create_rows_array(root, "zarrs", info, 3 * chunk, compressor, chunk=chunk)
     block = data.draw(hnp.arrays(np.dtype(dtype), (chunk, *row_shape)))
-    writer = store.ChunkWriter(compressor)
+    writer = _sinks.ChunkWriter(compressor)
     writer.write(ours, 1, block)
     block[...] = block[::-1]  # reusable once write returns: the encoded bytes are the writer's own
     writer.wait()
@@ -51,8 +51,8 @@ def test_write_chunk_stores_the_bytes_zarr_stores(tmp_path_factory, dtype, row_s
 def test_write_chunk_strings(tmp_path):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
     info = FieldInfo("ndarray", "str", ())
-    array = store.create_rows_array(root, "s", info, 4, "lz4", chunk=2)
-    writer = store.ChunkWriter("lz4")
+    array = _sinks.create_rows_array(root, "s", info, 4, "lz4", chunk=2)
+    writer = _sinks.ChunkWriter("lz4")
     writer.write(array, 1, np.array(["ünïcode", ""], dtype=np.dtypes.StringDType()))
     writer.wait()
     writer.close()
@@ -62,9 +62,9 @@ def test_write_chunk_strings(tmp_path):
 
 def test_a_failed_store_write_is_raised_by_wait(tmp_path):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path / "s"), mode="w", zarr_format=3)
-    array = store.create_rows_array(root, "a", FieldInfo("ndarray", "int64", ()), 4, "lz4", chunk=2)
+    array = _sinks.create_rows_array(root, "a", FieldInfo("ndarray", "int64", ()), 4, "lz4", chunk=2)
     (tmp_path / "s" / "a" / "c").write_text("a file where the chunk folder goes")
-    writer = store.ChunkWriter("lz4")
+    writer = _sinks.ChunkWriter("lz4")
     writer.write(array, 0, np.arange(2))
     with pytest.raises(OSError):
         writer.wait()

@@ -25,7 +25,7 @@ from snapstore import config, export
 from snapstore.cli_export import add_export_parser
 
 N, BATCH, EPOCHS = 1000, 24, 2
-CHUNK_ROWS = 128  # 2 MiB / 12 KiB rows, see store.chunk_rows
+CHUNK_ROWS = 128  # 2 MiB / 12 KiB rows, see _sinks.chunk_rows
 
 
 def _importorskip_tf():

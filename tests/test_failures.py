@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import FailAt, Indexed, pad_collate
+from helpers import FailAt, Indexed
 from torch.utils.data import DataLoader
 
 import snapstore
