@@ -194,7 +194,8 @@ def _stack_uniform(samples: list[Any]) -> tuple[Structure, dict[str, Any]] | Non
                 return True
             return False
         if kind == "none":
-            return obj is None and not containers.append((keys, type(None), 0))
+            containers.append((keys, type(None), 0))
+            return obj is None
         if kind not in ("tuple", "list", "dict", "namedtuple"):
             return False
         containers.append((keys, type(obj), len(obj)))

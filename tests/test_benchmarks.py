@@ -68,3 +68,13 @@ def test_whole_table_at_tiny_size(tmp_path: Path) -> None:
     assert "## Recording overhead" in text and "## Writers" in text and "## Reading back" in text
     assert {nw for _, nw in results["overhead"]} == {0, 2}
     assert "snapstore" in results["writers"] and "snapstore" in results["readers"]
+
+
+def test_floors_at_tiny_size() -> None:
+    import bench_limits
+
+    out = io.StringIO()
+    results = bench_limits.run(full=False, repeat=1, out=out)
+    assert set(results["loop"]) == {"bare", "lz4", "none", "stream", "compute"}
+    assert all(v > 0 for v in results["loop"].values()) and results["disk MB/s"] > 0
+    assert "minimal recorder" in out.getvalue() and "one cold row" in out.getvalue()

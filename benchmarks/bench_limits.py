@@ -1,0 +1,211 @@
+"""What this machine allows, whatever the recorder: the floors behind issue 6's targets.
+
+    python benchmarks/bench_limits.py --full    # CIFAR-like epoch (50,000 samples), a few minutes
+    python benchmarks/bench_limits.py           # tiny, seconds (tests/test_benchmarks.py runs it)
+
+No snapstore code runs here. Each line measures the least work any recorder
+of the same bytes must do, done with the plainest tools, so a snapstore
+figure can be read against the floor it cannot go below on this machine:
+
+* recording floor: the CIFAR-like training loop (``num_workers=0``, as in
+  ``bench_record.py``) while the training thread copies each batch and its raw
+  crops (the copy any safe recorder makes) and a background thread LZ4-encodes
+  them (Blosc-LZ4, as snapstore's default), checksums them (crc32c) and
+  appends them to one file: the loop's samples/s over the bare loop's.
+  Repeated with no compression (crc32c and the write only).
+* interference: the same loop's slowdown while a background thread streams
+  memory (``np.copyto`` of 3 MB blocks) vs. computes in its cache (``np.sort`` of
+  1.6 MB): on a 2-core machine whose cores share the memory system, moving
+  bytes next to the training thread slows it down even with the GIL released.
+* disk: buffered write of 1 GB in 2 MiB files (no fsync), MB/s.
+* replay ceiling: Blosc-LZ4 decode + crc32c of the epoch's float images in
+  2 MiB chunks on one core, vs. ``np.copyto`` (what an uncompressed mmap read costs).
+* random-read floor: one 2 MiB chunk file read after eviction from the page cache and
+  decoded, vs. one 12 KB row read from an evicted ``.npy`` through mmap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import google_crc32c
+import numcodecs
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import workloads  # noqa: E402
+from bench_record import Evictor, train_loop  # noqa: E402
+
+CHUNK = 2 * 1024 * 1024
+LZ4 = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
+
+
+def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool | None) -> float:
+    """Seconds for one epoch: bare (``compress=None``) or with the minimal recorder."""
+    loader = workloads.make_loader(ds, w, 0)
+    if compress is None:
+        t = time.perf_counter()
+        train_loop(loader)
+        return time.perf_counter() - t
+    jobs: queue.Queue = queue.Queue(maxsize=8)
+
+    def store() -> None:
+        with open(os.path.join(tmp, "floor.bin"), "wb") as f:
+            while (blocks := jobs.get()) is not None:
+                for b in blocks:
+                    data = LZ4.encode(b) if compress else b
+                    f.write(data)
+                    f.write(google_crc32c.value(data).to_bytes(4, "little"))
+
+    writer = threading.Thread(target=store)
+    t = time.perf_counter()
+    writer.start()
+    for images, labels, index in loader:
+        images.sum()
+        jobs.put([images.numpy().copy(), ds.crops[index.numpy()], labels.numpy().copy(), index.numpy().copy()])
+    jobs.put(None)
+    writer.join()
+    return time.perf_counter() - t
+
+
+def interference(ds: Any, w: workloads.Workload, kind: str) -> float:
+    """Seconds of the bare loop while a background thread streams memory (``"stream"``) or computes in its cache."""
+    stop = threading.Event()
+    src, dst = np.ones(3 * 2**20, np.uint8), np.empty(3 * 2**20, np.uint8)
+    small = np.random.default_rng(0).random(200_000)
+
+    def background() -> None:
+        while not stop.is_set():
+            if kind == "stream":
+                np.copyto(dst, src)
+            else:
+                np.sort(small)
+
+    th = threading.Thread(target=background)
+    th.start()
+    try:
+        return recording_floor(ds, w, "", None)
+    finally:
+        stop.set()
+        th.join()
+
+
+def disk_write(tmp: str, total: int) -> float:
+    """MB/s of buffered 2 MiB file writes (temp file + rename, as zarr's LocalStore), no fsync."""
+    block = np.random.default_rng(0).integers(0, 255, CHUNK, dtype=np.uint8)
+    t = time.perf_counter()
+    for i in range(total // CHUNK):
+        path = os.path.join(tmp, f"d{i}")
+        with open(path + ".partial", "wb") as f:
+            f.write(block)
+        os.replace(path + ".partial", path)
+    return total / (time.perf_counter() - t) / 1e6
+
+
+def replay_ceiling(images: np.ndarray) -> dict[str, float]:
+    """Samples/s of decoding + checksumming the images in 2 MiB chunks on one core, and of copying them."""
+    rows = max(1, CHUNK // images[0].nbytes)
+    chunks = [LZ4.encode(np.ascontiguousarray(images[lo : lo + rows])) for lo in range(0, len(images), rows)]
+    out = np.empty(rows * images[0].size, dtype=images.dtype)
+    t = time.perf_counter()
+    for c in chunks:
+        google_crc32c.value(c)
+        LZ4.decode(c, out=out)
+    decode = len(images) / (time.perf_counter() - t)
+    dst = np.zeros_like(images)  # pages touched once, as a reader's reused buffer
+    t = time.perf_counter()
+    np.copyto(dst, images)
+    return {"lz4 decode + crc32c": decode, "memcpy": len(images) / (time.perf_counter() - t)}
+
+
+def random_floor(images: np.ndarray, tmp: str, reads: int) -> dict[str, float]:
+    """Median µs of one cold row: a whole evicted 2 MiB LZ4 chunk read and decoded, or one evicted .npy row via mmap."""
+    rows = max(1, CHUNK // images[0].nbytes)
+    chunk_files = []
+    for k, lo in enumerate(range(0, len(images), rows)):
+        chunk_files.append(os.path.join(tmp, f"chunk{k}"))
+        with open(chunk_files[-1], "wb") as f:
+            f.write(LZ4.encode(np.ascontiguousarray(images[lo : lo + rows])))
+    npy = os.path.join(tmp, "images.npy")
+    np.save(npy, images)
+    evict = Evictor([*chunk_files, npy])
+    out = np.empty(rows * images[0].size, dtype=images.dtype)
+    chunked, mapped = [], []
+    for i in np.random.default_rng(3).integers(0, len(images), reads).tolist():
+        evict()
+        t = time.perf_counter()
+        with open(chunk_files[i // rows], "rb") as f:
+            LZ4.decode(f.read(), out=out)
+        chunked.append(time.perf_counter() - t)
+        evict()
+        t = time.perf_counter()
+        np.array(np.load(npy, mmap_mode="r")[i])
+        mapped.append(time.perf_counter() - t)
+    evict.close()
+    return {"2 MiB LZ4 chunk": statistics.median(chunked) * 1e6, ".npy row (mmap)": statistics.median(mapped) * 1e6}
+
+
+def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) -> dict[str, Any]:
+    """Measure every floor and print them; returns the numbers."""
+    repeat = repeat or (3 if full else 1)
+    w = workloads.workloads(full)["cifar"]
+    ds = workloads.make_dataset(w)
+    tmp = tempfile.mkdtemp(prefix="snapstore-limits-")
+    p = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loop: dict[str, list[float]] = {k: [] for k in ("bare", "lz4", "none", "stream", "compute")}
+        for _ in range(repeat):
+            loop["bare"].append(recording_floor(ds, w, tmp, None))
+            loop["lz4"].append(recording_floor(ds, w, tmp, True))
+            loop["none"].append(recording_floor(ds, w, tmp, False))
+            loop["stream"].append(interference(ds, w, "stream"))
+            loop["compute"].append(interference(ds, w, "compute"))
+        med = {k: statistics.median(v) for k, v in loop.items()}
+        images = np.stack([ds[i][0].numpy() for i in range(w.samples)])
+        results = {
+            "loop": med,
+            "disk MB/s": disk_write(tmp, (1 << 30) if full else 64 * CHUNK),
+            "replay": replay_ceiling(images),
+            "random": random_floor(images, tmp, 200 if full else 10),
+        }
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(tmp, ignore_errors=True)
+    bare = med["bare"]
+    p(f"# Floors on this machine ({os.cpu_count()} CPUs; {w.samples:,} CIFAR-like samples, num_workers=0, medians of {repeat})\n")
+    p("| line | samples/s | ratio to the bare loop |\n| --- | --- | --- |")
+    for key, label in [("bare", "bare loop"), ("lz4", "loop + copy + background LZ4 + crc32c + write (minimal recorder)"),
+                       ("none", "loop + copy + background crc32c + write, no compression"),
+                       ("stream", "loop + a background thread streaming memory (np.copyto)"),
+                       ("compute", "loop + a background thread computing in its cache (np.sort)")]:
+        p(f"| {label} | {w.samples / med[key]:,.0f} | {bare / med[key]:.3f} |")
+    p(f"\nbuffered disk write, 2 MiB files, no fsync: {results['disk MB/s']:,.0f} MB/s")
+    p("replay ceiling, float32 images, one core: " + ", ".join(f"{k} {v:,.0f} samples/s" for k, v in results["replay"].items()))
+    p("one cold row: " + ", ".join(f"{k} {v:,.1f} µs" for k, v in results["random"].items()))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true", help="the full CIFAR-like epoch (50,000 samples)")
+    ap.add_argument("--repeat", type=int, help="runs per loop measurement (default 3 full, 1 tiny)")
+    args = ap.parse_args(argv)
+    run(args.full, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
