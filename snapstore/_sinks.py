@@ -6,7 +6,6 @@ the training thread. Used by the recorder's background writer only.
 from __future__ import annotations
 
 import collections
-import functools
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -101,12 +100,7 @@ class ChunkWriter:
             spec = codec.resolve_metadata(spec)
         while len(self._pending) >= self._in_flight:
             self._pending.popleft().result()
-        where = array.store_path / array.metadata.encode_chunk_key(coords)
-        if isinstance(where.store, zarr.storage.LocalStore):  # zarr's own temp-file-and-rename write, minus the
-            store = functools.partial(_local_put, where.store.root / where.path, data)  # hops through its event loop
-        else:
-            store = functools.partial(sync, where.set(data))
-        self._pending.append(self._pool.submit(store))
+        self._pending.append(self._pool.submit(_store_chunk, array.store_path / array.metadata.encode_chunk_key(coords), data))
 
     def wait(self) -> None:
         """Return once every chunk queued so far is stored; raise the first failure."""
@@ -116,6 +110,15 @@ class ChunkWriter:
     def close(self) -> None:
         """Stop the storing thread after the queued writes (their failures are not raised: see ``wait``)."""
         self._pool.shutdown(wait=True)
+
+
+def _store_chunk(where: Any, data: Any) -> None:
+    """Write one chunk key (a ``StorePath``): zarr's own temp-file-and-rename write on a local
+    disk, minus the hops through its event loop; one PUT on an object store."""
+    if isinstance(where.store, zarr.storage.LocalStore):
+        _local_put(where.store.root / where.path, data)
+    else:
+        sync(where.set(data))
 
 
 class RowSink:
