@@ -60,7 +60,7 @@ class DivideBySum:
         return x / x.sum()
 
 
-class PositiveDigits(Dataset):
+class PositiveDigits(Digits):
     """Digits scaled to 0.05..1.05, except ``blank`` indices, centred so their pixels sum to almost zero."""
 
     def __init__(self, blank: tuple[int, ...], transform: Any = None, n: int = 300) -> None:
@@ -71,15 +71,6 @@ class PositiveDigits(Dataset):
         self.images = torch.from_numpy(x[:, None].copy())
         self.labels = labels[:n]
         self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.images[i]
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, int(self.labels[i])
 
 
 class WithNaN(Dataset):
