@@ -20,7 +20,7 @@ from . import config, layout
 from .errors import UsageError
 from .layout import FieldInfo
 from .schema import Ragged, numpy_dtype
-from .store import CHUNK_CONFIG, Array, Group, child, require_group
+from .store import Array, Group, child, chunk_codecs, require_group
 
 COMPRESSORS = ("lz4", "zstd", "none")
 
@@ -92,12 +92,10 @@ class ChunkWriter:
 
     def write(self, array: Array, c: int, block: np.ndarray) -> None:
         """Encode ``block``, shape ``array.chunks``, now; store it as row-chunk ``c`` of ``array`` soon."""
-        coords = (c,) + (0,) * (array.ndim - 1)
-        spec = array.metadata.get_chunk_spec(coords, CHUNK_CONFIG, default_buffer_prototype())
+        coords, codecs = chunk_codecs(array, c)
         data: Any = default_buffer_prototype().nd_buffer.from_numpy_array(block)
-        for codec in array.metadata.codecs:
+        for codec, spec in codecs:
             data = codec._encode_sync(data, spec)
-            spec = codec.resolve_metadata(spec)
         while len(self._pending) >= self._in_flight:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(_store_chunk, array.store_path / array.metadata.encode_chunk_key(coords), data))

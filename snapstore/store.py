@@ -340,8 +340,20 @@ class RaggedReader:
         return [self.read(int(p), int(p) + 1)[0] for p in positions]
 
 
-#: How snapstore encodes and decodes whole chunks itself (see ``read_chunk`` and ``_sinks.ChunkWriter``).
-CHUNK_CONFIG = ArrayConfig(order="C", write_empty_chunks=True)
+_CHUNK_CONFIG = ArrayConfig(order="C", write_empty_chunks=True)
+
+
+def chunk_codecs(array: Array, c: int) -> tuple[tuple[int, ...], list[tuple[Any, Any]]]:
+    """Row-chunk ``c``'s coordinates and ``(codec, spec of its input)`` for each of ``array``'s codecs in
+    encoding order: what snapstore needs to encode (``_sinks.ChunkWriter``) or decode (``read_chunk``) a
+    whole chunk itself, as zarr's codec pipeline does."""
+    coords = (c,) + (0,) * (array.ndim - 1)
+    spec = array.metadata.get_chunk_spec(coords, _CHUNK_CONFIG, default_buffer_prototype())
+    out = []
+    for codec in array.metadata.codecs:
+        out.append((codec, spec))
+        spec = codec.resolve_metadata(spec)
+    return coords, out
 
 
 def read_chunk(array: Array, c: int) -> np.ndarray:
@@ -360,15 +372,12 @@ def read_chunk(array: Array, c: int) -> np.ndarray:
     rows = array.chunks[0]
     lo = c * rows
     n = min(rows, array.shape[0] - lo)
-    coords = (c,) + (0,) * (array.ndim - 1)
+    coords, codecs = chunk_codecs(array, c)
     try:
         data: Any = sync((array.store_path / array.metadata.encode_chunk_key(coords)).get(default_buffer_prototype()))
         if data is None:
             return np.full((n, *array.shape[1:]), array.fill_value, dtype=array.dtype)
-        specs = [array.metadata.get_chunk_spec(coords, CHUNK_CONFIG, default_buffer_prototype())]
-        for codec in array.metadata.codecs[:-1]:
-            specs.append(codec.resolve_metadata(specs[-1]))
-        for codec, spec in zip(reversed(array.metadata.codecs), reversed(specs)):
+        for codec, spec in reversed(codecs):
             data = codec._decode_sync(data, spec)
         block = data.as_numpy_array()[:n]
     except (ValueError, RuntimeError, OSError, TypeError, IndexError) as e:
