@@ -111,11 +111,11 @@ class BackgroundWriter:
 
         ``release``: bytes given back to the budget once ``job`` has returned (see ``reserve``).
         """
-        item = None if job is _STOP else (job, release)
+        item = job if job is _STOP else (job, release)
         while True:
             self.check()
             try:
-                self._queue.put(_STOP if item is None else item, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return
             except queue.Full:
                 if not self._thread.is_alive():

@@ -221,12 +221,12 @@ def _stack_uniform(samples: list[Any]) -> tuple[Structure, dict[str, Any]] | Non
         return None
     fields: dict[str, Any] = {}
     for path, keys, sig in leaves:
-        info, _ = first[path]
+        info, first_rows = first[path]
         values = [_get(s, keys) for s in samples]
         if type(sig) is tuple:
             block = torch.stack(values).numpy() if sig[0] is torch.Tensor else np.stack(values)
         else:
-            block = np.array(values, dtype=first[path][1].dtype)
+            block = np.array(values, dtype=first_rows.dtype)
         fields[path] = (info, block)
     return structure, fields
 
