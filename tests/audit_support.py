@@ -5,7 +5,6 @@ Module level, so DataLoader workers can pickle the datasets.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +169,8 @@ def record(path: Path, loader: DataLoader, epochs: int = 2, *, name: str = "trai
 
 
 def chunk_file(snapshot: Path, array: str, chunk: int) -> Path:
-    """The file holding row-chunk ``chunk`` of ``array`` (path inside the snapshot), found under its ``c/`` dir."""
-    base = Path(snapshot) / array / "c" / str(chunk)
-    if base.is_file():
-        return base
-    files = [Path(root) / f for root, _, names in os.walk(base) for f in names]
+    """The file holding row-chunk ``chunk`` of ``array`` (path inside the snapshot): ``c.<chunk>.0...``."""
+    files = list((Path(snapshot) / array).glob(f"c.{chunk}")) + list((Path(snapshot) / array).glob(f"c.{chunk}.*"))
     assert len(files) == 1, files
     return files[0]
 

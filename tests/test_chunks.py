@@ -63,7 +63,7 @@ def test_write_chunk_strings(tmp_path):
 def test_a_failed_store_write_is_raised_by_wait(tmp_path):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path / "s"), mode="w", zarr_format=3)
     array = _sinks.create_rows_array(root, "a", FieldInfo("ndarray", "int64", ()), 4, "lz4", chunk=2)
-    (tmp_path / "s" / "a" / "c").write_text("a file where the chunk folder goes")
+    (tmp_path / "s" / "a" / "c.0").mkdir()  # a folder where the chunk file goes
     writer = _sinks.ChunkWriter("lz4")
     writer.write(array, 0, np.arange(2))
     with pytest.raises(OSError):

@@ -149,7 +149,7 @@ def test_damage_on_s3_is_a_corruption_error(s3):
     url = f"s3://{BUCKET}/damaged.snap"
     record(url, s3, epochs=1)
     fs = fsspec.filesystem("s3", skip_instance_cache=True, **s3)
-    fs.rm(f"{BUCKET}/damaged.snap/train/epochs/0/order/c/0")  # a committed chunk lost
+    fs.rm(f"{BUCKET}/damaged.snap/train/epochs/0/order/c.0")  # a committed chunk lost
     with pytest.raises(snapstore.CorruptionError, match="missing from the store"):
         snapstore.open(url, storage_options=s3)["train"].epoch(0).order
     fs.pipe_file(f"{BUCKET}/damaged.snap/train/epochs/0/zarr.json", b'{"zarr_format": 3, "node_type": "gr')  # truncated

@@ -164,7 +164,7 @@ def test_a_pickle_in_array_attributes_is_inert(setup):
 def test_an_object_dtype_array_is_refused(setup, data_type):
     snap, marker, payload = setup
     edit(snap / "train/epochs/0/seen/label/zarr.json", lambda d: d.update(data_type=data_type))
-    (snap / "train/epochs/0/seen/label/c/0").write_bytes(payload)
+    (snap / "train/epochs/0/seen/label/c.0").write_bytes(payload)
     assert refused_or_inert(snap, marker) == "refused"
 
 
@@ -172,7 +172,7 @@ def test_an_object_dtype_array_is_refused(setup, data_type):
 def test_a_pickle_codec_is_refused(setup, codec):
     snap, marker, payload = setup
     edit(snap / "train/epochs/0/seen/label/zarr.json", lambda d: d["codecs"].insert(1, {"name": codec, "configuration": {}}))
-    (snap / "train/epochs/0/seen/label/c/0").write_bytes(payload)
+    (snap / "train/epochs/0/seen/label/c.0").write_bytes(payload)
     assert refused_or_inert(snap, marker) == "refused"
 
 
