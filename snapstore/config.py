@@ -17,24 +17,32 @@ DEFAULT_FLUSH_INTERVAL = 2.0
 #: blocks (back-pressure).
 DEFAULT_QUEUE_BATCHES = 16
 
+#: Most bytes of a batch's rows the training thread copies and hands over at a
+#: time: larger batches (an ImageNet-sized batch of 256 is ~190 MB) go over in
+#: row slices, each waiting for room in ``DEFAULT_QUEUE_BYTES``, so the
+#: recorder never holds a whole copy of a large batch.
+HAND_OFF_BYTES = 16 * 1024 * 1024
+
 #: Bytes of handed-over rows that may wait for the background writer before
-#: the training loop blocks, whatever the batch size (one batch is always
+#: the training loop blocks, whatever the batch size (one hand-off is always
 #: admitted when nothing waits).
 #:
 #: Memory the recorder adds to a training process is bounded, independent of
 #: the dataset size, by about::
 #:
-#:     max(DEFAULT_QUEUE_BYTES, one batch) + DEFAULT_QUEUE_BYTES
+#:     max(DEFAULT_QUEUE_BYTES, one hand-off) + DEFAULT_QUEUE_BYTES
 #:         + fields * chunk bytes * 3 + CHUNKS_IN_FLIGHT * chunk bytes
 #:
-#: where "one batch" is the bytes of one yielded batch plus its new raw
-#: samples, the second ``DEFAULT_QUEUE_BYTES`` caps the free-list of recycled
-#: copy buffers (at most two per field shape), "fields" counts every recorded array (seen, raw, order,
-#: outputs, ...) and "chunk bytes" is at most ``DEFAULT_CHUNK_BYTES`` rounded
-#: up to a row (one staging buffer per array, plus the encoder's transient
-#: copies of the chunk being written, plus encoded chunks waiting to be
-#: stored). CIFAR-like (batch 256 of 15 KB samples): at most
-#: 64 + 64 + 6 x 2 x 3 + 8 x 2 MiB, about 190 MB.
+#: where "one hand-off" is a slice of at most ``HAND_OFF_BYTES`` of a batch,
+#: the new raw samples of one batch, or a whole batch whose rows are ragged or
+#: on a GPU; the second ``DEFAULT_QUEUE_BYTES`` caps the free-list of recycled
+#: copy buffers (at most two per field shape), "fields" counts every recorded
+#: array (seen, raw, order, outputs, ...) and "chunk bytes" is at most
+#: ``DEFAULT_CHUNK_BYTES`` rounded up to a row (one staging buffer per array,
+#: plus the encoder's transient copies of the chunk being written, plus
+#: encoded chunks waiting to be stored). CIFAR-like (batch 256 of 15 KB
+#: samples): at most 64 + 64 + 6 x 2 x 3 + 8 x 2 MiB, about 190 MB; the
+#: ImageNet-like batches of 190 MB add no more than their raw samples (38 MB).
 DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 
 #: Encoded chunks that may wait for the store while the writer encodes the next

@@ -71,20 +71,23 @@ class _EpochSink:
         self.batches = 0
         store.write_attr(group, layout.EPOCH_ATTR, manifest.to_dict())
 
-    def put_rows(self, pos: int, tags: Tags, fields: dict[str, tuple[FieldInfo, Any]]) -> None:
+    def put_rows(self, pos: int, tags: Tags, fields: dict[str, tuple[FieldInfo, Any]], batch: int | None) -> None:
+        """Stage rows ``pos ..`` of the epoch: a whole batch, or a slice of one. ``batch`` (the
+        batch's row count) marks the slice that ends a batch; commits cover whole batches only."""
         n = len(tags.indices)
         self.positions.put(pos, layout.ORDER, _INT64, tags.indices)
         self.positions.put(pos, layout.WORKER, _INT32, np.full(n, tags.worker, dtype=np.int32))
         if tags.base is not None:
             self.positions.put(pos, layout.BASE_DATASET, _INT32, tags.base[0])
             self.positions.put(pos, layout.BASE_ORDER, _INT64, tags.base[1])
-        self.batch_sizes.put(self.batches, layout.BATCH_SIZES, _INT64, np.array([n], dtype=np.int64))
         for path, (info, rows) in fields.items():
             self.seen.put(pos, path, info, host_rows(rows))
         for path, (info, rows) in hashing.hash_fields(fields).items():
             self.hashes.put(pos, layout.seen_hashes_path(path), info, rows)
-        self.rows = pos + n
-        self.batches += 1
+        if batch is not None:
+            self.batch_sizes.put(self.batches, layout.BATCH_SIZES, _INT64, np.array([batch], dtype=np.int64))
+            self.batches += 1
+            self.rows = pos + n
 
     def put_outputs(self, pos: int, outputs: dict[str, tuple[FieldInfo, np.ndarray]]) -> None:
         for name, (info, rows) in outputs.items():
@@ -172,14 +175,15 @@ class Recorder:
 
     Notes
     -----
-    Recording runs off the training thread: each batch is copied into a
-    recycled buffer and queued for one background writer thread, which
+    Recording runs off the training thread: each batch is copied into
+    recycled buffers (in row slices of at most ``config.HAND_OFF_BYTES``)
+    and queued for one background writer thread, which
     hashes rows, stages them into whole chunks, compresses and checksums
     them; a second thread stores the encoded chunks while the next are
     encoded, and the epoch manifest is committed after the data every
     ``config.DEFAULT_FLUSH_INTERVAL`` (2 s). The memory it adds is bounded,
     whatever the dataset size, by about ``max(DEFAULT_QUEUE_BYTES, one
-    batch) + DEFAULT_QUEUE_BYTES of recycled buffers + arrays x chunk bytes x 3
+    hand-off) + DEFAULT_QUEUE_BYTES of recycled buffers + arrays x chunk bytes x 3
     + CHUNKS_IN_FLIGHT x chunk bytes`` (see ``config.DEFAULT_QUEUE_BYTES``);
     the training loop blocks (back-pressure) while more than
     ``DEFAULT_QUEUE_BYTES`` wait.
@@ -559,16 +563,18 @@ class RecordingLoader:
                 raise SchemaError(f"{where}: collate_fn returned {len(rows)} rows in field {path!r} for {n} samples; "
                                   "snapstore records one row per fetched sample")
         infos = self._reconcile("structure", "fields", structure, fields, where)
-        held = sum(_nbytes(rows) for _, rows in fields.values()) + (
-            sum(_nbytes(rows) for _, rows in tags.raw.fields.values()) if tags.raw is not None else 0)
-        if not self._recorder._reserve(held):
-            return
-        buffers = self._recorder._buffers
-        copies = {p: (infos[p], buffers.copy(rows)) for p, (_, rows) in fields.items()}
         if tags.raw is not None:
             self._hand_off_raw(tags.raw)
-        self._recorder._submit(_put_rows, cursor, cursor.rows, Tags(tags.indices, None, tags.worker, tags.base), copies, buffers,
-                               release=held)
+        buffers = self._recorder._buffers
+        for lo, hi in _slices(n, [rows for _, rows in fields.values()]):
+            part = {p: rows if hi - lo == n else rows[lo:hi] for p, (_, rows) in fields.items()}
+            held = sum(_nbytes(rows) for rows in part.values())
+            if not self._recorder._reserve(held):
+                return
+            copies = {p: (infos[p], buffers.copy(rows)) for p, rows in part.items()}
+            base = None if tags.base is None else (tags.base[0][lo:hi], tags.base[1][lo:hi])
+            self._recorder._submit(_put_rows, cursor, cursor.rows + lo, Tags(tags.indices[lo:hi], None, tags.worker, base), copies,
+                                   buffers, n if hi == n else None, release=held)
         cursor.current = (cursor.rows, n)
         cursor.rows += n
         cursor.batches += 1
@@ -606,8 +612,13 @@ class RecordingLoader:
             self._recorded[block.indices[keep]] = True
         if len(keep) == 0:
             return
-        rows = {p: (infos[p], r.take(keep) if isinstance(r, Ragged) else r[keep]) for p, (_, r) in block.fields.items()}
-        self._recorder._submit(self._raw_sink.put, RawBlock(block.indices[keep], block.structure, rows))
+        if len(keep) == len(block.indices):  # every sample is new: the block is already the recorder's own
+            rows = {p: (infos[p], r) for p, (_, r) in block.fields.items()}
+        else:
+            rows = {p: (infos[p], r.take(keep) if isinstance(r, Ragged) else r[keep]) for p, (_, r) in block.fields.items()}
+        held = sum(_nbytes(r) for _, r in rows.values())
+        if self._recorder._reserve(held):
+            self._recorder._submit(self._raw_sink.put, RawBlock(block.indices[keep], block.structure, rows), release=held)
 
     def _update_manifest(self, **changes: Any) -> None:
         self._manifest = StreamManifest.from_dict({**self._manifest.to_dict(), **{k: _jsonable(v) for k, v in changes.items()}})
@@ -688,8 +699,8 @@ def _continuation(epochs: store.Group, numbers: list[int], name: str) -> tuple[i
     return numbers[-1], 1 + max(done, default=0)
 
 
-def _put_rows(cursor: _EpochCursor, pos: int, tags: Tags, fields: dict, buffers: _Buffers) -> None:
-    cursor.sink.put_rows(pos, tags, fields)  # copies the rows into the chunk staging buffers
+def _put_rows(cursor: _EpochCursor, pos: int, tags: Tags, fields: dict, buffers: _Buffers, batch: int | None) -> None:
+    cursor.sink.put_rows(pos, tags, fields, batch)  # copies the rows into the chunk staging buffers
     buffers.give_back(rows for _, rows in fields.values())
 
 
@@ -702,8 +713,7 @@ class _Buffers:
     buffer back after its rows are staged into chunk buffers (nothing keeps a
     reference to it then); at most ``keep`` free buffers per (shape, dtype)
     are kept, and never more than ``max_bytes`` in all, so this adds at most
-    ``max_bytes`` to the memory bound in ``config.DEFAULT_QUEUE_BYTES`` (an
-    ImageNet-sized batch of 150 MB is simply not kept). Small or non-numeric
+    ``max_bytes`` to the memory bound in ``config.DEFAULT_QUEUE_BYTES``. Small or non-numeric
     blocks are copied plainly.
     """
 
@@ -750,6 +760,16 @@ class _Buffers:
 
 def _put_outputs(cursor: _EpochCursor, pos: int, outputs: dict) -> None:
     cursor.sink.put_outputs(pos, outputs)
+
+
+def _slices(n: int, blocks: list[Any]) -> list[tuple[int, int]]:
+    """Row ranges ``[lo, hi)`` a batch of ``n`` rows is handed over in: each at most
+    ``config.HAND_OFF_BYTES`` of ``blocks`` (one range when a block is not a plain array)."""
+    if not all(isinstance(b, np.ndarray) for b in blocks):
+        return [(0, n)]
+    row_bytes = sum(b.nbytes for b in blocks) // max(n, 1)
+    step = max(1, config.HAND_OFF_BYTES // max(row_bytes, 1))
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)] or [(0, 0)]
 
 
 def _nbytes(rows: Any) -> int:

@@ -7,12 +7,14 @@ snapshot and compares it bitwise with what the loop saw.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import zarr
 from helpers import (
     Batched,
     Indexed,
@@ -363,3 +365,36 @@ def test_provenance(snap_path):
     g2 = torch.Generator()
     g2.set_state(state)
     assert list(RandomSampler(range(10), generator=g2)) == ep.order.tolist()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_batch_larger_than_one_hand_off_goes_over_in_slices(snap_path, monkeypatch, num_workers):
+    # an Indexed row is 200 bytes (float32 3x4x4 image + int64 index): slices of 2 rows
+    monkeypatch.setattr(snapstore.config, "HAND_OFF_BYTES", 450)
+    stream, seen = run(lambda: DataLoader(Indexed(23, augment=True), batch_size=5, shuffle=True, num_workers=num_workers), snap_path)
+    assert stream.epoch(1).batch_sizes.tolist() == [5, 5, 5, 5, 3]
+    for i in (0, 11, 22):
+        same(stream.raw[i][0], Indexed(23)[i][0])
+    assert snapstore.audit(snap_path).findings == []  # row hashes agree with the rows
+
+
+def test_commits_cover_whole_batches_when_batches_go_over_in_slices(snap_path, monkeypatch):
+    monkeypatch.setattr(snapstore.config, "HAND_OFF_BYTES", 450)
+    monkeypatch.setattr(snapstore.config, "DEFAULT_FLUSH_INTERVAL", 0.0)  # a commit after every slice
+    commits = []
+    real_set = zarr.storage.LocalStore.set
+
+    async def watch(self, key, value):
+        if key == "train/epochs/0/zarr.json":
+            manifest = json.loads(value.to_bytes())["attributes"].get("epoch")
+            if manifest is not None:
+                commits.append((manifest["rows"], manifest["batches"]))
+        await real_set(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", watch)
+    with snapstore.record(DataLoader(Indexed(23), batch_size=5), snap_path) as stream:
+        for _ in stream:
+            pass
+    assert len(commits) > 10
+    assert all(rows == min(23, 5 * batches) for rows, batches in commits), commits
+    assert commits[-1] == (23, 5)
