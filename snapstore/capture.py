@@ -30,11 +30,38 @@ TRANSFORM_ATTRS = ("transform", "transforms", "target_transform")
 
 
 class RawBlock(NamedTuple):
-    """Raw samples of one batch: ``indices`` (int64, (n,)) and stacked field rows."""
+    """Raw samples of one batch: ``indices`` (int64, (n,)) and stacked field rows.
+
+    Sent from a worker to the training process with its large numeric
+    arrays as tensors, which the DataLoader moves through shared memory like
+    the batch itself; sent by value, every raw block in flight was held three
+    times (serialized in the worker, in the pipe, deserialized).
+    """
 
     indices: np.ndarray
     structure: Structure
     fields: dict[str, Any]  # path -> (FieldInfo, ndarray (n, *shape))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {p: (info, _shareable(rows)) for p, (info, rows) in self.fields.items()}
+        return _rebuild_raw, (self.indices, self.structure, fields)
+
+
+SHARED_MIN_BYTES = 64 * 1024  # smaller arrays cost less sent by value than as a shared-memory segment
+
+
+def _shareable(rows: Any) -> Any:
+    if isinstance(rows, np.ndarray) and rows.dtype.kind in "biufc" and rows.nbytes >= SHARED_MIN_BYTES:
+        try:
+            return torch.from_numpy(rows)
+        except TypeError:  # a dtype torch has no tensor type for: by value
+            pass
+    return rows
+
+
+def _rebuild_raw(indices: np.ndarray, structure: Structure, fields: dict[str, Any]) -> RawBlock:
+    return RawBlock(indices, structure, {p: (info, rows.numpy() if isinstance(rows, torch.Tensor) else rows)
+                                         for p, (info, rows) in fields.items()})
 
 
 class Tags:

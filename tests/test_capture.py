@@ -1,12 +1,16 @@
-"""Raw samples stacked field by field (the fast path) equal the general per-sample flatten-and-join."""
+"""Raw samples stacked field by field (the fast path) equal the general per-sample flatten-and-join,
+and cross from a worker to the training process through shared memory."""
 
 from __future__ import annotations
 
+import pickle
 import re
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing  # noqa: F401 - registers the tensor reductions a DataLoader uses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -62,3 +66,17 @@ def test_stack_raw_equals_the_general_path(raw):
         for g, w in zip(got, want):
             assert g.dtype == w.dtype and g.shape == w.shape
             np.testing.assert_array_equal(g, w)
+
+
+def test_raw_blocks_cross_from_workers_through_shared_memory():
+    # what a DataLoader worker sends: large numeric arrays as shared-memory handles, the rest by value
+    n = 64
+    block = stack_raw(np.arange(n), [{"image": np.full((3, 64, 64), k, np.uint8), "name": f"img{k}", "id": k} for k in range(n)])
+    sent = ForkingPickler.dumps(block)
+    assert len(sent) < 16 * 1024 < block.fields["image"][1].nbytes  # 786 KB of pixels not in the message
+    back = pickle.loads(sent)
+    assert back.structure == block.structure and set(back.fields) == set(block.fields)
+    for p, (info, rows) in block.fields.items():
+        assert back.fields[p][0] == info
+        assert isinstance(back.fields[p][1], np.ndarray)
+        np.testing.assert_array_equal(back.fields[p][1], rows)
