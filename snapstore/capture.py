@@ -54,7 +54,7 @@ def _shareable(rows: Any) -> Any:
     if isinstance(rows, np.ndarray) and rows.dtype.kind in "biufc" and rows.nbytes >= SHARED_MIN_BYTES:
         try:
             return torch.from_numpy(rows)
-        except (TypeError, ValueError):  # a dtype or byte order torch has no tensor for: by value
+        except TypeError:  # a dtype torch has no tensor type for (long double): by value
             pass
     return rows
 

@@ -69,10 +69,11 @@ def test_stack_raw_equals_the_general_path(raw):
 
 
 def test_raw_blocks_cross_from_workers_through_shared_memory():
-    # what a DataLoader worker sends: large numeric arrays as shared-memory handles, the rest by value
+    # what a DataLoader worker sends: large numeric arrays as shared-memory handles, the rest (small,
+    # strings, long double: no tensor type) by value
     n = 64
     block = stack_raw(np.arange(n), [{"image": np.full((3, 64, 64), k, np.uint8), "name": f"img{k}", "id": k,
-                                      "big_endian": np.full(1024, k, ">i4")} for k in range(n)])
+                                      "long_double": np.full(8, k, np.longdouble)} for k in range(n)])
     sent = ForkingPickler.dumps(block)
     assert len(sent) < 16 * 1024 < block.fields["image"][1].nbytes  # 786 KB of pixels not in the message
     back = pickle.loads(sent)
