@@ -69,11 +69,9 @@ def test_stack_raw_equals_the_general_path(raw):
 
 
 def test_raw_blocks_cross_from_workers_through_shared_memory():
-    # what a DataLoader worker sends: large numeric arrays as shared-memory handles, the rest (small,
-    # strings, long double: no tensor type) by value
+    # what a DataLoader worker sends: large numeric arrays as shared-memory handles, the rest by value
     n = 64
-    block = stack_raw(np.arange(n), [{"image": np.full((3, 64, 64), k, np.uint8), "name": f"img{k}", "id": k,
-                                      "long_double": np.full(8, k, np.longdouble)} for k in range(n)])
+    block = stack_raw(np.arange(n), [{"image": np.full((3, 64, 64), k, np.uint8), "name": f"img{k}", "id": k} for k in range(n)])
     sent = ForkingPickler.dumps(block)
     assert len(sent) < 16 * 1024 < block.fields["image"][1].nbytes  # 786 KB of pixels not in the message
     back = pickle.loads(sent)
@@ -82,3 +80,5 @@ def test_raw_blocks_cross_from_workers_through_shared_memory():
         assert back.fields[p][0] == info
         assert isinstance(back.fields[p][1], np.ndarray)
         np.testing.assert_array_equal(back.fields[p][1], rows)
+    wide = stack_raw(np.arange(2), [np.full(8192, k, np.longdouble) for k in range(2)])  # no tensor type: by value
+    np.testing.assert_array_equal(pickle.loads(ForkingPickler.dumps(wide)).fields["0"][1], wide.fields["0"][1])
