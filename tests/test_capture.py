@@ -81,4 +81,4 @@ def test_raw_blocks_cross_from_workers_through_shared_memory():
         assert isinstance(back.fields[p][1], np.ndarray)
         np.testing.assert_array_equal(back.fields[p][1], rows)
     wide = stack_raw(np.arange(2), [np.full(8192, k, np.longdouble) for k in range(2)])  # no tensor type: by value
-    np.testing.assert_array_equal(pickle.loads(ForkingPickler.dumps(wide)).fields["0"][1], wide.fields["0"][1])
+    np.testing.assert_array_equal(pickle.loads(ForkingPickler.dumps(wide)).fields["value"][1], wide.fields["value"][1])
