@@ -206,23 +206,28 @@ def blocks(array: Any, rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
 
 
 class Cursor:
-    """Hands out increasing row ranges of one array, reading it forward in chunk-aligned blocks."""
+    """Hands out increasing row ranges of one array, decoding it forward chunk by chunk.
+
+    Each chunk is read and decoded once, directly (``store.read_chunk``): zarr's
+    ``Array.__getitem__`` ran the same codecs at about half the speed.
+    """
 
     def __init__(self, array: Any, rows: int) -> None:
         self._array, self._rows = array, rows
-        self._step = block_rows(array)
-        self._pieces: list[tuple[int, np.ndarray]] = []  # (first row, block), ascending
-        self._next = 0  # first row not read yet
+        self._chunk = int(array.chunks[0])
+        self._pieces: list[tuple[int, np.ndarray]] = []  # (first row, decoded chunk), ascending
+        self._next = 0  # first row not read yet, at a chunk boundary
 
     def take(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` (``start`` never below an earlier ``start``); a view when one block holds them."""
+        """Rows ``start:stop`` (``start`` never below an earlier ``start``); a read-only view when one chunk holds them."""
         self._pieces = [(lo, b) for lo, b in self._pieces if lo + len(b) > start]
         if self._next < start:  # skip rows nobody asks for (raw rows also recorded by an earlier rank)
-            self._next = max(self._next, start - start % int(self._array.chunks[0]))
+            self._next = max(self._next, start - start % self._chunk)
         while self._next < stop:
-            hi = min(self._next + self._step, self._rows)
-            self._pieces.append((self._next, read(self._array, self._next, hi)))
-            self._next = hi
+            block = store.read_chunk(self._array, self._next // self._chunk)[: self._rows - self._next]
+            store.check_rows_stored(self._array, self._next, block)
+            self._pieces.append((self._next, block))
+            self._next += len(block)
         parts = [b[max(start - lo, 0) : stop - lo] for lo, b in self._pieces if lo < stop]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 

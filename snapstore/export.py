@@ -328,7 +328,7 @@ class ReplayLoader:
         cursors = {(k, p): Cursor(a, part.rows) for k, part in enumerate(src.parts) for p, a in part.fixed.items()}
         for k, lo, hi in ep._batches:
             part = src.parts[k]
-            rows: dict[str, Any] = {p: cursors[k, p].take(lo, hi).copy() for p in part.fixed}
+            rows: dict[str, Any] = {p: cursors[k, p].take(lo, hi) for p in part.fixed}  # views: the batch copies them
             rows.update({p: r.read(lo, hi) for p, r in part.stored_ragged.items()})
             yield ep._build(rows, batched=batched)
 

@@ -22,6 +22,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.array_spec import ArrayConfig
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage._local import _get as _local_get
 
 from . import config, layout
 from .errors import CorruptionError, NotASnapshotError, RecordingError, SnapshotNotFoundError, UsageError
@@ -357,11 +358,13 @@ def chunk_codecs(array: Array, c: int) -> tuple[tuple[int, ...], list[tuple[Any,
 
 
 def read_chunk(array: Array, c: int) -> np.ndarray:
-    """Rows of row-chunk ``c`` of ``array`` (the last chunk may be shorter), decoded and checksum-verified.
+    """Rows of row-chunk ``c`` of ``array`` (the last chunk may be shorter), decoded and checksum-verified;
+    possibly read-only (copy before changing them).
 
-    One store read and the array's codecs in reverse (``_decode_sync``): what
-    ``array[lo:lo + rows]`` returns, without zarr's per-call machinery. A chunk
-    missing from the store reads as the fill value, as in zarr.
+    One store read (a plain file read on a local disk) and the array's codecs
+    in reverse (``_decode_sync``): what ``array[lo:lo + rows]`` returns, without
+    zarr's per-call machinery. A chunk missing from the store reads as the fill
+    value, as in zarr.
 
     Raises
     ------
@@ -374,7 +377,7 @@ def read_chunk(array: Array, c: int) -> np.ndarray:
     n = min(rows, array.shape[0] - lo)
     coords, codecs = chunk_codecs(array, c)
     try:
-        data: Any = sync((array.store_path / array.metadata.encode_chunk_key(coords)).get(default_buffer_prototype()))
+        data = _get_chunk(array.store_path / array.metadata.encode_chunk_key(coords))
         if data is None:
             return np.full((n, *array.shape[1:]), array.fill_value, dtype=array.dtype)
         for codec, spec in reversed(codecs):
@@ -385,7 +388,18 @@ def read_chunk(array: Array, c: int) -> np.ndarray:
             f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} cannot be read: {e}; "
             "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
         ) from e
-    return block if block.flags.writeable else block.copy()
+    return block
+
+
+def _get_chunk(where: Any) -> Any:
+    """The bytes of one key (a ``StorePath``), ``None`` if absent: a plain file read on a local disk
+    (zarr's own ``_get``, minus the hops through its event loop and a thread), else zarr's get."""
+    if isinstance(where.store, zarr.storage.LocalStore):
+        try:
+            return _local_get(where.store.root / where.path, default_buffer_prototype(), None)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+    return sync(where.get(default_buffer_prototype()))
 
 
 async def _list(store: Any, prefix: str) -> list[str]:
@@ -506,8 +520,7 @@ class ChunkReader:
         if len(committed) == 0:
             return
         fill = np.asarray(self.array.fill_value)
-        same = np.isnan(committed) if committed.dtype.kind in "fc" and np.isnan(fill) else committed == fill
-        if not np.all(same) or _chunk_stored(self.array, c):
+        if not _all_fill(committed[:1], fill) or not _all_fill(committed, fill) or _chunk_stored(self.array, c):
             return
         raise CorruptionError(
             f"chunk {c} (rows {c * self.rows}-{(c + 1) * self.rows - 1}) of array {self.array.path!r} of {self._where} "
@@ -548,12 +561,16 @@ def check_rows_stored(array: Array, start: int, block: np.ndarray, where: str = 
     fill = np.asarray(array.fill_value)
     for c in range(start // rows, (start + len(block) - 1) // rows + 1):
         part = block[max(0, c * rows - start) : (c + 1) * rows - start]
-        same = np.isnan(part) if part.dtype.kind in "fc" and np.isnan(fill) else part == fill
-        if np.all(same) and not _chunk_stored(array, c):
+        if _all_fill(part[:1], fill) and _all_fill(part, fill) and not _chunk_stored(array, c):  # the first row rules out most
             raise CorruptionError(
                 f"chunk {c} (rows {c * rows}-{(c + 1) * rows - 1}) of array {array.path!r} of {where} is missing from "
                 "the store although the manifest says its rows were committed; restore the file from a copy"
             )
+
+
+def _all_fill(block: np.ndarray, fill: np.ndarray) -> bool:
+    same = np.isnan(block) if block.dtype.kind in "fc" and np.isnan(fill) else block == fill
+    return bool(np.all(same))
 
 
 def _chunk_stored(array: Array, c: int) -> bool:

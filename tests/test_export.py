@@ -214,10 +214,17 @@ def test_replay_loader_yields_the_recorded_batches(stream, recorded):
 
 
 def test_replay_batches_own_their_memory(stream):
-    first = next(iter(stream.epoch(0).replay_loader()))
-    second = next(iter(stream.epoch(0).replay_loader()))
-    first[0].zero_()
-    assert not torch.equal(first[0], second[0])
+    clean = [b[0].clone() for b in stream.epoch(0).replay_loader()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when a tensor wraps read-only memory
+        for b, want in zip(stream.epoch(0).replay_loader(), clean):  # batches after a zeroed one share its chunk
+            assert torch.equal(b[0], want)
+            b[0].zero_()
+            b[1].zero_()
+    assert all(torch.equal(b[0], want) for b, want in zip(stream.epoch(0).replay_loader(), clean))
+    x = stream.epoch(0)[3][0]
+    x.zero_()
+    assert torch.equal(stream.epoch(0)[3][0], clean[0][3]) and not torch.equal(x, clean[0][3])
 
 
 def test_as_dataset_in_a_dataloader_with_workers(stream, recorded, tensors):
