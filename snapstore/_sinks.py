@@ -48,7 +48,7 @@ def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, c
     Floats are filled with NaN so unwritten rows are visible; committed row
     counts live in the manifests, never in the fill value. Chunk keys are flat
     (``c.3.0.0``): nested keys cost a directory per axis and chunk, and creating
-    those inodes was a third of the recorder's kernel time on ext4.
+    those inodes was about half of the recorder's kernel time on ext4.
     """
     dtype = numpy_dtype(info.dtype)
     fill = np.nan if dtype.kind in "fc" else None
