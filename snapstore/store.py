@@ -391,6 +391,22 @@ def read_chunk(array: Array, c: int) -> np.ndarray:
     return block
 
 
+def prefetch_chunk(array: Array, c: int) -> None:
+    """Let the OS start reading row-chunk ``c`` of ``array`` into the page cache in the background
+    (``posix_fadvise(WILLNEED)``), so a sequential reader finds it there; only on a local disk."""
+    if not isinstance(array.store, zarr.storage.LocalStore) or not hasattr(os, "posix_fadvise"):
+        return
+    key = array.metadata.encode_chunk_key((c, *(0 for _ in array.shape[1:])))
+    try:
+        fd = os.open(Path(array.store.root) / array.path / key, os.O_RDONLY)
+    except OSError:  # absent (fill values) or unreadable: the read itself will tell
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
 def _get_chunk(where: Any) -> Any:
     """The bytes of one key (a ``StorePath``), ``None`` if absent: a plain file read on a local disk
     (zarr's own ``_get``, minus the hops through its event loop and a thread), else zarr's get."""
