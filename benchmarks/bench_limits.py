@@ -7,7 +7,7 @@ No snapstore code runs here. Each line measures the least work any recorder
 of the same bytes must do, done with the plainest tools, so a snapstore
 figure can be read against the floor it cannot go below on this machine:
 
-* recording floor: the CIFAR-like training loop (``num_workers=0``, as in
+* recording floor: the CIFAR-like training loop (``num_workers`` 0 and 2, as in
   ``bench_record.py``) while the training thread copies each batch and its raw
   crops (the copy any safe recorder makes) and a background thread LZ4-encodes
   them (Blosc-LZ4, as snapstore's default), checksums them (crc32c) and
@@ -51,9 +51,9 @@ CHUNK = 2 * 1024 * 1024
 LZ4 = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
 
 
-def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool | None) -> float:
+def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool | None, workers: int = 0) -> float:
     """Seconds for one epoch: bare (``compress=None``) or with the minimal recorder."""
-    loader = workloads.make_loader(ds, w, 0)
+    loader = workloads.make_loader(ds, w, workers)
     if compress is None:
         t = time.perf_counter()
         train_loop(loader)
@@ -166,13 +166,17 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        loop: dict[str, list[float]] = {k: [] for k in ("bare", "lz4", "none", "stream", "compute")}
+        loop: dict[str, list[float]] = {k: [] for k in ("bare", "lz4", "none", "stream", "compute", "bare nw=2", "lz4 nw=2")}
         for _ in range(repeat):
             loop["bare"].append(recording_floor(ds, w, tmp, None))
             loop["lz4"].append(recording_floor(ds, w, tmp, True))
             loop["none"].append(recording_floor(ds, w, tmp, False))
             loop["stream"].append(interference(ds, w, "stream"))
             loop["compute"].append(interference(ds, w, "compute"))
+            torch.set_num_threads(threads)  # as bench_record.py: one intra-op thread only when the loop fetches too
+            loop["bare nw=2"].append(recording_floor(ds, w, tmp, None, 2))
+            loop["lz4 nw=2"].append(recording_floor(ds, w, tmp, True, 2))
+            torch.set_num_threads(1)
         med = {k: statistics.median(v) for k, v in loop.items()}
         images = np.stack([ds[i][0].numpy() for i in range(w.samples)])
         results = {
@@ -184,14 +188,15 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
-    bare = med["bare"]
-    p(f"# Floors on this machine ({os.cpu_count()} CPUs; {w.samples:,} CIFAR-like samples, num_workers=0, medians of {repeat})\n")
-    p("| line | samples/s | ratio to the bare loop |\n| --- | --- | --- |")
+    p(f"# Floors on this machine ({os.cpu_count()} CPUs; {w.samples:,} CIFAR-like samples, medians of {repeat})\n")
+    p("| line | num_workers | samples/s | ratio to the bare loop |\n| --- | --- | --- | --- |")
     for key, label in [("bare", "bare loop"), ("lz4", "loop + copy + background LZ4 + crc32c + write (minimal recorder)"),
                        ("none", "loop + copy + background crc32c + write, no compression"),
                        ("stream", "loop + a background thread streaming memory (np.copyto)"),
-                       ("compute", "loop + a background thread computing in its cache (np.sort)")]:
-        p(f"| {label} | {w.samples / med[key]:,.0f} | {bare / med[key]:.3f} |")
+                       ("compute", "loop + a background thread computing in its cache (np.sort)"),
+                       ("bare nw=2", "bare loop"), ("lz4 nw=2", "loop + minimal recorder")]:
+        workers, bare = (2, med["bare nw=2"]) if key.endswith("nw=2") else (0, med["bare"])
+        p(f"| {label} | {workers} | {w.samples / med[key]:,.0f} | {bare / med[key]:.3f} |")
     p(f"\nbuffered disk write, 2 MiB files, no fsync: {results['disk MB/s']:,.0f} MB/s")
     p("replay ceiling, float32 images, one core: " + ", ".join(f"{k} {v:,.0f} samples/s" for k, v in results["replay"].items()))
     p("one cold row: " + ", ".join(f"{k} {v:,.1f} µs" for k, v in results["random"].items()))
