@@ -19,7 +19,8 @@ What is measured (medians of ``--repeat`` runs; bare and recorded runs alternate
 * replay: every batch read back in order, cold (every file of the store evicted
   with ``posix_fadvise(DONTNEED)`` after ``fsync``, reader opened afresh) and warm;
   and the median latency of random single-sample reads, cold (files evicted and
-  no in-process cache before each read) and warm (the same sample read just before).
+  no in-process cache before each read), warm (the same sample read just before)
+  and again (its fifth read in a row: every cache of every layer warm).
 * bytes on disk (sum of file sizes) per sample, files created, and peak RSS
   (this process and its worker processes, sampled every 50 ms) above the bare loop.
 """
@@ -239,20 +240,32 @@ def measure_reader(make: Callable[[], Any], out: str, repeat: int, reads: int, s
         warm.append(time.perf_counter() - t)
         reader.close()
     ks = np.random.default_rng(seed).integers(0, samples, reads).tolist()
-    cold_lat, warm_lat = [], []
+    cold_lat, warm_lat, again_lat = [], [], []
     for k in ks:
         evict()
         reader = make()
-        t = time.perf_counter()
-        reader.sample(k)
-        cold_lat.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        reader.sample(k)
-        warm_lat.append(time.perf_counter() - t)
+        lat = _latencies(lambda: reader.sample(k), AGAIN)  # noqa: B023 - called before the loop moves on
+        cold_lat.append(lat[0])
+        warm_lat.append(lat[1])
+        again_lat.append(lat[-1])
         reader.close()
     evict.close()
     return {"replay cold": n / median(cold), "replay warm": n / median(warm),
-            "random cold us": median(cold_lat) * 1e6, "random warm us": median(warm_lat) * 1e6}
+            "random cold us": median(cold_lat) * 1e6, "random warm us": median(warm_lat) * 1e6,
+            "random again us": median(again_lat) * 1e6}
+
+
+AGAIN = 5  # "again": the 5th read of the same sample in a row (the caches of every layer warm)
+
+
+def _latencies(read: Callable[[], Any], times: int) -> list[float]:
+    """Seconds of each of ``times`` consecutive calls of ``read``."""
+    out = []
+    for _ in range(times):
+        t = time.perf_counter()
+        read()
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def _count(batches: Any) -> int:
@@ -317,20 +330,18 @@ def raw_latency(w: Workload, tmp: str, reads: int) -> dict[str, float]:
     path = os.path.join(tmp, "raw.snap")
     run_recorded(ds, w, 0, path)
     evict = Evictor(files_under(path))
-    cold, warm = [], []
+    cold, warm, again = [], [], []
     for i in np.random.default_rng(2).integers(0, w.samples, reads).tolist():
         evict()
         raw = snapstore.open(path)["train"].raw
         raw.indices  # noqa: B018 - the index map is loaded once per open, not per read
-        t = time.perf_counter()
-        raw[i]
-        cold.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        raw[i]
-        warm.append(time.perf_counter() - t)
+        lat = _latencies(lambda: raw[i], AGAIN)  # noqa: B023 - called before the loop moves on
+        cold.append(lat[0])
+        warm.append(lat[1])
+        again.append(lat[-1])
     evict.close()
     shutil.rmtree(path, ignore_errors=True)
-    return {"random cold us": median(cold) * 1e6, "random warm us": median(warm) * 1e6}
+    return {"random cold us": median(cold) * 1e6, "random warm us": median(warm) * 1e6, "random again us": median(again) * 1e6}
 
 
 def _fmt(x: float, digits: int = 0) -> str:
@@ -365,14 +376,17 @@ def print_table(results: dict[str, Any], ws: dict[str, Workload], repeat: int, r
     rd = results["readers"]
     s = rd.get("snapstore", {})
     p("\n## Reading back (replay: samples/s, batch by batch; random: median latency of one sample, "
-      f"{reads} reads; snapstore / this: > 1 means snapstore is faster)\n")
-    p("| reader | replay cold | replay warm | random cold | random warm | replay cold, snapstore / this | replay warm | random cold | random warm |")
-    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+      f"{reads} reads: cold, then the same sample again at once (warm) and its {AGAIN}th read in a row (again); "
+      "snapstore / this: > 1 means snapstore is faster)\n")
+    p("| reader | replay cold | replay warm | random cold | random warm | random again | replay cold, snapstore / this | replay warm "
+      "| random cold | random warm | random again |")
+    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rd.items():
         cells = [f"{_fmt(r.get('replay cold', float('nan')))}/s", f"{_fmt(r.get('replay warm', float('nan')))}/s",
-                 f"{_fmt(r['random cold us'], 1)} µs", f"{_fmt(r['random warm us'], 1)} µs"]
+                 f"{_fmt(r['random cold us'], 1)} µs", f"{_fmt(r['random warm us'], 1)} µs", f"{_fmt(r['random again us'], 1)} µs"]
         ratios = []
-        for key, higher in (("replay cold", True), ("replay warm", True), ("random cold us", False), ("random warm us", False)):
+        for key, higher in (("replay cold", True), ("replay warm", True), ("random cold us", False), ("random warm us", False),
+                            ("random again us", False)):
             if key in r and key in s:
                 ratios.append(f"{(s[key] / r[key]) if higher else (r[key] / s[key]):.2f}x")
             else:
