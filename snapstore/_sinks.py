@@ -34,8 +34,6 @@ def chunk_rows(info: FieldInfo) -> int:
 
 
 def _codecs(dtype: np.dtype, compressor: str) -> list[Any]:
-    if compressor not in COMPRESSORS:
-        raise UsageError(f"compressor={compressor!r} is not one of {COMPRESSORS}")
     if compressor == "none":
         return [Crc32cCodec()]
     shuffle = "shuffle" if dtype.kind in "iu" and dtype.itemsize > 1 else "noshuffle"
@@ -43,7 +41,8 @@ def _codecs(dtype: np.dtype, compressor: str) -> list[Any]:
 
 
 def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, compressor: str, *, chunk: int | None = None) -> Array:
-    """A preallocated ``(capacity, *info.shape)`` array chunked along rows, compressed and checksummed.
+    """A preallocated ``(capacity, *info.shape)`` array chunked along rows, compressed (``compressor``, one of
+    ``COMPRESSORS``, checked by ``ChunkWriter``) and checksummed.
 
     Floats are filled with NaN so unwritten rows are visible; committed row
     counts live in the manifests, never in the fill value. Chunk keys are flat
@@ -137,7 +136,6 @@ class RowSink:
         self.rows = array.chunks[0]
         self._chunk = -1
         self._buf = np.empty(0)
-        self._end = resume_at  # one past the highest staged position
         self._dirty = False
         if resume_at % self.rows:  # keep the committed rows of a partly written chunk
             self._start_chunk(resume_at // self.rows)
@@ -159,7 +157,6 @@ class RowSink:
             n = min(len(rows) - done, self.rows - lo)
             self._buf[lo : lo + n] = rows[done : done + n]
             done += n
-            self._end = max(self._end, pos + n)
             self._dirty = True
 
     def _start_chunk(self, chunk: int) -> None:
@@ -183,10 +180,6 @@ class RowSink:
         """Write the current chunk with the rows staged so far (a whole-chunk write, again when it fills)."""
         self._write(whole=False)
         self._dirty = False
-
-    def close(self) -> None:
-        """Write the current chunk up to the last staged row."""
-        self.flush()
 
 
 class RaggedSink:
