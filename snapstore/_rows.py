@@ -219,6 +219,7 @@ class Cursor:
     def __init__(self, array: Any, rows: int) -> None:
         self._array, self._rows = array, rows
         self._chunk = int(array.chunks[0])
+        self._chunks = -(-rows // self._chunk)  # chunks holding the rows
         self._pieces: list[tuple[int, np.ndarray]] = []  # (first row, decoded chunk), ascending
         self._next = 0  # first row not read yet, at a chunk boundary
         self._announced = 0  # chunks below this one were announced to the OS
@@ -230,11 +231,10 @@ class Cursor:
             self._next = max(self._next, start - start % self._chunk)
         while self._next < stop:
             c = self._next // self._chunk
-            for ahead in range(max(c + 1, self._announced), min(c + 1 + self.AHEAD, -(-self._rows // self._chunk))):
+            for ahead in range(max(c + 1, self._announced), min(c + 1 + self.AHEAD, self._chunks)):
                 store.prefetch_chunk(self._array, ahead)
                 self._announced = ahead + 1
-            block = store.read_chunk(self._array, c)[: self._rows - self._next]
-            store.check_rows_stored(self._array, self._next, block)
+            block = store.read_chunk(self._array, c, "the snapshot")[: self._rows - self._next]
             self._pieces.append((self._next, block))
             self._next += len(block)
         parts = [b[max(start - lo, 0) : stop - lo] for lo, b in self._pieces if lo < stop]

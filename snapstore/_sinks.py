@@ -10,7 +10,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -20,7 +19,7 @@ from . import config, layout
 from .errors import UsageError
 from .layout import FieldInfo
 from .schema import Ragged, numpy_dtype
-from .store import Array, Group, child, chunk_codecs, require_group
+from .store import Array, Group, child, chunk_codecs, chunk_path, local_file, require_group
 
 COMPRESSORS = ("lz4", "zstd", "none")
 
@@ -94,13 +93,12 @@ class ChunkWriter:
 
     def write(self, array: Array, c: int, block: np.ndarray) -> None:
         """Encode ``block``, shape ``array.chunks``, now; store it as row-chunk ``c`` of ``array`` soon."""
-        coords, codecs = chunk_codecs(array, c)
         data: Any = default_buffer_prototype().nd_buffer.from_numpy_array(block)
-        for codec, spec in codecs:
+        for codec, spec in chunk_codecs(array, c):
             data = codec._encode_sync(data, spec)
         while len(self._pending) >= self._in_flight:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(_store_chunk, array.store_path / array.metadata.encode_chunk_key(coords), data))
+        self._pending.append(self._pool.submit(_store_chunk, chunk_path(array, c), data))
 
     def wait(self) -> None:
         """Return once every chunk queued so far is stored; raise the first failure."""
@@ -115,8 +113,9 @@ class ChunkWriter:
 def _store_chunk(where: Any, data: Any) -> None:
     """Write one chunk key (a ``StorePath``): zarr's own temp-file-and-rename write on a local
     disk, minus the hops through its event loop; one PUT on an object store."""
-    if isinstance(where.store, zarr.storage.LocalStore):
-        _local_put(where.store.root / where.path, data)
+    path = local_file(where)
+    if path is not None:
+        _local_put(path, data)
     else:
         sync(where.set(data))
 

@@ -344,61 +344,78 @@ class RaggedReader:
 _CHUNK_CONFIG = ArrayConfig(order="C", write_empty_chunks=True)
 
 
-def chunk_codecs(array: Array, c: int) -> tuple[tuple[int, ...], list[tuple[Any, Any]]]:
-    """Row-chunk ``c``'s coordinates and ``(codec, spec of its input)`` for each of ``array``'s codecs in
-    encoding order: what snapstore needs to encode (``_sinks.ChunkWriter``) or decode (``read_chunk``) a
+def chunk_path(array: Array, c: int) -> Any:
+    """Where row-chunk ``c`` of ``array`` is stored: a ``StorePath`` (store and key)."""
+    return array.store_path / array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))
+
+
+def local_file(where: Any) -> Path | None:
+    """The file behind a ``StorePath`` on a local disk; ``None`` on any other store."""
+    return Path(where.store.root) / where.path if isinstance(where.store, zarr.storage.LocalStore) else None
+
+
+def chunk_codecs(array: Array, c: int) -> list[tuple[Any, Any]]:
+    """``(codec, spec of its input)`` for each of ``array``'s codecs on row-chunk ``c``, in encoding
+    order: what snapstore needs to encode (``_sinks.ChunkWriter``) or decode (``read_chunk``) a
     whole chunk itself, as zarr's codec pipeline does."""
-    coords = (c,) + (0,) * (array.ndim - 1)
-    spec = array.metadata.get_chunk_spec(coords, _CHUNK_CONFIG, default_buffer_prototype())
+    spec = array.metadata.get_chunk_spec((c,) + (0,) * (array.ndim - 1), _CHUNK_CONFIG, default_buffer_prototype())
     out = []
     for codec in array.metadata.codecs:
         out.append((codec, spec))
         spec = codec.resolve_metadata(spec)
-    return coords, out
+    return out
 
 
-def read_chunk(array: Array, c: int) -> np.ndarray:
+def read_chunk(array: Array, c: int, committed_in: str | None = None) -> np.ndarray:
     """Rows of row-chunk ``c`` of ``array`` (the last chunk may be shorter), decoded and checksum-verified;
     possibly read-only (copy before changing them).
 
     One store read (a plain file read on a local disk) and the array's codecs
     in reverse (``_decode_sync``): what ``array[lo:lo + rows]`` returns, without
     zarr's per-call machinery. A chunk missing from the store reads as the fill
-    value, as in zarr.
+    value, as in zarr, unless ``committed_in`` names what the manifest committing
+    its rows belongs to (``"epoch 3 of stream 'train'"``).
 
     Raises
     ------
     CorruptionError
-        The chunk fails to decode or its CRC32C does not match; the message
-        names the array, the chunk and its rows.
+        The chunk fails to decode or its CRC32C does not match, or it is
+        missing although ``committed_in`` says its rows were committed; the
+        message names the array, the chunk and its rows.
     """
     rows = array.chunks[0]
     lo = c * rows
     n = min(rows, array.shape[0] - lo)
-    coords, codecs = chunk_codecs(array, c)
     try:
-        data = _get_chunk(array.store_path / array.metadata.encode_chunk_key(coords))
-        if data is None:
-            return np.full((n, *array.shape[1:]), array.fill_value, dtype=array.dtype)
-        for codec, spec in reversed(codecs):
-            data = codec._decode_sync(data, spec)
-        block = data.as_numpy_array()[:n]
+        data = _get_chunk(chunk_path(array, c))
+        if data is not None:
+            for codec, spec in reversed(chunk_codecs(array, c)):
+                data = codec._decode_sync(data, spec)
+            return data.as_numpy_array()[:n]
     except (ValueError, RuntimeError, OSError, TypeError, IndexError) as e:
         raise CorruptionError(
             f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} cannot be read: {e}; "
             "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
         ) from e
-    return block
+    if committed_in is not None:
+        raise CorruptionError(_missing(array, c, committed_in))
+    return np.full((n, *array.shape[1:]), array.fill_value, dtype=array.dtype)
+
+
+def _missing(array: Array, c: int, where: str) -> str:
+    rows = array.chunks[0]
+    return (f"chunk {c} (rows {c * rows}-{(c + 1) * rows - 1}) of array {array.path!r} of {where} is missing from "
+            "the store although the manifest says its rows were committed; restore the file from a copy")
 
 
 def prefetch_chunk(array: Array, c: int) -> None:
     """Let the OS start reading row-chunk ``c`` of ``array`` into the page cache in the background
     (``posix_fadvise(WILLNEED)``), so a sequential reader finds it there; only on a local disk."""
-    if not isinstance(array.store, zarr.storage.LocalStore) or not hasattr(os, "posix_fadvise"):
+    path = local_file(chunk_path(array, c))
+    if path is None or not hasattr(os, "posix_fadvise"):
         return
-    key = array.metadata.encode_chunk_key((c, *(0 for _ in array.shape[1:])))
     try:
-        fd = os.open(Path(array.store.root) / array.path / key, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:  # absent (fill values) or unreadable: the read itself will tell
         return
     try:
@@ -410,12 +427,13 @@ def prefetch_chunk(array: Array, c: int) -> None:
 def _get_chunk(where: Any) -> Any:
     """The bytes of one key (a ``StorePath``), ``None`` if absent: a plain file read on a local disk
     (zarr's own ``_get``, minus the hops through its event loop and a thread), else zarr's get."""
-    if isinstance(where.store, zarr.storage.LocalStore):
-        try:
-            return _local_get(where.store.root / where.path, default_buffer_prototype(), None)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
-    return sync(where.get(default_buffer_prototype()))
+    path = local_file(where)
+    if path is None:
+        return sync(where.get(default_buffer_prototype()))
+    try:
+        return _local_get(path, default_buffer_prototype(), None)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
 
 
 async def _list(store: Any, prefix: str) -> list[str]:
@@ -519,29 +537,12 @@ class ChunkReader:
         if block is not None:
             self._cache.move_to_end(c)
             return block
-        block = read_chunk(self.array, c)
-        if not self._sparse:
-            self._check_stored(c, block[: max(0, self._committed - c * self.rows)])
+        committed = not self._sparse and c * self.rows < self._committed
+        block = read_chunk(self.array, c, self._where if committed else None)
         self._cache[c] = block
         if len(self._cache) > self._cached_chunks:
             self._cache.popitem(last=False)
         return block
-
-    def _check_stored(self, c: int, committed: np.ndarray) -> None:
-        """Raise if chunk ``c`` reads as nothing but the fill value because it is missing from the store.
-
-        Only a block equal to the fill value is suspicious; then the chunk's key
-        is looked up (every committed chunk is written, even an empty one).
-        """
-        if len(committed) == 0:
-            return
-        fill = np.asarray(self.array.fill_value)
-        if not _all_fill(committed[:1], fill) or not _all_fill(committed, fill) or _chunk_stored(self.array, c):
-            return
-        raise CorruptionError(
-            f"chunk {c} (rows {c * self.rows}-{(c + 1) * self.rows - 1}) of array {self.array.path!r} of {self._where} "
-            "is missing from the store although the manifest says its rows were committed; restore the file from a copy"
-        )
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as a new array."""
@@ -569,37 +570,31 @@ class ChunkReader:
 
 def check_rows_stored(array: Array, start: int, block: np.ndarray, where: str = "the snapshot") -> None:
     """Raise ``CorruptionError`` if a chunk under ``block`` (rows ``start:`` of ``array``, read
-    directly rather than through a ``ChunkReader``) is missing from the store, i.e. reads as
-    nothing but the fill value and has no key. For committed rows only (not outputs)."""
+    through ``Array.__getitem__``, which reads a missing chunk as fill values) is missing from the
+    store, i.e. reads as nothing but the fill value and has no key. For committed rows only."""
     if len(block) == 0 or block.shape[1:] != array.shape[1:]:
         return
     rows = array.chunks[0]
     fill = np.asarray(array.fill_value)
     for c in range(start // rows, (start + len(block) - 1) // rows + 1):
         part = block[max(0, c * rows - start) : (c + 1) * rows - start]
-        if _all_fill(part[:1], fill) and _all_fill(part, fill) and not _chunk_stored(array, c):  # the first row rules out most
-            raise CorruptionError(
-                f"chunk {c} (rows {c * rows}-{(c + 1) * rows - 1}) of array {array.path!r} of {where} is missing from "
-                "the store although the manifest says its rows were committed; restore the file from a copy"
-            )
-
-
-def _all_fill(block: np.ndarray, fill: np.ndarray) -> bool:
-    same = np.isnan(block) if block.dtype.kind in "fc" and np.isnan(fill) else block == fill
-    return bool(np.all(same))
+        same = np.isnan(part) if part.dtype.kind in "fc" and np.isnan(fill) else part == fill
+        if np.all(same) and not _chunk_stored(array, c):
+            raise CorruptionError(_missing(array, c, where))
 
 
 def _chunk_stored(array: Array, c: int) -> bool:
     """Whether row chunk ``c`` of ``array`` exists as a key in its store."""
-    key = f"{array.path}/{array.metadata.encode_chunk_key((c, *(0 for _ in array.shape[1:])))}"
+    where = chunk_path(array, c)
+    path = local_file(where)
+    if path is not None:
+        return path.exists()
     store = array.store
-    if isinstance(store, zarr.storage.LocalStore):
-        return (Path(store.root) / key).exists()
     if isinstance(store, zarr.storage.FsspecStore):
         fs = getattr(store.fs, "sync_fs", None)  # a synchronous filesystem zarr wrapped
         if fs is None:  # an async one (s3fs): a synchronous twin with the same options
             fs = type(store.fs)(**{**store.fs.storage_options, "asynchronous": False, "skip_instance_cache": True})
-        return bool(fs.exists(f"{store.path}/{key}"))
+        return bool(fs.exists(f"{store.path}/{where.path}"))
     return True  # snapstore opens only the two stores above; any other cannot be asked cheaply
 
 
