@@ -6,6 +6,8 @@ the training thread. Used by the recorder's background writer only.
 from __future__ import annotations
 
 import collections
+import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -66,17 +68,19 @@ def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, c
 
 
 class ChunkWriter:
-    """Encodes whole chunks in the calling thread and stores them from a second one.
+    """Encodes and stores whole chunks on a pool of threads, one per CPU.
 
-    ``write`` encodes a chunk with its array's own codecs (``_encode_sync``,
-    each codec in turn, CRC32C last: the bytes ``array[lo:hi] = block`` would
-    store) and queues one store write of the key; the caller may reuse
-    ``block`` as soon as ``write`` returns. Storing overlaps the encoding of
-    the next chunks, so the recorder's writer is limited by the slower of the
-    codec and the disk, not their sum. At most ``in_flight`` encoded chunks
-    wait (back-pressure); ``wait`` returns once every queued chunk is stored,
-    and must precede any commit record that covers them. A failed store
-    write is raised by the next ``write`` or ``wait``.
+    ``write`` hands a chunk over: one pool thread encodes it with its array's
+    own codecs (``_encode_sync``, each codec in turn, CRC32C last: the bytes
+    ``array[lo:hi] = block`` would store) and stores the key with one call.
+    Blosc releases the GIL, so chunks encode on every core while the
+    recorder's writer stages the next ones. ``block`` belongs to the writer
+    from then on and comes back through ``buffer`` once encoded. A chunk
+    written again (a flushed, partly filled chunk that later fills) waits for
+    its earlier write, so the last version written is the one stored. At most
+    ``in_flight`` chunks wait (back-pressure); ``wait`` returns once every
+    chunk handed over is stored, and must precede any commit record that
+    covers them. A failed write is raised by the next ``write`` or ``wait``.
 
     Going around ``Array.__setitem__`` also skips zarr's per-call machinery
     (selection, event-loop tasks, a copy into a fresh chunk), which cost the
@@ -88,25 +92,48 @@ class ChunkWriter:
             raise UsageError(f"compressor={compressor!r} is not one of {COMPRESSORS}")
         self.compressor = compressor
         self._in_flight = in_flight
-        self._pending: collections.deque[Future[None]] = collections.deque()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="snapstore-store")
+        self._pending: collections.deque[tuple[str, Future[None]]] = collections.deque()
+        self._pool = ThreadPoolExecutor(min(config.MAX_ENCODERS, os.cpu_count() or 1), thread_name_prefix="snapstore-encode")
+        self._free: dict[tuple[tuple[int, ...], np.dtype], list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised chunk buffer: a recycled one when a chunk of that layout was encoded
+        (fresh pages cost ~3x a copy into used ones)."""
+        with self._lock:
+            free = self._free.get((shape, dtype))
+            if free:
+                return free.pop()
+        return np.empty(shape, dtype)
 
     def write(self, array: Array, c: int, block: np.ndarray) -> None:
-        """Encode ``block``, shape ``array.chunks``, now; store it as row-chunk ``c`` of ``array`` soon."""
-        data: Any = default_buffer_prototype().nd_buffer.from_numpy_array(block)
-        for codec, spec in chunk_codecs(array, c):
-            data = codec._encode_sync(data, spec)
+        """Hand over ``block``, shape ``array.chunks``, to be stored as row-chunk ``c`` of ``array``."""
+        where = chunk_path(array, c)
+        for key, done in self._pending:
+            if key == where.path:
+                done.result()
         while len(self._pending) >= self._in_flight:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(_store_chunk, chunk_path(array, c), data))
+            self._pending.popleft()[1].result()
+        job = self._pool.submit(self._encode_and_store, where, chunk_codecs(array, c), block)
+        self._pending.append((where.path, job))
+
+    def _encode_and_store(self, where: Any, codecs: list[tuple[Any, Any]], block: np.ndarray) -> None:
+        data: Any = default_buffer_prototype().nd_buffer.from_numpy_array(block)
+        for codec, spec in codecs:
+            data = codec._encode_sync(data, spec)
+        with self._lock:  # the encoded bytes never alias the block (always checksummed)
+            free = self._free.setdefault((block.shape, block.dtype), [])
+            if len(free) < 2:
+                free.append(block)
+        _store_chunk(where, data)
 
     def wait(self) -> None:
-        """Return once every chunk queued so far is stored; raise the first failure."""
+        """Return once every chunk handed over so far is stored; raise the first failure."""
         while self._pending:
-            self._pending.popleft().result()
+            self._pending.popleft()[1].result()
 
     def close(self) -> None:
-        """Stop the storing thread after the queued writes (their failures are not raised: see ``wait``)."""
+        """Stop the pool after the queued writes (their failures are not raised: see ``wait``)."""
         self._pool.shutdown(wait=True)
 
 
@@ -159,12 +186,8 @@ class RowSink:
             self._dirty = True
 
     def _start_chunk(self, chunk: int) -> None:
-        # Reuse the buffer of the chunk just written: its write has returned, and the encoded
-        # bytes (always checksummed) never alias it. Fresh pages cost ~3x a copy into used ones.
         self._chunk = chunk
-        shape = (self.rows, *self.array.shape[1:])
-        if self._buf.shape != shape or self._buf.dtype != self.array.dtype:
-            self._buf = np.empty(shape, dtype=self.array.dtype)
+        self._buf = self.writer.buffer((self.rows, *self.array.shape[1:]), self.array.dtype)
         self._buf[...] = self.array.fill_value
 
     def _write(self, *, whole: bool) -> None:
@@ -172,7 +195,12 @@ class RowSink:
         # rows): a partial-chunk write makes zarr read, decode and merge the old chunk first.
         if not self._dirty:
             return
-        self.writer.write(self.array, self._chunk, self._buf)
+        if whole:  # the buffer goes to the writer; _start_chunk takes another
+            self.writer.write(self.array, self._chunk, self._buf)
+        else:  # rows keep arriving in this chunk: hand over a copy
+            block = self.writer.buffer(self._buf.shape, self._buf.dtype)
+            block[...] = self._buf
+            self.writer.write(self.array, self._chunk, block)
         self._dirty = not whole
 
     def flush(self) -> None:

@@ -31,24 +31,27 @@ HAND_OFF_BYTES = 16 * 1024 * 1024
 #: the dataset size, by about::
 #:
 #:     max(DEFAULT_QUEUE_BYTES, one hand-off) + DEFAULT_QUEUE_BYTES
-#:         + fields * chunk bytes * 3 + CHUNKS_IN_FLIGHT * chunk bytes
+#:         + fields * chunk bytes * 3 + CHUNKS_IN_FLIGHT * chunk bytes * 2
 #:
 #: where "one hand-off" is a slice of at most ``HAND_OFF_BYTES`` of a batch,
 #: the new raw samples of one batch, or a whole batch whose rows are ragged or
 #: on a GPU; the second ``DEFAULT_QUEUE_BYTES`` caps the free-list of recycled
 #: copy buffers (at most two per field shape), "fields" counts every recorded
 #: array (seen, raw, order, outputs, ...) and "chunk bytes" is at most
-#: ``DEFAULT_CHUNK_BYTES`` rounded up to a row (one staging buffer per array,
-#: plus the encoder's transient copies of the chunk being written, plus
-#: encoded chunks waiting to be stored). CIFAR-like (batch 256 of 15 KB
-#: samples): at most 64 + 64 + 6 x 2 x 3 + 8 x 2 MiB, about 190 MB; the
+#: ``DEFAULT_CHUNK_BYTES`` rounded up to a row (one staging buffer per array
+#: and two recycled ones per chunk layout; a chunk in flight holds its rows
+#: and, once encoded, its bytes). CIFAR-like (batch 256 of 15 KB samples): at
+#: most 64 + 64 + 6 x 2 x 3 + 8 x 2 x 2 MiB, about 200 MB; the
 #: ImageNet-like batches of 190 MB add no more than their raw samples (38 MB).
 DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 
-#: Encoded chunks that may wait for the store while the writer encodes the next
-#: ones (``_sinks.ChunkWriter``): the overlap of encoding and storing costs at
-#: most this many chunks of memory.
+#: Chunks handed to the encoders that may wait to be encoded and stored
+#: (``_sinks.ChunkWriter``); the writer blocks beyond that. Each holds its
+#: staged rows until encoded and its encoded bytes until stored.
 CHUNKS_IN_FLIGHT = 8
+
+#: Most threads encoding and storing chunks at once (one per CPU up to this).
+MAX_ENCODERS = 4
 
 #: Rows preallocated for an epoch whose length the loader cannot tell.
 DEFAULT_UNKNOWN_ROWS = 65536

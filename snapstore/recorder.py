@@ -178,13 +178,13 @@ class Recorder:
     Recording runs off the training thread: each batch is copied into
     recycled buffers (in row slices of at most ``config.HAND_OFF_BYTES``)
     and queued for one background writer thread, which
-    hashes rows, stages them into whole chunks, compresses and checksums
-    them; a second thread stores the encoded chunks while the next are
-    encoded, and the epoch manifest is committed after the data every
+    hashes rows and stages them into whole chunks; a thread per CPU
+    compresses, checksums and stores each full chunk while the next are
+    staged, and the epoch manifest is committed after the data every
     ``config.DEFAULT_FLUSH_INTERVAL`` (2 s). The memory it adds is bounded,
     whatever the dataset size, by about ``max(DEFAULT_QUEUE_BYTES, one
     hand-off) + DEFAULT_QUEUE_BYTES of recycled buffers + arrays x chunk bytes x 3
-    + CHUNKS_IN_FLIGHT x chunk bytes`` (see ``config.DEFAULT_QUEUE_BYTES``);
+    + CHUNKS_IN_FLIGHT x chunk bytes x 2`` (see ``config.DEFAULT_QUEUE_BYTES``);
     the training loop blocks (back-pressure) while more than
     ``DEFAULT_QUEUE_BYTES`` wait.
 
