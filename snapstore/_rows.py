@@ -14,7 +14,9 @@ This is the one module that knows how ``reader.py`` lays out its parts.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -209,9 +211,11 @@ class Cursor:
     """Hands out increasing row ranges of one array, decoding it forward chunk by chunk.
 
     Each chunk is read and decoded once, directly (``store.read_chunk``): zarr's
-    ``Array.__getitem__`` ran the same codecs at about half the speed. The next
-    ``AHEAD`` chunks are announced to the OS (``store.prefetch_chunk``) so a
-    replay from a cold disk reads ahead while it decodes.
+    ``Array.__getitem__`` ran the same codecs at about half the speed. The
+    next ``AHEAD`` chunks are read and decoded ahead on a thread per CPU
+    (Blosc releases the GIL), so a replay decodes on every core and a cold
+    one reads the disk while it decodes. A cursor holds at most ``AHEAD + 1``
+    decoded chunks besides the rows it handed out.
     """
 
     AHEAD = 4
@@ -222,7 +226,7 @@ class Cursor:
         self._chunks = -(-rows // self._chunk)  # chunks holding the rows
         self._pieces: list[tuple[int, np.ndarray]] = []  # (first row, decoded chunk), ascending
         self._next = 0  # first row not read yet, at a chunk boundary
-        self._announced = 0  # chunks below this one were announced to the OS
+        self._ahead: dict[int, Future[np.ndarray]] = {}  # chunk -> its decoding
 
     def take(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` (``start`` never below an earlier ``start``); a read-only view when one chunk holds them."""
@@ -230,15 +234,32 @@ class Cursor:
         if self._next < start:  # skip rows nobody asks for (raw rows also recorded by an earlier rank)
             self._next = max(self._next, start - start % self._chunk)
         while self._next < stop:
-            c = self._next // self._chunk
-            for ahead in range(max(c + 1, self._announced), min(c + 1 + self.AHEAD, self._chunks)):
-                store.prefetch_chunk(self._array, ahead)
-                self._announced = ahead + 1
-            block = store.read_chunk(self._array, c, "the snapshot")[: self._rows - self._next]
+            block = self._decoded(self._next // self._chunk)[: self._rows - self._next]
             self._pieces.append((self._next, block))
             self._next += len(block)
         parts = [b[max(start - lo, 0) : stop - lo] for lo, b in self._pieces if lo < stop]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _decoded(self, c: int) -> np.ndarray:
+        for k in [k for k in self._ahead if k < c]:  # skipped chunks
+            del self._ahead[k]
+        for k in range(c, min(c + 1 + self.AHEAD, self._chunks)):
+            if k not in self._ahead:
+                self._ahead[k] = _decoders().submit(store.read_chunk, self._array, k, "the snapshot")
+        return self._ahead.pop(c).result()
+
+
+_DECODERS: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _decoders() -> ThreadPoolExecutor:
+    """The threads cursors decode on: one per CPU (at most ``config.MAX_CODEC_THREADS``), made afresh in a
+    forked process (an executor inherited through ``fork`` has no threads)."""
+    global _DECODERS
+    if _DECODERS is None or _DECODERS[0] != os.getpid():
+        workers = min(config.MAX_CODEC_THREADS, os.cpu_count() or 1)
+        _DECODERS = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="snapstore-decode"))
+    return _DECODERS[1]
 
 
 class _FixedAsRagged:

@@ -93,7 +93,7 @@ class ChunkWriter:
         self.compressor = compressor
         self._in_flight = in_flight
         self._pending: collections.deque[tuple[str, Future[None]]] = collections.deque()
-        self._pool = ThreadPoolExecutor(min(config.MAX_ENCODERS, os.cpu_count() or 1), thread_name_prefix="snapstore-encode")
+        self._pool = ThreadPoolExecutor(min(config.MAX_CODEC_THREADS, os.cpu_count() or 1), thread_name_prefix="snapstore-encode")
         self._free: dict[tuple[tuple[int, ...], np.dtype], list[np.ndarray]] = {}
         self._lock = threading.Lock()
 

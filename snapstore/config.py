@@ -50,8 +50,9 @@ DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 #: staged rows until encoded and its encoded bytes until stored.
 CHUNKS_IN_FLIGHT = 8
 
-#: Most threads encoding and storing chunks at once (one per CPU up to this).
-MAX_ENCODERS = 4
+#: Most threads encoding (recording) or decoding (reading) chunks at once:
+#: one per CPU up to this.
+MAX_CODEC_THREADS = 4
 
 #: Rows preallocated for an epoch whose length the loader cannot tell.
 DEFAULT_UNKNOWN_ROWS = 65536

@@ -371,7 +371,9 @@ def rebuild_leaf(info: FieldInfo, rows: np.ndarray | list[np.ndarray], batched: 
     (a sample, or a batch of a ``batch_size=None`` loader).
 
     ``rows`` is a ``(rows, *shape)`` block, or a list of row arrays for a
-    ragged field.
+    ragged field. Arrays and tensors in the value never share memory with a
+    view passed in; a block that owns its memory becomes the value itself, so
+    pass only blocks nobody else keeps.
     """
     if info.kind in ("tensor-list", "ndarray-list"):
         values = [_as_leaf(info, r, "tensor" if info.kind == "tensor-list" else "ndarray") for r in rows]
@@ -389,9 +391,13 @@ def rebuild_leaf(info: FieldInfo, rows: np.ndarray | list[np.ndarray], batched: 
 
 
 def _as_leaf(info: FieldInfo, a: np.ndarray, kind: str) -> Any:
+    # Rows that own their memory (joined from several chunks just now) are handed out as they are;
+    # views of decoded or cached chunks are copied, so callers may change what they get.
+    if not (a.flags.owndata and a.flags.writeable):
+        a = np.array(a)
     if kind == "ndarray":
-        return np.array(a)
-    t = torch.from_numpy(np.array(a))
+        return a
+    t = torch.from_numpy(a)
     return t.view(torch.bfloat16) if info.dtype == "bfloat16" else t
 
 

@@ -408,22 +408,6 @@ def _missing(array: Array, c: int, where: str) -> str:
             "the store although the manifest says its rows were committed; restore the file from a copy")
 
 
-def prefetch_chunk(array: Array, c: int) -> None:
-    """Let the OS start reading row-chunk ``c`` of ``array`` into the page cache in the background
-    (``posix_fadvise(WILLNEED)``), so a sequential reader finds it there; only on a local disk."""
-    path = local_file(chunk_path(array, c))
-    if path is None or not hasattr(os, "posix_fadvise"):
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # absent (fill values) or unreadable: the read itself will tell
-        return
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    finally:
-        os.close(fd)
-
-
 def _get_chunk(where: Any) -> Any:
     """The bytes of one key (a ``StorePath``), ``None`` if absent: a plain file read on a local disk
     (zarr's own ``_get``, minus the hops through its event loop and a thread), else zarr's get."""
