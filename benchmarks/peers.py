@@ -14,6 +14,7 @@ import io
 import os
 import tarfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -252,6 +253,25 @@ class MdsReader(Reader):
 Writer = Callable[[list[Batch], str], None]
 
 #: name -> (writer, reader factory (out, batch) -> reader or None when it has no reader of its own)
+# -- the ceiling -------------------------------------------------------------
+def encode_only(batches: list[Batch], out: str) -> None:
+    """No writer with snapstore's default codecs can beat this: every field of the epoch cut into
+    2 MiB row chunks, each Blosc-LZ4 encoded (snapstore's settings) and CRC32C checksummed on a
+    thread per CPU (Blosc releases the GIL); nothing is stored. ``out`` stays empty."""
+    import google_crc32c
+    from numcodecs import Blosc
+
+    def encode(block: np.ndarray) -> int:
+        shuffle = Blosc.SHUFFLE if block.dtype.kind in "iu" and block.dtype.itemsize > 1 else Blosc.NOSHUFFLE
+        data = Blosc(cname="lz4", clevel=5, shuffle=shuffle).encode(block)
+        return google_crc32c.value(data)
+
+    columns = [np.concatenate([b[k].numpy() for b in batches]) for k in range(len(NAMES))]
+    rows_of = [max(1, 2**21 // (c[0].nbytes or 1)) for c in columns]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(encode, [c[lo : lo + n] for c, n in zip(columns, rows_of) for lo in range(0, len(c), n)]))
+
+
 PEERS: dict[str, tuple[Writer, Callable[[str, int], Any] | None]] = {
     "list+concatenate+np.save": (write_concat, NpyReader),
     "preallocated+np.save": (write_prealloc, NpyReader),
