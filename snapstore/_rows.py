@@ -218,7 +218,7 @@ class Cursor:
     decoded chunks besides the rows it handed out.
     """
 
-    AHEAD = 4
+    AHEAD = 2
 
     def __init__(self, array: Any, rows: int) -> None:
         self._array, self._rows = array, rows
