@@ -9,11 +9,9 @@ every few seconds and at the end of the epoch.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import logging
-import threading
 import warnings
 from typing import Any
 
@@ -246,7 +244,7 @@ class Recorder:
         self._loaders: dict[str, RecordingLoader] = {}
         self._epochs: list[_EpochSink] = []  # open epochs, writer thread only
         self._raws: list[_RawSink] = []
-        self._buffers = _Buffers()
+        self._buffers = _sinks.Buffers(keep=2, max_bytes=config.DEFAULT_QUEUE_BYTES)
         self._writer = BackgroundWriter(self._flush, maxsize=config.DEFAULT_QUEUE_BATCHES, interval=config.DEFAULT_FLUSH_INTERVAL,
                                         max_bytes=config.DEFAULT_QUEUE_BYTES)
         self._closed = False
@@ -571,7 +569,7 @@ class RecordingLoader:
             held = sum(_nbytes(rows) for rows in part.values())
             if not self._recorder._reserve(held):
                 return
-            copies = {p: (infos[p], buffers.copy(rows)) for p, rows in part.items()}
+            copies = {p: (infos[p], _copy(buffers, rows)) for p, rows in part.items()}
             base = None if tags.base is None else (tags.base[0][lo:hi], tags.base[1][lo:hi])
             self._recorder._submit(_put_rows, cursor, cursor.rows + lo, Tags(tags.indices[lo:hi], None, tags.worker, base), copies,
                                    buffers, n if hi == n else None, release=held)
@@ -699,63 +697,20 @@ def _continuation(epochs: store.Group, numbers: list[int], name: str) -> tuple[i
     return numbers[-1], 1 + max(done, default=0)
 
 
-def _put_rows(cursor: _EpochCursor, pos: int, tags: Tags, fields: dict, buffers: _Buffers, batch: int | None) -> None:
+def _put_rows(cursor: _EpochCursor, pos: int, tags: Tags, fields: dict, buffers: _sinks.Buffers, batch: int | None) -> None:
     cursor.sink.put_rows(pos, tags, fields, batch)  # copies the rows into the chunk staging buffers
     buffers.give_back(rows for _, rows in fields.values())
 
 
-class _Buffers:
-    """Recycled host buffers for the rows the training thread hands over.
-
-    Copying a batch into pages that were used before runs ~3x faster than into
-    fresh ones (9.5 vs 2.8 GB/s measured here, PERF-NOTES), and the copy is
-    most of what recording costs the training thread. The writer gives a
-    buffer back after its rows are staged into chunk buffers (nothing keeps a
-    reference to it then); at most ``keep`` free buffers per (shape, dtype)
-    are kept, and never more than ``max_bytes`` in all, so this adds at most
-    ``max_bytes`` to the memory bound in ``config.DEFAULT_QUEUE_BYTES``. Small or non-numeric
-    blocks are copied plainly.
-    """
-
-    MIN_BYTES = 64 * 1024
-
-    def __init__(self, keep: int = 2, max_bytes: int = config.DEFAULT_QUEUE_BYTES) -> None:
-        self._keep = keep
-        self._max_bytes = max_bytes
-        self._free_bytes = 0
-        self._lock = threading.Lock()
-        self._free: dict[tuple[Any, ...], collections.deque] = collections.defaultdict(collections.deque)
-
-    def _key(self, rows: Any) -> tuple[Any, ...] | None:
-        if isinstance(rows, np.ndarray) and rows.dtype.kind in "biufc" and rows.nbytes >= self.MIN_BYTES:
-            return (rows.shape, rows.dtype.str)
-        return None
-
-    def copy(self, rows: Any) -> Any:
-        """A private copy of ``rows`` (see ``_private``), in a recycled buffer when one fits."""
-        key = self._key(rows)
-        if key is None:
-            return _private(rows)
-        with self._lock:
-            free = self._free[key]
-            buf = free.pop() if free else None
-            if buf is not None:
-                self._free_bytes -= buf.nbytes
-        if buf is None:
-            buf = np.empty(rows.shape, dtype=rows.dtype)
-        np.copyto(buf, rows)
-        return buf
-
-    def give_back(self, blocks: Any) -> None:
-        """Writer thread: ``blocks`` handed out by ``copy`` are free again."""
-        for rows in blocks:
-            key = self._key(rows)
-            if key is None:
-                continue
-            with self._lock:
-                if len(self._free[key]) < self._keep and self._free_bytes + rows.nbytes <= self._max_bytes:
-                    self._free[key].append(rows)
-                    self._free_bytes += rows.nbytes
+def _copy(buffers: _sinks.Buffers, rows: Any) -> Any:
+    """A private copy of ``rows`` (see ``_private``); arrays go into recycled buffers (copying into
+    pages used before runs ~3x faster than into fresh ones, and the copy is most of what recording
+    costs the training thread)."""
+    if not isinstance(rows, np.ndarray):
+        return _private(rows)
+    buf = buffers.take(rows.shape, rows.dtype)
+    np.copyto(buf, rows)
+    return buf
 
 
 def _put_outputs(cursor: _EpochCursor, pos: int, outputs: dict) -> None:

@@ -65,14 +65,14 @@ def test_a_chunk_written_again_stores_its_last_version(tmp_path):
 
 def test_chunk_buffers_are_recycled_once_encoded(tmp_path):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
-    array = _sinks.create_rows_array(root, "a", FieldInfo("ndarray", "int64", (3,)), 8, "lz4", chunk=4)
+    array = _sinks.create_rows_array(root, "a", FieldInfo("ndarray", "int64", (4096,)), 8, "lz4", chunk=4)
     writer = _sinks.ChunkWriter("lz4")
-    block = writer.buffer((4, 3), np.dtype("int64"))
+    block = writer.buffers.take((4, 4096), np.dtype("int64"))
     block[...] = 7
     writer.write(array, 1, block)
     writer.wait()
-    assert writer.buffer((4, 3), np.dtype("int64")) is block  # handed back only after its bytes were encoded
-    assert writer.buffer((4, 3), np.dtype("int64")) is not block
+    assert writer.buffers.take((4, 4096), np.dtype("int64")) is block  # handed back only after its bytes were encoded
+    assert writer.buffers.take((4, 4096), np.dtype("int64")) is not block
     writer.close()
     assert (array[4:8] == 7).all()
 
