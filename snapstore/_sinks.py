@@ -191,11 +191,13 @@ class RowSink:
         self.rows = array.chunks[0]
         self._chunk = -1
         self._buf = np.empty(0)
+        self._staged = 0  # rows of the current chunk that hold data or the fill value
         self._dirty = False
         if resume_at % self.rows:  # keep the committed rows of a partly written chunk
             self._start_chunk(resume_at // self.rows)
             lo = self._chunk * self.rows
             self._buf[: resume_at - lo] = array[lo:resume_at]
+            self._staged = resume_at - lo
 
     def put(self, start: int, rows: np.ndarray) -> None:
         stop = start + len(rows)
@@ -210,20 +212,30 @@ class RowSink:
                 self._start_chunk(chunk)
             lo = pos - chunk * self.rows
             n = min(len(rows) - done, self.rows - lo)
+            self._fill(lo)
             self._buf[lo : lo + n] = rows[done : done + n]
+            self._staged = max(self._staged, lo + n)
             done += n
             self._dirty = True
 
     def _start_chunk(self, chunk: int) -> None:
         self._chunk = chunk
         self._buf = self.writer.buffers.take((self.rows, *self.array.shape[1:]), self.array.dtype)
-        self._buf[...] = self.array.fill_value
+        self._staged = 0
+
+    def _fill(self, stop: int) -> None:
+        # Rows no batch wrote (a gap, the tail of a partly filled chunk) get the fill value, once,
+        # when it is known they are skipped: filling whole buffers up front was a memset of every chunk.
+        if self._staged < stop:
+            self._buf[self._staged : stop] = self.array.fill_value
+            self._staged = stop
 
     def _write(self, *, whole: bool) -> None:
         # Always the whole chunk (rows past the staged ones hold the fill value or resumed
         # rows): a partial-chunk write makes zarr read, decode and merge the old chunk first.
         if not self._dirty:
             return
+        self._fill(self.rows)
         if whole:  # the buffer goes to the writer; _start_chunk takes another
             self.writer.write(self.array, self._chunk, self._buf)
         else:  # rows keep arriving in this chunk: hand over a copy

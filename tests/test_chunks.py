@@ -77,6 +77,41 @@ def test_chunk_buffers_are_recycled_once_encoded(tmp_path):
     assert (array[4:8] == 7).all()
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    dtype=st.sampled_from(["float32", "int64"]),
+    puts=st.lists(st.tuples(st.integers(0, 20), st.integers(1, 40), st.booleans()), min_size=1, max_size=12),
+    resume=st.integers(0, 1),
+)
+def test_row_sink_stores_rows_and_the_fill_value_in_the_gaps(tmp_path_factory, dtype, puts, resume):
+    # Rows of 4 KiB, 16 a chunk: the staging buffers are large enough to be recycled, so a row
+    # left unfilled would show a recycled buffer's old rows (every put writes 1 + its position).
+    root = zarr.open_group(zarr.storage.LocalStore(tmp_path_factory.mktemp("sink")), mode="w", zarr_format=3)
+    info = FieldInfo("ndarray", dtype, (1024 // np.dtype(dtype).itemsize * 4,))
+    array = _sinks.create_rows_array(root, "a", info, 64, "lz4", chunk=16)
+    fill = array.fill_value
+    model = np.full(array.shape, fill, dtype=array.dtype)
+    writer = _sinks.ChunkWriter("lz4")
+    sink, pos = _sinks.RowSink(array, writer), 0
+    for k, (gap, n, flush) in enumerate(puts):
+        pos += gap
+        rows = np.broadcast_to(np.arange(pos, pos + n, dtype=array.dtype)[:, None] + 1, (n, *info.shape))
+        sink.put(pos, rows)
+        model = np.concatenate([model, np.full_like(model, fill)]) if pos + n > len(model) else model
+        model[pos : pos + n] = rows
+        pos += n
+        if flush:
+            sink.flush()
+        if resume and k == len(puts) // 2:  # a resumed recording continues a committed, partly written chunk
+            sink.flush()
+            writer.wait()
+            sink = _sinks.RowSink(array, writer, resume_at=pos)
+    sink.flush()
+    writer.wait()
+    writer.close()
+    np.testing.assert_array_equal(array[:pos], model[:pos])
+
+
 def test_write_chunk_strings(tmp_path):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
     info = FieldInfo("ndarray", "str", ())
