@@ -231,30 +231,30 @@ def _stack_uniform(samples: list[Any]) -> tuple[Structure, dict[str, Any]] | Non
 
     if not walk(structure, samples[0], ()):
         return None
-    try:
-        for s in samples[1:]:
-            for keys, typ, n in containers:
-                c = _get(s, keys)
-                if type(c) is not typ or (c is not None and len(c) != n):
+    fields: dict[str, Any] = {}
+    try:  # one pass per container and per leaf, each leaf fetched once: this runs on the training thread
+        for keys, typ, n in containers:
+            if any(type(c) is not typ or (c is not None and len(c) != n) for c in [_get(s, keys) for s in samples]):
+                return None
+        for path, keys, sig in leaves:
+            info, first_rows = first[path]
+            values = [_get(s, keys) for s in samples]
+            if type(sig) is not tuple:
+                if any(type(v) is not sig for v in values):
                     return None
-            for _, keys, sig in leaves:
-                v = _get(s, keys)
-                if type(sig) is tuple:
-                    if type(v) is not sig[0] or v.dtype != sig[1] or tuple(v.shape) != sig[2] or getattr(v, "is_cuda", False):
-                        return None
-                elif type(v) is not sig:
+                fields[path] = (info, np.array(values, dtype=first_rows.dtype))
+                continue
+            typ, dtype, shape = sig
+            if any(type(v) is not typ or v.dtype != dtype or v.shape != shape for v in values):
+                return None
+            if typ is torch.Tensor:
+                if any(v.is_cuda for v in values):
                     return None
+                fields[path] = (info, torch.stack(values).numpy())
+            else:
+                fields[path] = (info, np.stack(values))
     except (KeyError, IndexError, TypeError):
         return None
-    fields: dict[str, Any] = {}
-    for path, keys, sig in leaves:
-        info, first_rows = first[path]
-        values = [_get(s, keys) for s in samples]
-        if type(sig) is tuple:
-            block = torch.stack(values).numpy() if sig[0] is torch.Tensor else np.stack(values)
-        else:
-            block = np.array(values, dtype=first_rows.dtype)
-        fields[path] = (info, block)
     return structure, fields
 
 
