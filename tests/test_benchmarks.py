@@ -75,6 +75,6 @@ def test_floors_at_tiny_size() -> None:
 
     out = io.StringIO()
     results = bench_limits.run(full=False, repeat=1, out=out)
-    assert set(results["loop"]) == {"bare", "lz4", "none", "stream", "compute", "bare nw=2", "lz4 nw=2"}
+    assert set(results["loop"]) == {"bare", "lz4", "process", "none", "stream", "compute", "bare nw=2", "lz4 nw=2"}
     assert all(v > 0 for v in results["loop"].values()) and results["disk MB/s"] > 0
-    assert "minimal recorder" in out.getvalue() and "one cold row" in out.getvalue()
+    assert "minimal recorder" in out.getvalue() and "writer process" in out.getvalue() and "one cold row" in out.getvalue()
