@@ -58,6 +58,13 @@ CHUNK = 2 * 1024 * 1024
 LZ4 = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
 
 
+def _append(f: Any, block: Any, compress: bool = True) -> None:
+    """The minimal recorder's work on one block: LZ4 (unless ``compress`` is false), crc32c, append to ``f``."""
+    data = LZ4.encode(block) if compress else block
+    f.write(data)
+    f.write(google_crc32c.value(data).to_bytes(4, "little"))
+
+
 def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool | None, workers: int = 0) -> float:
     """Seconds for one epoch: bare (``compress=None``) or with the minimal recorder."""
     loader = workloads.make_loader(ds, w, workers)
@@ -71,9 +78,7 @@ def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool | N
         with open(os.path.join(tmp, "floor.bin"), "wb") as f:
             while (blocks := jobs.get()) is not None:
                 for b in blocks:
-                    data = LZ4.encode(b) if compress else b
-                    f.write(data)
-                    f.write(google_crc32c.value(data).to_bytes(4, "little"))
+                    _append(f, b, compress)
 
     writer = threading.Thread(target=store)
     t = time.perf_counter()
@@ -95,9 +100,7 @@ def _store_slots(name: str, slot_bytes: int, todo: Any, free: Any, path: str) ->
                 slot, sizes = job
                 at = slot * slot_bytes
                 for n in sizes:
-                    data = LZ4.encode(shm.buf[at : at + n])
-                    f.write(data)
-                    f.write(google_crc32c.value(data).to_bytes(4, "little"))
+                    _append(f, shm.buf[at : at + n])
                     at += n
                 free.put(slot)
     finally:

@@ -250,9 +250,6 @@ class MdsReader(Reader):
         return self.ds.get_item(k)
 
 
-Writer = Callable[[list[Batch], str], None]
-
-#: name -> (writer, reader factory (out, batch) -> reader or None when it has no reader of its own)
 # -- the ceiling -------------------------------------------------------------
 def encode_only(batches: list[Batch], out: str) -> None:
     """No writer with snapstore's default codecs can beat this: each field of each batch cut into
@@ -276,6 +273,9 @@ def encode_only(batches: list[Batch], out: str) -> None:
         list(pool.map(encode, blocks))
 
 
+Writer = Callable[[list[Batch], str], None]
+
+#: name -> (writer, reader factory (out, batch) -> reader or None when it has no reader of its own)
 PEERS: dict[str, tuple[Writer, Callable[[str, int], Any] | None]] = {
     "list+concatenate+np.save": (write_concat, NpyReader),
     "preallocated+np.save": (write_prealloc, NpyReader),

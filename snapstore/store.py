@@ -344,9 +344,14 @@ class RaggedReader:
 _CHUNK_CONFIG = ArrayConfig(order="C", write_empty_chunks=True)
 
 
+def _coords(array: Array, c: int) -> tuple[int, ...]:
+    """Grid coordinates of row-chunk ``c`` (every chunk spans the whole row shape)."""
+    return (c,) + (0,) * (array.ndim - 1)
+
+
 def chunk_path(array: Array, c: int) -> Any:
     """Where row-chunk ``c`` of ``array`` is stored: a ``StorePath`` (store and key)."""
-    return array.store_path / array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))
+    return array.store_path / array.metadata.encode_chunk_key(_coords(array, c))
 
 
 def local_file(where: Any) -> Path | None:
@@ -358,7 +363,7 @@ def chunk_codecs(array: Array, c: int) -> list[tuple[Any, Any]]:
     """``(codec, spec of its input)`` for each of ``array``'s codecs on row-chunk ``c``, in encoding
     order: what snapstore needs to encode (``_sinks.ChunkWriter``) or decode (``read_chunk``) a
     whole chunk itself, as zarr's codec pipeline does."""
-    spec = array.metadata.get_chunk_spec((c,) + (0,) * (array.ndim - 1), _CHUNK_CONFIG, default_buffer_prototype())
+    spec = array.metadata.get_chunk_spec(_coords(array, c), _CHUNK_CONFIG, default_buffer_prototype())
     out = []
     for codec in array.metadata.codecs:
         out.append((codec, spec))
@@ -489,8 +494,7 @@ def stored_chunks(array: Array) -> set[int]:
     prefix = f"{base}/" if base else ""
     keys = set(sync(_list(array.store_path.store, prefix)))
     encode = array.metadata.chunk_key_encoding.encode_chunk_key  # type: ignore[union-attr]  # always v3 here
-    tail = (0,) * (array.ndim - 1)
-    return {c for c in range(array.cdata_shape[0]) if prefix + encode((c, *tail)) in keys}
+    return {c for c in range(array.cdata_shape[0]) if prefix + encode(_coords(array, c)) in keys}
 
 
 class ChunkReader:
