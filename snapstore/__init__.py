@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
-from .audit import audit, compare
-from .diff import diff
+from .audit import AuditReport, CompareReport, DiffReport, Divergence, Finding, audit, compare, diff
+from .core import FORMAT_VERSION, FieldInfo
 from .errors import (
     CorruptionError,
+    FieldNotFoundError,
     FormatVersionError,
     NotASnapshotError,
     RecordingError,
@@ -21,12 +22,11 @@ from .errors import (
     SnapshotNotFoundError,
     SnapstoreError,
     SnapstoreWarning,
+    StreamNotFoundError,
     UsageError,
 )
-from .layout import FORMAT_VERSION, FieldInfo
-from .reader import Epoch, RawSamples, Snapshot, Stream, open
-from .recorder import Recorder, RecordingLoader, record
-from .report import AuditReport, CompareReport, DiffReport, Divergence, Finding
+from .read import Epoch, RawSamples, Snapshot, Stream, open
+from .record import Recorder, RecordingLoader, record
 
 try:
     __version__ = _metadata.version("snapstore")
@@ -42,6 +42,7 @@ __all__ = [
     "Divergence",
     "Epoch",
     "FieldInfo",
+    "FieldNotFoundError",
     "Finding",
     "FormatVersionError",
     "NotASnapshotError",
@@ -56,6 +57,7 @@ __all__ = [
     "SnapstoreError",
     "SnapstoreWarning",
     "Stream",
+    "StreamNotFoundError",
     "UsageError",
     "__version__",
     "audit",

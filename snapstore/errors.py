@@ -7,6 +7,8 @@ matching builtin so ``except FileNotFoundError`` keeps working::
     ├── SnapshotNotFoundError   (+ FileNotFoundError)  no snapshot at the path
     ├── SnapshotExistsError     (+ FileExistsError)    refusing to overwrite
     ├── NotASnapshotError       (+ ValueError)         a store without snapstore's marker
+    ├── StreamNotFoundError     (+ KeyError)           no stream of that name in the snapshot
+    ├── FieldNotFoundError      (+ KeyError)           no field (or output) of that name in the stream
     ├── FormatVersionError      (+ ValueError)         written by a newer snapstore
     ├── SchemaError             (+ TypeError)          a batch the schema cannot hold
     ├── CorruptionError         (+ ValueError)         a chunk that fails to decode or checksum
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "CorruptionError",
+    "FieldNotFoundError",
     "FormatVersionError",
     "NotASnapshotError",
     "RecordingError",
@@ -28,6 +31,7 @@ __all__ = [
     "SnapshotNotFoundError",
     "SnapstoreError",
     "SnapstoreWarning",
+    "StreamNotFoundError",
     "UsageError",
 ]
 
@@ -46,6 +50,20 @@ class SnapshotExistsError(SnapstoreError, FileExistsError):
 
 class NotASnapshotError(SnapstoreError, ValueError):
     """The path holds data, but not a snapstore snapshot."""
+
+
+class StreamNotFoundError(SnapstoreError, KeyError):
+    """No stream of the given name was recorded in the snapshot."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class FieldNotFoundError(SnapstoreError, KeyError):
+    """No field (or logged output) of the given name was recorded in the stream."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class FormatVersionError(SnapstoreError, ValueError):

@@ -27,8 +27,8 @@ from audit_support import (
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 import snapstore
-from snapstore import checks
-from snapstore.report import Finding
+from snapstore.audit import checks
+from snapstore.audit.report import Finding
 
 
 def test_clean_real_data_has_no_findings(tmp_path):
@@ -199,7 +199,7 @@ def test_choosing_streams_and_epochs(tmp_path):
     snap = record(tmp_path / "s.snap", DataLoader(ds, batch_size=16), 3, before_epoch=lambda e: setattr(ds, "epoch", e))
     assert snapstore.audit(snap, epochs=[0, 2]).ok
     assert snapstore.audit(snap, streams=["train"], epochs=[1, 2]).findings[0].indices == (42,)
-    with pytest.raises(snapstore.UsageError, match="no stream"):
+    with pytest.raises(snapstore.StreamNotFoundError, match="no stream"):
         snapstore.audit(snap, streams=["test"])
     with pytest.raises(snapstore.UsageError, match="epoch"):
         snapstore.audit(snap, epochs=[9])

@@ -15,7 +15,7 @@ from test_variable import Sentences, ragged_rows
 from torch.utils.data import DataLoader
 
 import snapstore
-from snapstore.hashing import row_hashes
+from snapstore.core.hashing import row_hashes
 
 
 def test_clean_resume_audits_clean(snap_path):

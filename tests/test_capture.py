@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from snapstore.capture import _join, stack_raw
+from snapstore.record.capture import _join, stack_raw
 from snapstore.errors import SchemaError
-from snapstore.schema import Ragged, flatten
+from snapstore.core.rows import Ragged
+from snapstore.core.schema import flatten
 
 DTYPES = ["uint8", "int32", "int64", "float32", "float64", "bool"]
 

@@ -1,5 +1,5 @@
-"""``_sinks.ChunkWriter`` stores each chunk exactly as zarr's own ``Array.__setitem__`` would, and
-``store.read_chunk`` reads it back."""
+"""``storage.ChunkWriter`` stores each chunk exactly as zarr's own ``Array.__setitem__`` would, and
+``storage.read_chunk`` reads it back."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from snapstore import _sinks, store
-from snapstore.layout import FieldInfo
+from snapstore import storage
+from snapstore.core.manifest import FieldInfo
 
 def tmp_path_of(array):
     return Path(array.store.root) / array.path
@@ -27,16 +27,16 @@ DTYPES = ["uint8", "int16", "int64", "float32", "float64", "bool", "complex64"]
     dtype=st.sampled_from(DTYPES),
     row_shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
     chunk=st.integers(1, 9),
-    compressor=st.sampled_from(_sinks.COMPRESSORS),
+    compressor=st.sampled_from(storage.COMPRESSORS),
     data=st.data(),
 )
 def test_write_chunk_stores_the_bytes_zarr_stores(tmp_path_factory, dtype, row_shape, chunk, compressor, data):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path_factory.mktemp("chunks")), mode="w", zarr_format=3)
     info = FieldInfo("ndarray", dtype, tuple(row_shape))
-    ours = _sinks.create_rows_array(root, "ours", info, 3 * chunk, compressor, chunk=chunk)
-    zarrs = _sinks.create_rows_array(root, "zarrs", info, 3 * chunk, compressor, chunk=chunk)
+    ours = storage.create_rows_array(root, "ours", info, 3 * chunk, compressor, chunk=chunk)
+    zarrs = storage.create_rows_array(root, "zarrs", info, 3 * chunk, compressor, chunk=chunk)
     block = data.draw(hnp.arrays(np.dtype(dtype), (chunk, *row_shape)))
-    writer = _sinks.ChunkWriter(compressor)
+    writer = storage.ChunkWriter(compressor)
     writer.write(ours, 1, block.copy())
     writer.wait()
     writer.close()
@@ -44,15 +44,15 @@ def test_write_chunk_stores_the_bytes_zarr_stores(tmp_path_factory, dtype, row_s
     key = ours.metadata.encode_chunk_key((1,) + (0,) * len(row_shape))
     assert (tmp_path_of(ours) / key).read_bytes() == (tmp_path_of(zarrs) / key).read_bytes()
     np.testing.assert_array_equal(zarr.open_array(root.store, path="ours", mode="r")[chunk : 2 * chunk], block)
-    np.testing.assert_array_equal(store.read_chunk(ours, 1), block)
+    np.testing.assert_array_equal(storage.read_chunk(ours, 1), block)
 
 
 def test_a_chunk_written_again_stores_its_last_version(tmp_path):
     # The first version (random float64, zstd) encodes far slower than the second (zeros): were
     # the two writes of one key not ordered, the first would often land last.
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
-    array = _sinks.create_rows_array(root, "a", FieldInfo("ndarray", "float64", (1024,)), 64, "zstd", chunk=32)
-    writer = _sinks.ChunkWriter("zstd")
+    array = storage.create_rows_array(root, "a", FieldInfo("ndarray", "float64", (1024,)), 64, "zstd", chunk=32)
+    writer = storage.ChunkWriter("zstd")
     noise = np.random.default_rng(0).random((32, 1024))
     for c in range(2):
         for _ in range(10):
@@ -65,8 +65,8 @@ def test_a_chunk_written_again_stores_its_last_version(tmp_path):
 
 def test_chunk_buffers_are_recycled_once_encoded(tmp_path):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
-    array = _sinks.create_rows_array(root, "a", FieldInfo("ndarray", "int64", (4096,)), 8, "lz4", chunk=4)
-    writer = _sinks.ChunkWriter("lz4")
+    array = storage.create_rows_array(root, "a", FieldInfo("ndarray", "int64", (4096,)), 8, "lz4", chunk=4)
+    writer = storage.ChunkWriter("lz4")
     block = writer.buffers.take((4, 4096), np.dtype("int64"))
     block[...] = 7
     writer.write(array, 1, block)
@@ -88,11 +88,11 @@ def test_row_sink_stores_rows_and_the_fill_value_in_the_gaps(tmp_path_factory, d
     # left unfilled would show a recycled buffer's old rows (every put writes 1 + its position).
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path_factory.mktemp("sink")), mode="w", zarr_format=3)
     info = FieldInfo("ndarray", dtype, (1024 // np.dtype(dtype).itemsize * 4,))
-    array = _sinks.create_rows_array(root, "a", info, 64, "lz4", chunk=16)
+    array = storage.create_rows_array(root, "a", info, 64, "lz4", chunk=16)
     fill = array.fill_value
     model = np.full(array.shape, fill, dtype=array.dtype)
-    writer = _sinks.ChunkWriter("lz4")
-    sink, pos = _sinks.RowSink(array, writer), 0
+    writer = storage.ChunkWriter("lz4")
+    sink, pos = storage.RowSink(array, writer), 0
     for k, (gap, n, flush) in enumerate(puts):
         pos += gap
         rows = np.broadcast_to(np.arange(pos, pos + n, dtype=array.dtype)[:, None] + 1, (n, *info.shape))
@@ -105,7 +105,7 @@ def test_row_sink_stores_rows_and_the_fill_value_in_the_gaps(tmp_path_factory, d
         if resume and k == len(puts) // 2:  # a resumed recording continues a committed, partly written chunk
             sink.flush()
             writer.wait()
-            sink = _sinks.RowSink(array, writer, resume_at=pos)
+            sink = storage.RowSink(array, writer, resume_at=pos)
     sink.flush()
     writer.wait()
     writer.close()
@@ -115,20 +115,20 @@ def test_row_sink_stores_rows_and_the_fill_value_in_the_gaps(tmp_path_factory, d
 def test_write_chunk_strings(tmp_path):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
     info = FieldInfo("ndarray", "str", ())
-    array = _sinks.create_rows_array(root, "s", info, 4, "lz4", chunk=2)
-    writer = _sinks.ChunkWriter("lz4")
+    array = storage.create_rows_array(root, "s", info, 4, "lz4", chunk=2)
+    writer = storage.ChunkWriter("lz4")
     writer.write(array, 1, np.array(["ünïcode", ""], dtype=np.dtypes.StringDType()))
     writer.wait()
     writer.close()
     assert array[2:4].tolist() == ["ünïcode", ""]
-    assert store.read_chunk(array, 1).tolist() == ["ünïcode", ""]
+    assert storage.read_chunk(array, 1).tolist() == ["ünïcode", ""]
 
 
 def test_a_failed_store_write_is_raised_by_wait(tmp_path):
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path / "s"), mode="w", zarr_format=3)
-    array = _sinks.create_rows_array(root, "a", FieldInfo("ndarray", "int64", ()), 4, "lz4", chunk=2)
+    array = storage.create_rows_array(root, "a", FieldInfo("ndarray", "int64", ()), 4, "lz4", chunk=2)
     (tmp_path / "s" / "a" / "c.0").mkdir()  # a folder where the chunk file goes
-    writer = _sinks.ChunkWriter("lz4")
+    writer = storage.ChunkWriter("lz4")
     writer.write(array, 0, np.arange(2))
     with pytest.raises(OSError):
         writer.wait()

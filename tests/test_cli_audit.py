@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 from audit_support import Digits, WithNaN, record
 from torch.utils.data import DataLoader
 
-from snapstore import cli_audit
+from snapstore.cli import main as cli_main
 
 
 def _clean(path, seed=0):
@@ -19,54 +18,41 @@ def _clean(path, seed=0):
 
 def test_audit_exit_codes_and_json(tmp_path, capsys):
     clean = _clean(tmp_path / "clean.snap")
-    assert cli_audit.main(["audit", clean.path]) == 0
+    assert cli_main(["audit", clean.path]) == 0
     assert "no findings" in capsys.readouterr().out
     bad = record(tmp_path / "bad.snap", DataLoader(WithNaN(bad=(2, 9)), batch_size=16), epochs=1)
-    assert cli_audit.main(["audit", bad.path, "--json"]) == 1
+    assert cli_main(["audit", bad.path, "--json"]) == 1
     payload = json.loads(capsys.readouterr().out)
     assert payload["ok"] is False
     assert [(f["check"], f["epoch"], f["indices"]) for f in payload["findings"]] == [
         ("values", None, [2, 9]), ("values", 0, [2, 9])]
-    assert cli_audit.main(["audit", bad.path, "--epoch", "0", "--stream", "train"]) == 1
+    assert cli_main(["audit", bad.path, "--epoch", "0", "--stream", "train"]) == 1
     out = capsys.readouterr().out
     assert "[values] stream 'train' epoch 0 field '0'" in out
 
 
 def test_audit_errors(tmp_path, capsys):
-    assert cli_audit.main(["audit", str(tmp_path / "nothing.snap")]) == 1
+    assert cli_main(["audit", str(tmp_path / "nothing.snap")]) == 1
     err = capsys.readouterr().err
     assert "no snapshot at" in err and "Traceback" not in err
     snap = _clean(tmp_path / "s.snap")
-    assert cli_audit.main(["audit", snap.path, "--stream", "test"]) == 1
+    assert cli_main(["audit", snap.path, "--stream", "test"]) == 1
     assert "no stream(s) ['test']" in capsys.readouterr().err
-    assert cli_audit.main(["audit", snap.path, "--epoch", "x"]) == 2  # usage
-    assert cli_audit.main(["audit"]) == 2
-    assert cli_audit.main([]) == 2
+    assert cli_main(["audit", snap.path, "--epoch", "x"]) == 2  # usage
+    assert cli_main(["audit"]) == 2
+    assert cli_main([]) == 2
 
 
 def test_diff_exit_codes(tmp_path, capsys):
     a, b, c = _clean(tmp_path / "a.snap"), _clean(tmp_path / "b.snap"), _clean(tmp_path / "c.snap", seed=1)
-    assert cli_audit.main(["diff", a.path, b.path]) == 0
+    assert cli_main(["diff", a.path, b.path]) == 0
     assert "identical" in capsys.readouterr().out
-    assert cli_audit.main(["diff", a.path, c.path]) == 1
+    assert cli_main(["diff", a.path, c.path]) == 1
     out = capsys.readouterr().out
     assert "first divergence: stream 'train' epoch 0 batch 0 position 0 field 'index'" in out
-    assert cli_audit.main(["diff", a.path, c.path, "--json", "--stream", "train"]) == 1
+    assert cli_main(["diff", a.path, c.path, "--json", "--stream", "train"]) == 1
     payload = json.loads(capsys.readouterr().out)
     assert payload["identical"] is False and payload["first_divergence"]["batch"] == 0
-    assert cli_audit.main(["diff", a.path, str(tmp_path / "missing.snap")]) == 1
+    assert cli_main(["diff", a.path, str(tmp_path / "missing.snap")]) == 1
     assert "no snapshot at" in capsys.readouterr().err
-    assert cli_audit.main(["diff", a.path]) == 2
-
-
-def test_add_parsers_and_run_plug_into_another_parser(tmp_path, capsys):
-    snap = _clean(tmp_path / "s.snap")
-    parser = argparse.ArgumentParser(prog="snapstore")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info")
-    cli_audit.add_parsers(sub)
-    assert cli_audit.run(parser.parse_args(["audit", snap.path])) == 0
-    args = parser.parse_args(["diff", snap.path, snap.path])
-    assert args.run is cli_audit.run and args.run(args) == 0  # what cli.main calls
-    assert cli_audit.run(parser.parse_args(["info"])) == 2  # not one of ours
-    capsys.readouterr()
+    assert cli_main(["diff", a.path]) == 2

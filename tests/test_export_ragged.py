@@ -8,7 +8,6 @@ when the padded width changes between batches).
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 
@@ -20,16 +19,14 @@ from torch.utils.data import DataLoader, Dataset
 
 import snapstore
 from snapstore import export
-from snapstore.cli_export import add_export_parser
+from snapstore.cli import main as cli_main
 
 N = 150
 
 
 def capture_order(raw):
     """Dataset index of each stored raw row, in the order the loader first fetched them."""
-    from snapstore._rows import source
-
-    return np.concatenate([part.index for part in source(raw).parts])
+    return np.concatenate([part.index for part in raw.row_plan().segments])
 
 
 class Sequences(Dataset):
@@ -157,11 +154,8 @@ def test_field_that_turned_ragged_exports_each_row_as_its_batch_padded_it(padded
     for got, want in zip(ep.replay_loader(), batches):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
-    parser = argparse.ArgumentParser(prog="snapstore")
-    add_export_parser(parser.add_subparsers(dest="command", required=True))
     target = tmp_path / "padded.npz"
-    args = parser.parse_args(["export", stream.path.rsplit("/", 1)[0], "--stream", "train", "--epoch", "0", "-o", str(target)])
-    assert args.run(args) == 0
+    assert cli_main(["export", stream.path.rsplit("/", 1)[0], "--stream", "train", "--epoch", "0", "-o", str(target)]) == 0
     with np.load(target) as z:
         assert sorted(z.files) == ["0", "0.lengths", "1", "index"]
         np.testing.assert_array_equal(z["0"], pad["0"])

@@ -11,7 +11,7 @@ from helpers import FailAt, Indexed
 from torch.utils.data import DataLoader
 
 import snapstore
-from snapstore import layout
+from snapstore.core import layout
 
 
 def test_mode_w_refuses_to_overwrite_a_snapshot(snap_path):

@@ -13,7 +13,7 @@ import zarr
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, get_worker_info
 
 import snapstore
-from snapstore import layout
+from snapstore.core import layout
 
 FORMAT_MD = (Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md").read_text()
 EXAMPLES = re.findall(r"^```python\n(.*?)^```", FORMAT_MD, flags=re.DOTALL | re.MULTILINE)

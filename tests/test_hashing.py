@@ -12,7 +12,7 @@ from audit_support import Digits, Scalars, ShiftNoise, record
 from torch.utils.data import DataLoader
 
 import snapstore
-from snapstore.hashing import NO_HASH, hash_fields, row_hashes
+from snapstore.core.hashing import NO_HASH, hash_fields, row_hashes
 
 
 def test_row_hashes_are_xxh3_of_each_row():

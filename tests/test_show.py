@@ -8,8 +8,9 @@ from audit_support import Digits, Scalars, ShiftNoise, record
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from snapstore import cli_audit, show
-from snapstore.layout import FieldInfo
+from snapstore.cli import main as cli_main
+from snapstore.cli import show
+from snapstore.core.manifest import FieldInfo
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def digits_snap(tmp_path):
 
 def test_grid_png_has_the_expected_size(digits_snap, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    code = cli_audit.main(["show", digits_snap.path, "--stream", "train", "--index", "3", "17", "42",
+    code = cli_main(["show", digits_snap.path, "--stream", "train", "--index", "3", "17", "42",
                            "--epochs", "0", "2", "-o", str(out)])
     assert code == 0
     with Image.open(out) as img:
@@ -81,10 +82,10 @@ def test_image_like():
 
 def test_show_usage_errors(digits_snap, tmp_path, capsys):
     out = str(tmp_path / "x.png")
-    assert cli_audit.main(["show", digits_snap.path, "--index", "1", "-o", out]) == 2  # --stream is required
-    assert cli_audit.main(["show", digits_snap.path, "--stream", "test", "--index", "1", "-o", out]) == 1
+    assert cli_main(["show", digits_snap.path, "--index", "1", "-o", out]) == 2  # --stream is required
+    assert cli_main(["show", digits_snap.path, "--stream", "test", "--index", "1", "-o", out]) == 1
     assert "no stream 'test'" in capsys.readouterr().err
-    assert cli_audit.main(["show", digits_snap.path, "--stream", "train", "--index", "1", "--epochs", "7",
+    assert cli_main(["show", digits_snap.path, "--stream", "train", "--index", "1", "--epochs", "7",
                            "-o", out]) == 1
     err = capsys.readouterr().err
     assert "no epoch(s) [7]" in err and "Traceback" not in err

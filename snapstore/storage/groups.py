@@ -1,0 +1,291 @@
+"""Snapshots as Zarr groups: opening stores, listing nodes, attributes (commit records).
+
+With ``chunks.py``, ``readers.py``, ``writers.py`` and ``tree.py``, the only
+code that touches ``zarr``; zarr's private APIs are confined to ``_zarr.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from ..errors import CorruptionError, NotASnapshotError, RecordingError, SnapshotNotFoundError, UsageError
+from . import _zarr
+
+Group = zarr.Group
+
+Array = zarr.Array
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+#: What zarr and ``json`` raise for a ``zarr.json`` that is truncated, not JSON, or not valid
+#: metadata (``JSONDecodeError``, ``UnicodeDecodeError`` and zarr's own errors are ``ValueError``s;
+#: deeply nested junk is a ``RecursionError``).
+METADATA_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError)
+
+
+def _fsspec_error(path: str, e: Exception) -> UsageError:
+    protocol = path.split("://", 1)[0]
+    hint = "pip install 'snapstore[s3]'" if protocol in ("s3", "s3a") else "install the fsspec implementation it names"
+    return UsageError(f"{path}: fsspec cannot open {protocol}:// URLs here ({e}); {hint}")
+
+
+def _store(path: str, *, read_only: bool, storage_options: dict[str, Any] | None) -> Any:
+    if _is_url(path):
+        try:
+            return zarr.storage.FsspecStore.from_url(path, storage_options=storage_options, read_only=read_only)
+        except (ImportError, ValueError) as e:  # no s3fs (ImportError), an unknown protocol (ValueError)
+            raise _fsspec_error(path, e) from e
+    if storage_options:
+        raise UsageError(f"storage_options apply to URLs like s3://bucket/run.snap, not to the local path {path!r}")
+    return zarr.storage.LocalStore(path, read_only=read_only)
+
+
+def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
+    """Whether anything exists at ``path`` (a local directory with entries, or any key under a URL)."""
+    if not _is_url(path):
+        return os.path.exists(path) and (not os.path.isdir(path) or bool(os.listdir(path)))
+    import fsspec  # a dependency of zarr's FsspecStore
+
+    try:  # a fresh synchronous filesystem: no listings cached from earlier calls
+        fs, root = fsspec.url_to_fs(path, skip_instance_cache=True, **(storage_options or {}))
+    except (ImportError, ValueError) as e:
+        raise _fsspec_error(path, e) from e
+    return bool(fs.exists(root))
+
+
+def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None, attributes: dict[str, Any] | None = None) -> Group:
+    """Open the snapshot's root group: ``"r"`` read-only, ``"a"`` existing for writing, ``"w"`` new
+    (with ``attributes``, written in the same key as the group).
+
+    Opening a local snapshot for appending removes the temporary ``*.partial``
+    files a killed writer can leave behind. Remote groups are opened as Zarr
+    v3 without consolidated metadata, so nothing probes for v2 keys or trusts
+    a stale consolidated listing.
+
+    Raises ``SnapshotNotFoundError`` or ``NotASnapshotError`` for ``"r"``/``"a"``
+    when no Zarr group is there, and ``CorruptionError`` when its root
+    ``zarr.json`` is damaged.
+    """
+    store = _store(path, read_only=mode == "r", storage_options=storage_options)
+    if mode == "w":
+        return zarr.create_group(store, zarr_format=3, overwrite=True, attributes=attributes)
+    if mode == "a" and not _is_url(path):
+        for stray in Path(path).rglob("*.partial"):
+            stray.unlink(missing_ok=True)
+    try:
+        return zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3, use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+        if has_data(path, storage_options):
+            raise NotASnapshotError(
+                f"{path} holds data but no Zarr v3 group; pass the path of a snapshot written by snapstore "
+                "(if this was one, its root zarr.json is missing: restore it from a copy)"
+            ) from e
+        raise SnapshotNotFoundError(f"no snapshot at {path}; check the path, or record one with snapstore.Recorder") from e
+    except zarr.errors.ContainsArrayError as e:
+        raise NotASnapshotError(f"{path} is a Zarr array, not a snapshot; pass the path of a snapshot written by snapstore") from e
+    except METADATA_ERRORS as e:
+        raise CorruptionError(
+            f"{path}/zarr.json (the snapshot's root metadata) is damaged: {type(e).__name__}: {e}; "
+            "restore it from a copy of the snapshot"
+        ) from e
+
+
+def check_exists(root: Group, path: str) -> None:
+    """Raise ``RecordingError`` if the snapshot's root metadata has vanished (deleted under the writer)."""
+    try:
+        zarr.open_group(root.store, mode="r", zarr_format=3, use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        raise RecordingError(f"the snapshot at {path} vanished while recording (its root zarr.json is gone); "
+                             "check what deleted it, then record again") from e
+
+
+def child(group: Group, name: str) -> Any:
+    """``group[name]``, or ``None`` when there is no such node.
+
+    Raises ``CorruptionError`` when the node's ``zarr.json`` cannot be parsed.
+    """
+    try:
+        return group[name]
+    except KeyError:
+        return None
+    except (ValueError, TypeError) as e:
+        raise _damaged(group, name, e) from e
+
+
+def _damaged(group: Group, name: str, e: Exception) -> CorruptionError:
+    path = f"{group.path}/{name}" if group.path else name
+    return CorruptionError(
+        f"the metadata (zarr.json) of {path!r} cannot be read: {e}; the snapshot is damaged: restore the "
+        "file from a copy, or run `snapstore audit` to list every damaged node"
+    )
+
+
+def _ignorable(name: str) -> bool:
+    """Entries that are not nodes and not damage: hidden files, temp files of interrupted writes."""
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(".") or base.endswith(".partial")
+
+
+def members(group: Group, where: str, *, recursive: bool = False, exclude: tuple[str, ...] = ()) -> dict[str, Group | Array]:
+    """The nodes under ``group`` by path relative to it (children only, or the whole subtree
+    without descending into the children named in ``exclude``).
+
+    For readers: where zarr would skip an entry with a warning (a folder whose
+    ``zarr.json`` was deleted) or fail on unreadable metadata, this raises
+    ``CorruptionError`` naming the place, so damage never hides a node.
+    """
+    out: dict[str, Group | Array] = {}
+    todo: list[tuple[str, Group]] = [("", group)]
+    while todo:
+        prefix, parent = todo.pop()
+        for name, node in _children(parent, f"{where}/{prefix}" if prefix else where).items():
+            key = f"{prefix}/{name}" if prefix else name
+            out[key] = node
+            if recursive and isinstance(node, zarr.Group) and key not in exclude:
+                todo.append((key, node))
+    return out
+
+
+def _children(group: Group, where: str) -> dict[str, Group | Array]:
+    def damaged(what: str) -> CorruptionError:
+        found = _find_damage(group)
+        return CorruptionError(
+            f"{where}: {found or 'the zarr.json of one of its nodes'} is damaged ({what}); "
+            "restore the snapshot from a copy, or run `snapstore audit` to list what else is damaged"
+        )
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            nodes = dict(group.members())
+        except METADATA_ERRORS as e:
+            raise damaged(f"{type(e).__name__}: {e}") from e
+    for w in caught:
+        message = str(w.message)
+        if issubclass(w.category, zarr.errors.ZarrUserWarning) and "not recognized" in message:
+            # zarr skips a child whose zarr.json is missing, or lacks a required key, with this warning
+            name = message.removeprefix("Object at ").split(" is not recognized", 1)[0]
+            if not _ignorable(name) and not _being_written(group, name):
+                raise damaged(f"zarr cannot read {name!r} as a group or an array")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return nodes
+
+
+def _being_written(group: Group, name: str) -> bool:
+    """Whether the local folder ``name`` of ``group`` holds nothing but temp files of a write in
+    progress (or of a writer killed in it): a node being created, not a damaged one."""
+    if not isinstance(group.store, zarr.storage.LocalStore):
+        return False
+    folder = Path(group.store.root) / group.path / name.rsplit("/", 1)[-1]
+    if not folder.is_dir():  # gone since zarr listed it (a replaced array being deleted)
+        return True
+    return all(p.is_dir() or _ignorable(p.name) for p in folder.rglob("*"))
+
+
+def _find_damage(group: Group) -> str | None:
+    """On a local disk, which child of ``group`` has a missing or unreadable ``zarr.json``."""
+    if not isinstance(group.store, zarr.storage.LocalStore):
+        return None
+    root = Path(group.store.root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for child in sorted((root / group.path).iterdir()):
+            if not child.is_dir() or _ignorable(child.name):
+                continue
+            if not (child / "zarr.json").exists():
+                return f"{child.relative_to(root)} (its zarr.json is missing)"
+            try:
+                group[child.name]
+            except (*METADATA_ERRORS, OSError):
+                return str((child / "zarr.json").relative_to(root))
+    return None
+
+
+def reread(group: Group) -> Group:
+    """``group`` read again from its store: its attributes as they are now, not as when it was opened."""
+    return zarr.open_group(group.store, path=group.path, mode="r", zarr_format=3, use_consolidated=False)
+
+
+def require_group(group: Group, name: str) -> Group:
+    """The group at path ``name`` (``a/b/c``) under ``group``, creating what is missing.
+
+    Groups are created one level at a time, parent before child: zarr writes a
+    node's ``zarr.json`` and those of its missing parents concurrently, so a
+    writer killed in between could leave a node under a folder with no
+    ``zarr.json``, which readers rightly take for damage.
+    """
+    for part in name.split("/"):
+        node = child(group, part)
+        group = node if node is not None else group.create_group(part)
+    return group
+
+
+def create_group(group: Group, name: str, attributes: dict[str, Any] | None = None) -> Group:
+    """A new group at path ``name`` under ``group``; missing parents are created first (see ``require_group``)."""
+    parent, _, base = name.rpartition("/")
+    return (require_group(group, parent) if parent else group).create_group(base, attributes=attributes)
+
+
+def write_attr(node: Group | Array, key: str, value: dict[str, Any]) -> None:
+    """Replace one attribute; a single-key rewrite (atomic on local disk and object stores)."""
+    node.attrs.update({key: value})
+
+
+
+def children(group: Group) -> tuple[list[tuple[str, Group | Array]], list[tuple[str, Exception]]]:
+    """The nodes directly in ``group``, sorted by name, opened one by one.
+
+    Returns ``(nodes, errors)``: a child whose ``zarr.json`` cannot be read
+    or parsed lands in ``errors`` with its exception instead of failing the
+    whole listing (as ``Group.members()`` does).
+    """
+    names = sorted(_zarr.list_dir(group.store_path.store, group.store_path.path))
+    nodes: list[tuple[str, Group | Array]] = []
+    errors: list[tuple[str, Exception]] = []
+    for name in names:
+        if name == "zarr.json":
+            continue
+        try:
+            nodes.append((name, group[name]))
+        except KeyError:  # a directory that is no node (chunk keys of an array live in arrays, not groups)
+            continue
+        except (ValueError, TypeError, OSError) as e:
+            errors.append((name, e))
+    return nodes, errors
+
+
+def walk_arrays(group: Group, errors: list[tuple[str, Exception]] | None = None) -> Iterator[tuple[str, Array]]:
+    """Every array below ``group`` as ``(path relative to group, array)``, depth first by name.
+
+    Nodes whose metadata cannot be read are skipped and, when ``errors`` is
+    given, appended to it as ``(path relative to group, exception)``.
+    """
+    nodes, bad = children(group)
+    if errors is not None:
+        errors.extend(bad)
+    for name, node in nodes:
+        if isinstance(node, Array):
+            yield name, node
+        else:
+            sub: list[tuple[str, Exception]] | None = [] if errors is not None else None
+            for rel, arr in walk_arrays(node, sub):
+                yield f"{name}/{rel}", arr
+            if errors is not None and sub:
+                errors.extend((f"{name}/{rel}", e) for rel, e in sub)
+
+
+def array_nbytes_stored(group: Group, where: str = "the snapshot") -> int:
+    """Bytes the group's arrays occupy in the store (compressed, all chunks)."""
+    try:
+        return sum(int(a.nbytes_stored()) for a in members(group, where, recursive=True).values() if isinstance(a, zarr.Array))
+    except OSError as e:
+        raise CorruptionError(f"{where}: the stored size cannot be read: {e}") from e

@@ -1,0 +1,131 @@
+"""The tree of a snapshot: streams, ranks, epochs and continuations, as groups; the one walk of it.
+
+``<snapshot>/<stream>/[rank<r>/]epochs/<e>/[continued/<k>/]`` (see
+``core.layout``). Readers walk it strictly: a group is trusted only once its
+manifest attribute is there, a group without one is skipped while empty
+(being created) and is damage otherwise. The audit and the recorder walk it
+leniently (``strict=False``): what cannot be read is left for them to
+report or to refuse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core import layout
+from ..core.manifest import RanksManifest
+from ..errors import CorruptionError
+from .groups import Array, Group, child, children, members
+
+
+def array_at(nodes: dict[str, Any], name: str, what: str) -> Any:
+    """The array ``name`` among ``nodes`` (``members``); ``CorruptionError`` if it is missing."""
+    node = nodes.get(name)
+    if not isinstance(node, Array):
+        raise CorruptionError(f"{what}/{name}: array {name!r} is missing; the snapshot is damaged: restore it from a copy")
+    return node
+
+
+def subtree(nodes: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The nodes under ``prefix/``, by path relative to it."""
+    return {k[len(prefix) + 1 :]: v for k, v in nodes.items() if k.startswith(prefix + "/")}
+
+
+def group_at(nodes: dict[str, Any], name: str, what: str) -> Any:
+    """The group ``name`` among ``nodes``, or ``None`` if there is none."""
+    node = nodes.get(name)
+    if node is not None and not isinstance(node, Group):
+        raise CorruptionError(f"{what}/{name}: an array where snapstore writes a group; the snapshot is damaged")
+    return node
+
+
+def manifested(group: Any, attrs: tuple[str, ...], where: str) -> dict[str, Any]:
+    """The child groups of ``group`` that carry one of the attributes ``attrs`` (streams, epochs), by name.
+
+    A child without one is skipped only while it is empty (a recorder stopped,
+    or still running, between creating the group and writing its manifest);
+    one holding data without its manifest is damage.
+    """
+    out = {}
+    for name, node in members(group, where).items():
+        if not isinstance(node, Group):
+            continue
+        if any(a in node.attrs for a in attrs):
+            out[name] = node
+        elif members(node, f"{where}/{name}"):
+            raise CorruptionError(
+                f"{where}/{name} holds data but its {attrs[0]!r} manifest attribute is missing; the snapshot is damaged: "
+                "restore it from a copy"
+            )
+    return out
+
+
+def numbered(group: Any, where: str, what: str) -> dict[int, Any]:
+    """The manifested child groups of ``group`` named by a number (epochs, continuations), by number."""
+    out = {}
+    for name, node in manifested(group, (layout.EPOCH_ATTR,), where).items():
+        if not name.isdigit() or str(int(name)) != name:
+            raise CorruptionError(f"{where}/{name}: the group of {what} must be named by its number; the snapshot is damaged")
+        out[int(name)] = node
+    return out
+
+
+def stream_ranks(group: Group, where: str, *, strict: bool = True) -> list[tuple[int, Group, str]]:
+    """``(rank, group, where)`` of each rank's stream in stream group ``group``: the group itself, or
+    ``rank<r>/`` for each rank of a stream recorded under torch.distributed.
+
+    ``strict``: a missing rank or a damaged ``ranks`` attribute raises
+    ``CorruptionError``; otherwise what is there is returned (the audit reports the rest).
+    """
+    if layout.RANKS_ATTR not in group.attrs or layout.STREAM_ATTR in group.attrs:
+        return [(0, group, where)]
+    try:
+        world_size = RanksManifest.from_dict(group.attrs[layout.RANKS_ATTR], where=where).world_size
+    except CorruptionError:
+        if strict:
+            raise
+        return []
+    nodes = members(group, where) if strict else dict(children(group)[0])
+    out = []
+    for r in range(world_size):
+        name = layout.rank_name(r)
+        node = group_at(nodes, name, where) if strict else nodes.get(name)
+        if isinstance(node, Group):
+            out.append((r, node, f"{where}/{name}"))
+        elif strict:
+            raise CorruptionError(f"{where}/{name}: the stream of rank {r} is missing; the snapshot is damaged: "
+                                  "restore it from a copy")
+    return out
+
+
+def epoch_groups(rank_group: Group, where: str, *, strict: bool = True) -> dict[int, tuple[Group, str]]:
+    """One rank's epoch groups by number, as ``(group, where)``.
+
+    ``strict``: only epochs whose commit record is there (an empty group being
+    created is skipped, one holding data without its record is damage);
+    otherwise every group named by a number, readable or not.
+    """
+    base = f"{where}/{layout.EPOCHS_GROUP}"
+    if strict:
+        epochs = group_at(members(rank_group, where), layout.EPOCHS_GROUP, where)
+        found = numbered(epochs, base, "an epoch") if epochs is not None else {}
+    else:
+        epochs = child(rank_group, layout.EPOCHS_GROUP)
+        found = {int(n): g for n, g in children(epochs)[0] if n.isdigit() and isinstance(g, Group)} if epochs is not None else {}
+    return {e: (g, f"{base}/{layout.epoch_name(e)}") for e, g in found.items()}
+
+
+def epoch_pieces(epoch_group: Group, where: str, *, strict: bool = True) -> list[tuple[int, Group, str]]:
+    """``(k, group, where)`` of each piece of an epoch in recording order: the epoch's own group
+    (k = 0), then each ``continued/<k>`` recorded after a resume (k = 1, 2, ...)."""
+    base = f"{where}/{layout.CONTINUED_GROUP}"
+    if strict:
+        continued = group_at(members(epoch_group, where), layout.CONTINUED_GROUP, where)
+        extra = sorted(numbered(continued, base, "a continuation").items()) if continued is not None else []
+        if extra and extra[0][0] == 0:
+            raise CorruptionError(f"{base}/0: continuations are numbered from 1; the snapshot is damaged")
+    else:
+        continued = child(epoch_group, layout.CONTINUED_GROUP)
+        extra = sorted((int(k), g) for k, g in (children(continued)[0] if continued is not None else [])
+                       if k.isdigit() and isinstance(g, Group))
+    return [(0, epoch_group, where), *((k, g, f"{base}/{k}") for k, g in extra)]

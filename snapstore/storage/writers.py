@@ -1,0 +1,292 @@
+"""Writing rows into Zarr arrays: creating them (chunking rule, codec chain),
+staging rows into whole chunks, and encoding and storing those chunks off
+the training thread. Used by the recorder's background writer only.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .. import config
+from ..core import layout
+from ..core.manifest import FieldInfo, numpy_dtype
+from ..core.rows import Ragged
+from ..errors import UsageError
+from . import _zarr
+from .chunks import COMPRESSORS, chunk_codecs, chunk_path, create_rows_array, store_chunk
+from .groups import Array, Group, child, require_group
+from .readers import ChunkReader
+
+
+class Buffers:
+    """Recycled host buffers: the rows the training thread hands over, and chunk staging buffers.
+
+    Writing into pages used before runs ~3x faster than into fresh ones (9.5
+    vs 2.8 GB/s measured here, PERF-NOTES). ``take`` returns a free buffer of
+    the shape and dtype asked for, or a new one; ``give_back`` returns buffers
+    nothing references any more. Numeric buffers of at least ``MIN_BYTES`` are
+    kept, at most ``keep`` per (shape, dtype) and ``max_bytes`` in all, which
+    is what recycling adds to the recorder's memory bound. Thread-safe.
+    """
+
+    MIN_BYTES = 64 * 1024
+
+    def __init__(self, *, keep: int, max_bytes: int) -> None:
+        self._keep = keep
+        self._max_bytes = max_bytes
+        self._free_bytes = 0
+        self._lock = threading.Lock()
+        self._free: dict[tuple[Any, ...], collections.deque] = collections.defaultdict(collections.deque)
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised buffer: a recycled one when one of that shape and dtype is free."""
+        with self._lock:
+            free = self._free.get((shape, np.dtype(dtype).str))
+            if free:
+                buf = free.pop()
+                self._free_bytes -= buf.nbytes
+                return buf
+        return np.empty(shape, dtype)
+
+    def give_back(self, blocks: Any) -> None:
+        """``blocks`` (from ``take``, or any arrays) are free again; those worth keeping are kept."""
+        for rows in blocks:
+            if not (isinstance(rows, np.ndarray) and rows.dtype.kind in "biufc" and rows.nbytes >= self.MIN_BYTES):
+                continue
+            with self._lock:
+                free = self._free[(rows.shape, rows.dtype.str)]
+                if len(free) < self._keep and self._free_bytes + rows.nbytes <= self._max_bytes:
+                    free.append(rows)
+                    self._free_bytes += rows.nbytes
+
+
+class ChunkWriter:
+    """Encodes and stores whole chunks on a pool of threads, one per CPU.
+
+    ``write`` hands a chunk over: one pool thread encodes it with its array's
+    own codecs (each in turn, CRC32C last: the bytes
+    ``array[lo:hi] = block`` would store) and stores the key with one call.
+    Blosc releases the GIL, so chunks encode on every core while the
+    recorder's writer stages the next ones. ``block`` belongs to the writer
+    from then on and goes back to ``buffers`` once encoded. A chunk
+    written again (a flushed, partly filled chunk that later fills) waits for
+    its earlier write, so the last version written is the one stored. At most
+    ``in_flight`` chunks wait (back-pressure); ``wait`` returns once every
+    chunk handed over is stored, and must precede any commit record that
+    covers them. A failed write is raised by the next ``write`` or ``wait``.
+
+    Going around ``Array.__setitem__`` also skips zarr's per-call machinery
+    (selection, event-loop tasks, a copy into a fresh chunk), which cost the
+    recorder more CPU than the encoding itself (PERF-NOTES.md).
+    """
+
+    def __init__(self, compressor: str, *, in_flight: int = config.CHUNKS_IN_FLIGHT) -> None:
+        if compressor not in COMPRESSORS:
+            raise UsageError(f"compressor={compressor!r} is not one of {COMPRESSORS}")
+        self.compressor = compressor
+        self._in_flight = in_flight
+        self._pending: collections.deque[tuple[str, Future[None]]] = collections.deque()
+        self._pool = ThreadPoolExecutor(min(config.MAX_CODEC_THREADS, os.cpu_count() or 1), thread_name_prefix="snapstore-encode")
+        self.buffers = Buffers(keep=2, max_bytes=config.DEFAULT_QUEUE_BYTES)  # chunk staging buffers
+
+    def write(self, array: Array, c: int, block: np.ndarray) -> None:
+        """Hand over ``block``, shape ``array.chunks``, to be stored as row-chunk ``c`` of ``array``."""
+        where = chunk_path(array, c)
+        for key, done in self._pending:
+            if key == where.path:
+                done.result()
+        while len(self._pending) >= self._in_flight:
+            self._pending.popleft()[1].result()
+        job = self._pool.submit(self._encode_and_store, where, chunk_codecs(array, c), block)
+        self._pending.append((where.path, job))
+
+    def _encode_and_store(self, where: Any, codecs: list[tuple[Any, Any]], block: np.ndarray) -> None:
+        data = _zarr.encode(codecs, block)
+        self.buffers.give_back([block])  # the encoded bytes never alias it (always checksummed)
+        store_chunk(where, data)
+
+    def wait(self) -> None:
+        """Return once every chunk handed over so far is stored; raise the first failure."""
+        while self._pending:
+            self._pending.popleft()[1].result()
+
+    def close(self) -> None:
+        """Stop the pool after the queued writes (their failures are not raised: see ``wait``)."""
+        self._pool.shutdown(wait=True)
+
+
+class RowSink:
+    """Stages rows of one array and writes each chunk whole, once it is full.
+
+    Rows arrive at increasing positions (gaps keep the fill value). ``flush``
+    writes the partly filled current chunk so a commit can cover it; the chunk
+    is written again, whole, when it fills. The array grows (never shrinks)
+    when a position passes its preallocated length.
+    """
+
+    def __init__(self, array: Array, writer: ChunkWriter, *, resume_at: int = 0) -> None:
+        self.array = array
+        self.writer = writer
+        self.rows = array.chunks[0]
+        self._chunk = -1
+        self._buf = np.empty(0)
+        self._staged = 0  # rows of the current chunk that hold data or the fill value
+        self._dirty = False
+        if resume_at % self.rows:  # keep the committed rows of a partly written chunk
+            self._start_chunk(resume_at // self.rows)
+            lo = self._chunk * self.rows
+            self._buf[: resume_at - lo] = ChunkReader(array, rows=resume_at).read(lo, resume_at)
+            self._staged = resume_at - lo
+
+    def put(self, start: int, rows: np.ndarray) -> None:
+        stop = start + len(rows)
+        if stop > self.array.shape[0]:
+            self.array.resize((max(stop, 2 * self.array.shape[0]), *self.array.shape[1:]))
+        done = 0
+        while done < len(rows):
+            pos = start + done
+            chunk = pos // self.rows
+            if chunk != self._chunk:
+                self._write(whole=True)
+                self._start_chunk(chunk)
+            lo = pos - chunk * self.rows
+            n = min(len(rows) - done, self.rows - lo)
+            self._fill(lo)
+            self._buf[lo : lo + n] = rows[done : done + n]
+            self._staged = max(self._staged, lo + n)
+            done += n
+            self._dirty = True
+
+    def _start_chunk(self, chunk: int) -> None:
+        self._chunk = chunk
+        self._buf = self.writer.buffers.take((self.rows, *self.array.shape[1:]), self.array.dtype)
+        self._staged = 0
+
+    def _fill(self, stop: int) -> None:
+        # Rows no batch wrote (a gap, the tail of a partly filled chunk) get the fill value, once,
+        # when it is known they are skipped: filling whole buffers up front was a memset of every chunk.
+        if self._staged < stop:
+            self._buf[self._staged : stop] = self.array.fill_value
+            self._staged = stop
+
+    def _write(self, *, whole: bool) -> None:
+        # Always the whole chunk (rows past the staged ones hold the fill value or resumed
+        # rows): a partial-chunk write makes zarr read, decode and merge the old chunk first.
+        if not self._dirty:
+            return
+        self._fill(self.rows)
+        if whole:  # the buffer goes to the writer; _start_chunk takes another
+            self.writer.write(self.array, self._chunk, self._buf)
+        else:  # rows keep arriving in this chunk: hand over a copy
+            block = self.writer.buffers.take(self._buf.shape, self._buf.dtype)
+            block[...] = self._buf
+            self.writer.write(self.array, self._chunk, block)
+        self._dirty = not whole
+
+    def flush(self) -> None:
+        """Write the current chunk with the rows staged so far (a whole-chunk write, again when it fills)."""
+        self._write(whole=False)
+        self._dirty = False
+
+
+class RaggedSink:
+    """Writes a ragged field as ``values`` (1-D), ``offsets`` and ``shapes`` arrays in ``group``.
+
+    Rows arrive at increasing positions; their elements are appended to
+    ``values``. ``rows`` and ``values`` give where a resumed field continues.
+    """
+
+    def __init__(self, group: Group, info: FieldInfo, capacity: int, writer: ChunkWriter, *, rows: int = 0) -> None:
+        def sink(name: str, part: FieldInfo, cap: int, **kw: Any) -> RowSink:
+            array = child(group, name)
+            if array is None:
+                array = create_rows_array(group, name, part, cap, writer.compressor, **kw)
+            return RowSink(array, writer, resume_at=rows if name != layout.VALUES else self.next)
+
+        self.next = 0
+        self.offsets = sink(layout.OFFSETS, FieldInfo("ndarray", "int64", ()), capacity)
+        self.shapes = sink(layout.SHAPES, FieldInfo("ndarray", "int64", (len(info.shape),)), capacity)
+        if rows:
+            last_offset = ChunkReader(self.offsets.array, rows=rows).read(rows - 1, rows)[0]
+            last_shape = ChunkReader(self.shapes.array, rows=rows).read(rows - 1, rows)[0]
+            self.next = int(last_offset + np.prod(last_shape))
+        elements = max(1, config.DEFAULT_CHUNK_BYTES // numpy_dtype(info.dtype).itemsize)
+        self.values = sink(layout.VALUES, FieldInfo(info.kind, info.dtype, ()), elements, chunk=elements)
+
+    def put(self, pos: int, rows: np.ndarray | Ragged) -> None:
+        packed = rows if isinstance(rows, Ragged) else Ragged.from_block(rows)
+        counts = packed.counts()
+        self.offsets.put(pos, self.next + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))
+        self.shapes.put(pos, packed.shapes)
+        self.values.put(self.next, packed.values)
+        self.next += int(counts.sum())
+
+    def flush(self) -> None:
+        for sink in (self.values, self.offsets, self.shapes):
+            sink.flush()
+
+
+class FieldSinks:
+    """Writes the fields of a group of rows: an epoch's seen rows, or a stream's raw samples.
+
+    Fixed-shape fields go to ``<prefix>/<path>`` arrays; ragged ones to
+    ``ragged/<path>/``. A fixed field that turns ragged is copied, chunk by
+    chunk, into its ragged arrays; the fixed array is deleted only after the
+    next commit names the field ragged, so a crash leaves the committed rows
+    readable either way.
+    """
+
+    def __init__(self, group: Group, prefix: str, capacity: int, writer: ChunkWriter, *, rows: int = 0, ragged: list[str] = ()) -> None:
+        self.group = group
+        self.prefix = prefix
+        self.capacity = capacity
+        self.writer = writer
+        self.resume = rows
+        self.ragged = list(ragged)
+        self.sinks: dict[str, RowSink | RaggedSink] = {}
+        self._replaced: list[str] = []
+
+    def put(self, pos: int, path: str, info: FieldInfo, rows: np.ndarray | Ragged) -> None:
+        sink = self.sinks.get(path)
+        if sink is None or (info.ragged and isinstance(sink, RowSink)):
+            sink = self.sinks[path] = self._open(path, info, sink, pos)
+        sink.put(pos, rows)
+
+    def _open(self, path: str, info: FieldInfo, fixed: RowSink | None, pos: int) -> RowSink | RaggedSink:
+        name = f"{self.prefix}/{path}" if self.prefix else path
+        if not info.ragged:
+            array = child(self.group, name)
+            if array is None:
+                array = create_rows_array(self.group, name, info, self.capacity, self.writer.compressor)
+            return RowSink(array, self.writer, resume_at=self.resume)
+        ragged_group = require_group(self.group, f"{layout.RAGGED_GROUP}/{path}")
+        resumed = self.resume if path in self.ragged else 0
+        sink = RaggedSink(ragged_group, info, self.capacity, self.writer, rows=resumed)
+        if path not in self.ragged:
+            old = fixed.array if fixed is not None else child(self.group, name)
+            if fixed is not None:
+                fixed.flush()
+                self.writer.wait()  # its chunks are read back just below
+            if old is not None:  # rows written before the field turned ragged
+                rows = ChunkReader(old, rows=pos)
+                for lo in range(0, pos, old.chunks[0]):
+                    sink.put(lo, rows.read(lo, min(pos, lo + old.chunks[0])))
+                self._replaced.append(name)
+            self.ragged.append(path)
+        return sink
+
+    def flush(self) -> None:
+        for sink in self.sinks.values():
+            sink.flush()
+
+    def after_commit(self) -> None:
+        """Delete fixed arrays whose rows now live in ragged arrays named by the committed manifest."""
+        for name in self._replaced:
+            del self.group[name]
+        self._replaced.clear()

@@ -1,0 +1,60 @@
+"""The layers of docs/ARCHITECTURE.md hold: the import contract, no cycles, no import of the package root."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import grimp
+
+PACKAGE = Path(__file__).resolve().parents[1] / "snapstore"
+ROOT = PACKAGE.parent
+
+
+def _contract() -> dict:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        (contract,) = tomllib.load(f)["tool"]["importlinter"]["contracts"]
+    return contract
+
+
+def test_the_layers_contract_holds(capsys, monkeypatch):
+    from importlinter.cli import lint_imports
+
+    monkeypatch.chdir(ROOT)
+    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True) == 0, capsys.readouterr().out
+    assert "1 kept, 0 broken" in capsys.readouterr().out
+
+
+def test_no_module_imports_the_package_root():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "snapstore" for a in node.names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "snapstore":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module is None and path.parent == PACKAGE:
+                offenders.extend(f"{path.relative_to(ROOT)}:{node.lineno}" for a in node.names if a.name == "snapstore")
+    assert offenders == [], "import within the package by relative imports of the module itself, never `snapstore`"
+
+
+def test_no_import_cycle_between_modules():
+    graph = grimp.build_graph("snapstore", exclude_type_checking_imports=True, cache_dir=None)
+    # a package's __init__ re-exports its own modules: those edges are not dependencies between modules
+    edges = {m: {i for i in graph.find_modules_directly_imported_by(m) if not i.startswith(m + ".")} for m in graph.modules}
+    for edge in _contract()["ignore_imports"]:  # the listed lazy imports of optional exporters
+        importer, imported = edge.split(" -> ")
+        edges[importer].discard(imported)
+    cycles = []
+    for start in sorted(edges):  # a depth-first search from each module back to itself
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            module, path = stack.pop()
+            for nxt in sorted(edges[module]):
+                if nxt == start:
+                    cycles.append(" -> ".join((*path, start)))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, (*path, nxt)))
+    assert cycles == []
