@@ -3,14 +3,19 @@
 Record what a model saw through any DataLoader (raw samples, augmented
 batches, shuffle order, outputs) into Zarr v3 arrays; recover, replay, audit,
 diff and export it after the original Dataset is gone.
+
+The names below load on first use (PEP 562), so that ``import snapstore``,
+and with it ``snapstore --version`` and ``--help``, start without importing
+torch or zarr; ``from snapstore import Recorder`` works as usual.
 """
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
+import importlib as _importlib
+import sys as _sys
+import types as _types
+import typing as _typing
 
-from .audit import AuditReport, CompareReport, DiffReport, Divergence, Finding, audit, compare, diff
-from .core import FORMAT_VERSION, FieldInfo
 from .errors import (
     CorruptionError,
     FieldNotFoundError,
@@ -25,13 +30,58 @@ from .errors import (
     StreamNotFoundError,
     UsageError,
 )
-from .read import Epoch, RawSamples, Snapshot, Stream, open
-from .record import Recorder, RecordingLoader, record
 
-try:
-    __version__ = _metadata.version("snapstore")
-except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
+if _typing.TYPE_CHECKING:
+    from .audit import AuditReport, CompareReport, DiffReport, Divergence, Finding, audit, compare, diff
+    from .core import FORMAT_VERSION, FieldInfo
+    from .read import Epoch, RawSamples, Snapshot, Stream, open
+    from .record import Recorder, RecordingLoader, record
+
+    __version__: str
+
+#: Public name -> the subpackage it is imported from on first use.
+_LAZY = {
+    **dict.fromkeys(["AuditReport", "CompareReport", "DiffReport", "Divergence", "Finding", "audit", "compare", "diff"],
+                    ".audit"),
+    **dict.fromkeys(["FORMAT_VERSION", "FieldInfo"], ".core"),
+    **dict.fromkeys(["Epoch", "RawSamples", "Snapshot", "Stream", "open"], ".read"),
+    **dict.fromkeys(["Recorder", "RecordingLoader", "record"], ".record"),
+}
+
+#: Functions named like the subpackage that defines them: importing ``snapstore.audit`` (the package)
+#: must not replace ``snapstore.audit`` (the function), as an eager ``from .audit import audit`` would not.
+_SHADOWED = frozenset({"audit", "record"})
+
+
+class _Package(_types.ModuleType):
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _SHADOWED and isinstance(value, _types.ModuleType):  # the import system binding a subpackage
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> object:
+    if name == "__version__":
+        from importlib import metadata
+
+        try:
+            value: object = metadata.version("snapstore")
+        except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0+unknown"
+    elif name in _LAZY:
+        value = getattr(_importlib.import_module(_LAZY[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "FORMAT_VERSION",

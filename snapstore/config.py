@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 #: Target uncompressed bytes of one chunk of a per-row field (the unit of
 #: compression, checksumming and random access).
 DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
@@ -61,7 +63,7 @@ DEFAULT_UNKNOWN_ROWS = 65536
 DEFAULT_CACHED_CHUNKS = 4
 
 #: Compressor applied to every chunk before its CRC32C checksum.
-DEFAULT_COMPRESSOR = "lz4"
+DEFAULT_COMPRESSOR: Final = "lz4"
 
 #: Target uncompressed bytes an export reads per field at a time, rounded down
 #: to whole chunks (at least one chunk). Exports hold a few such blocks.

@@ -75,7 +75,14 @@ class SchemaError(SnapstoreError, TypeError):
 
 
 class CorruptionError(SnapstoreError, ValueError):
-    """Stored bytes fail to decode or fail their checksum."""
+    """Stored bytes fail to decode or fail their checksum, or metadata snapstore relies on is damaged."""
+
+    @classmethod
+    def damaged(cls, what: str) -> CorruptionError:
+        """The error for damage ``what`` (where and what was found), followed by the one remedy every
+        damage message gives."""
+        return cls(f"{what}; the snapshot is damaged: restore it from a copy, or run `snapstore audit` to list "
+                   "what else is damaged")
 
 
 class RecordingError(SnapstoreError, RuntimeError):

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 _CHECK_ORDER = ("integrity", "completeness", "coverage", "values", "stability", "raw_vs_seen")
 
 
-def as_snapshot(snapshot: Any) -> Snapshot:
+def as_snapshot(snapshot: Snapshot | str | os.PathLike[str]) -> Snapshot:
     """A ``Snapshot`` from a ``Snapshot`` or a path."""
     if isinstance(snapshot, Snapshot):
         return snapshot
@@ -40,7 +40,7 @@ def as_snapshot(snapshot: Any) -> Snapshot:
     raise UsageError(f"expected a Snapshot or the path of one, got {type(snapshot).__name__}")
 
 
-def audit(snapshot: Any, *, streams: Iterable[str] | None = None, epochs: Iterable[int] | None = None,
+def audit(snapshot: Snapshot | str | os.PathLike[str], *, streams: str | Iterable[str] | None = None, epochs: Iterable[int] | None = None,
           progress: bool | None = None) -> AuditReport:
     """Check a snapshot for damaged storage and for data a DataLoader should not have produced.
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..core.datasets import raw_source
@@ -17,7 +17,7 @@ from ..read.stream import Stream
 from .report import CompareReport, Finding
 
 
-def compare(stream: Stream, dataset: Any, *, progress: bool | None = None) -> CompareReport:
+def compare(stream: Stream, dataset: Dataset, *, progress: bool | None = None) -> CompareReport:
     """Which recorded raw samples differ from a live dataset today (drift, files changed on disk).
 
     Each raw sample recorded in ``stream`` is fetched again from ``dataset``
@@ -61,7 +61,7 @@ def compare(stream: Stream, dataset: Any, *, progress: bool | None = None) -> Co
     fetch, _ = raw_source("auto", dataset)
     stored = {f: raw.hashes(f) for f in m.raw_fields}
     try:
-        live_len: int | None = len(dataset)
+        live_len: int | None = len(dataset)  # type: ignore[arg-type]  # a Dataset may lack __len__
     except TypeError:
         live_len = None
     report = CompareReport(stream.name)

@@ -26,6 +26,9 @@ from .report import DiffReport, Divergence, Finding
 
 __all__ = ["diff"]
 
+Recording = Snapshot | Stream | Epoch | str | os.PathLike[str]
+"""What ``diff`` compares: two of one kind; a path opens a snapshot."""
+
 
 def _describe(x: Snapshot | Stream | Epoch) -> str:
     if isinstance(x, Epoch):
@@ -33,7 +36,7 @@ def _describe(x: Snapshot | Stream | Epoch) -> str:
     return x.path
 
 
-def diff(a: Any, b: Any) -> DiffReport:
+def diff(a: Recording, b: Recording) -> DiffReport:
     """Compare two recordings: snapshots, streams or epochs.
 
     Parameters

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset
 
@@ -80,7 +80,11 @@ def _each(fetch: Callable[[int], Any]) -> Callable[[Any], list[Any]]:
     return lambda indices: [fetch(int(i)) for i in indices]
 
 
-def raw_source(raw: Any, dataset: Any) -> tuple[Callable[[Any], list[Any]] | None, bool]:
+RawSource = Literal["auto"] | Dataset | Callable[[int], Any] | None
+"""``Recorder.wrap(raw=...)``: ``"auto"``, a ``Dataset``, a callable ``index -> raw sample``, or ``None``."""
+
+
+def raw_source(raw: RawSource, dataset: Any) -> tuple[Callable[[Any], list[Any]] | None, bool]:
     """Resolve ``Recorder.wrap(raw=...)`` to ``(fetch, record)``.
 
     ``record`` says whether raw samples are recorded at all; ``fetch(indices)``

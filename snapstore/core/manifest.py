@@ -319,10 +319,7 @@ class _Bad(Exception):
 
 
 def _fail(where: str, what: str) -> CorruptionError:
-    return CorruptionError(
-        f"{where}: {what}; the snapshot's metadata is damaged: restore it from a copy "
-        "(or run `snapstore audit` to see what else is damaged)"
-    )
+    return CorruptionError.damaged(f"{where}: {what}")
 
 
 def _require(ok: bool, what: str) -> None:

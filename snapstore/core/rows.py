@@ -9,7 +9,7 @@ it through here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class Ragged:
 def concat_rows(info: FieldInfo, parts: list[np.ndarray | Ragged]) -> np.ndarray | Ragged:
     """Row blocks of one field, joined: packed ``Ragged`` when ``info.ragged``, else one array."""
     if not info.ragged:
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return np.concatenate(cast(list[np.ndarray], parts)) if len(parts) > 1 else parts[0]
     if len(parts) == 1 and isinstance(parts[0], Ragged):
         return parts[0]
     return Ragged.from_rows([r for part in parts for r in (part.rows() if isinstance(part, Ragged) else list(part))])

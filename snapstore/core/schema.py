@@ -269,7 +269,7 @@ def reconcile(
 
 
 @functools.cache
-def _namedtuple(name: str, fields: tuple[str, ...]) -> type:
+def namedtuple_class(name: str, fields: tuple[str, ...]) -> type:
     return collections.namedtuple(name, fields)  # type: ignore[misc]
 
 
@@ -319,7 +319,7 @@ def unflatten(structure: Structure, leaf: Callable[[str], Any]) -> Any:
     if t == "dict":
         return dict(zip(structure["keys"], items))
     if t == "namedtuple":
-        return _namedtuple(structure["name"], tuple(structure["fields"]))(*items)
+        return namedtuple_class(structure["name"], tuple(structure["fields"]))(*items)
     return items if t == "list" else tuple(items)
 
 

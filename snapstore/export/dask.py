@@ -10,14 +10,14 @@ import numpy as np
 from ..core.manifest import numpy_dtype
 from ..errors import SnapstoreError, UsageError
 from ..read.numpy import INDEX, export_specs
-from ..read.plan import refuse_ragged, select
+from ..read.plan import Fields, refuse_ragged, select
 
 if TYPE_CHECKING:
     from ..read.epoch import Epoch
     from ..read.raw import RawSamples
 
 
-def to_dask(obj: Epoch | RawSamples, fields: Any = None) -> dict[str, Any]:
+def to_dask(obj: Epoch | RawSamples, fields: Fields = None) -> dict[str, Any]:
     """One chunk-aligned ``dask.array`` per field plus ``"index"``; see ``Epoch.to_dask``."""
     try:
         import dask.array as da

@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 
 from ..core.manifest import FieldInfo, numpy_dtype
-from ..core.schema import Structure, _namedtuple, leaf_paths
+from ..core.schema import Structure, leaf_paths, namedtuple_class
 from ..errors import SnapstoreError, UsageError
 from ..read.blocks import row_blocks
-from ..read.plan import select
+from ..read.plan import Fields, select
 from ..read.stream import Stream
 
 
-def to_tf_dataset(stream: Stream, epoch: int | None = None, *, channels_last: bool = False, fields: Any = None) -> Any:
+def to_tf_dataset(stream: Stream, epoch: int | None = None, *, channels_last: bool = False, fields: Fields = None) -> Any:
     """A streaming ``tf.data.Dataset`` of rows; see ``Stream.to_tf_dataset``."""
     try:
         import tensorflow as tf
@@ -98,5 +98,5 @@ def _tf_structure(structure: Structure, leaves: dict[str, Any]) -> Any:
     if t == "dict":
         return dict(zip(structure["keys"], items))
     if t == "namedtuple":
-        return _namedtuple(structure["name"], tuple(structure["fields"]))(*items)
+        return namedtuple_class(structure["name"], tuple(structure["fields"]))(*items)
     return tuple(items)

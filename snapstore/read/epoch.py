@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import storage
 from ..core import hashing, layout
@@ -17,7 +18,7 @@ from ..errors import CorruptionError, FieldNotFoundError
 from ..storage.tree import array_at
 from .fields import FieldReaders, check_indices, fill_hashes, row_shape
 from .numpy import to_numpy
-from .plan import RowPlan, Segment
+from .plan import Fields, RaggedMode, RowPlan, Segment
 from .replay import ReplayLoader
 
 if TYPE_CHECKING:
@@ -51,16 +52,15 @@ class Piece:
         """Rows of each committed batch; ``CorruptionError`` unless they add up to the committed rows."""
         sizes = self.array(layout.BATCH_SIZES, self.manifest.batches)
         if (sizes < 0).any() or int(sizes.sum()) != self.rows:
-            raise CorruptionError(
+            raise CorruptionError.damaged(
                 f"{self.what}: its {len(sizes)} batch sizes add up to {int(sizes.sum())} rows, but the commit record "
-                f"says {self.rows}; the snapshot is damaged: restore it from a copy"
-            )
+                f"says {self.rows}")
         return sizes
 
 
 def _interleave(per_rank: list[list[tuple[int, int, int]]]) -> list[tuple[int, int, int]]:
     """Batches of all ranks in step order: batch j of rank 0, of rank 1, ..., then batch j + 1."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     for j in range(max((len(b) for b in per_rank), default=0)):
         out.extend(b[j] for b in per_rank if j < len(b))
     return out
@@ -82,9 +82,10 @@ class Epoch:
         self._pieces = [p for parts in ranks for p in parts]
         self.manifest = self._pieces[0].manifest
         self.number = self.manifest.number
-        batches, k = [], 0
+        batches: list[list[tuple[int, int, int]]] = []
+        k = 0
         for parts in ranks:
-            mine = []
+            mine: list[tuple[int, int, int]] = []
             for part in parts:
                 ends = np.cumsum(part.batch_sizes())
                 mine.extend((k, int(lo), int(hi)) for lo, hi in zip([0, *ends[:-1].tolist()], ends.tolist()))
@@ -285,7 +286,8 @@ class Epoch:
                for k in range(stop - start)]
         return out[0] if position is not None else out
 
-    def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None, ragged: str = "list") -> dict[str, Any]:
+    def to_numpy(self, *, fields: Fields = None, out: Mapping[str, np.ndarray] | None = None,
+                 ragged: RaggedMode = "list") -> dict[str, Any]:
         """Seen rows in seen order, one array per field, plus ``"index"``.
 
         Each array is allocated once (or taken from ``out``) and filled chunk
@@ -333,7 +335,7 @@ class Epoch:
         """
         return to_numpy(self, fields=fields, out=out, ragged=ragged)
 
-    def to_dask(self, fields: Any = None) -> dict[str, Any]:
+    def to_dask(self, fields: Fields = None) -> dict[str, Any]:
         """Seen rows as ``dask.array``s in seen order, chunk-aligned, plus ``"index"``.
 
         Parameters
@@ -394,7 +396,7 @@ class Epoch:
         stored = self._per_position(layout.output_hashes_path(name), np.uint64, hashing.NO_HASH)
         return fill_hashes(stored, lambda k: self.outputs[name][k])
 
-    def gather(self, field: str, positions: Any) -> np.ndarray | list[np.ndarray]:
+    def gather(self, field: str, positions: npt.ArrayLike) -> np.ndarray | list[np.ndarray]:
         """Rows of seen field ``field`` at ``positions`` (any order): shape (n, *row_shape), or a list of
         arrays for a ragged field; each chunk is decoded once."""
         self._check_field(field)
@@ -433,7 +435,7 @@ class _Outputs(Mapping):
             for p in self._epoch._pieces:
                 key = f"{layout.OUTPUTS_GROUP}/{name}"
                 # rows never logged in this part (or not yet committed) read as the fill value
-                block = np.full((p.rows, *info.shape), fill, dtype=dtype)
+                block = np.full((p.rows, *cast(tuple[int, ...], info.shape)), fill, dtype=dtype)  # outputs are never ragged
                 if key in p.nodes and p.rows:
                     array = array_at(p.nodes, key, p.what)
                     n = min(p.rows, array.shape[0])  # an output logged only early may be shorter than the rows

@@ -31,7 +31,7 @@ class FieldReaders:
                 self.readers[p] = storage.RaggedReader(subtree(nodes, f"{layout.RAGGED_GROUP}/{p}"), rows, info,
                                                      f"{what}/{layout.RAGGED_GROUP}/{p}")
             elif info.ragged and info.kind in ("tensor-list", "ndarray-list"):
-                raise CorruptionError(f"{what}: field {p!r} holds a list of rows but is not stored ragged; the snapshot is damaged")
+                raise CorruptionError.damaged(f"{what}: field {p!r} holds a list of rows but is not stored ragged")
             else:
                 self.readers[p] = storage.ChunkReader(array_at(nodes, f"{name}/{p}", what), what, rows=rows,
                                                     dtype=numpy_dtype(info.dtype), row_shape=row_shape(info))
@@ -53,8 +53,7 @@ def check_indices(index: np.ndarray, m: StreamManifest, what: str) -> np.ndarray
     """``index`` (dataset indices) if each lies within the dataset; ``CorruptionError`` otherwise."""
     n = m.dataset_len
     if len(index) and ((index < 0).any() or (n is not None and not m.iterable and (index >= n).any())):
-        raise CorruptionError(f"{what}: {what.rsplit('/', 1)[-1]} holds dataset indices outside 0..{n}; the snapshot is damaged: "
-                              "restore it from a copy")
+        raise CorruptionError.damaged(f"{what}: {what.rsplit('/', 1)[-1]} holds dataset indices outside 0..{n}")
     return index
 
 

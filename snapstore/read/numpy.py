@@ -10,7 +10,7 @@ import numpy as np
 from ..core.manifest import FieldInfo, numpy_dtype
 from ..errors import SchemaError, UsageError
 from .blocks import blocks
-from .plan import RowPlan, export_shapes, ragged_block_rows, select
+from .plan import Fields, RaggedMode, RowPlan, export_shapes, ragged_block_rows, select
 
 if TYPE_CHECKING:
     from .epoch import Epoch
@@ -27,7 +27,7 @@ RAGGED_MODES = ("list", "pad")
 Specs = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
-def out_specs(obj: Epoch | RawSamples, fields: Any = None, *, index: bool = True, ragged: str = "list") -> Specs:
+def out_specs(obj: Epoch | RawSamples, fields: Fields = None, *, index: bool = True, ragged: RaggedMode = "list") -> Specs:
     """Shape and dtype of each array ``to_numpy`` fills, e.g. to allocate ``out=`` memmaps.
 
     Parameters
@@ -100,9 +100,9 @@ def _varying(info: FieldInfo) -> list[int]:
 def to_numpy(
     obj: Epoch | RawSamples,
     *,
-    fields: Any = None,
+    fields: Fields = None,
     out: Mapping[str, np.ndarray] | None = None,
-    ragged: str = "list",
+    ragged: RaggedMode = "list",
     progress: Callable[[int], None] | None = None,
     index: bool = True,
 ) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -22,10 +22,16 @@ from ..core.manifest import FieldInfo, numpy_dtype
 from ..core.schema import Structure, leaf_paths, rebuild_leaf, unflatten
 from ..errors import FieldNotFoundError, SchemaError
 
-__all__ = ["RowPlan", "Segment", "block_rows", "export_shapes", "ragged_block_rows", "raw_positions", "refuse_ragged",
+__all__ = ["Fields", "RaggedMode", "RowPlan", "Segment", "block_rows", "export_shapes", "ragged_block_rows", "raw_positions", "refuse_ragged",
            "row_bytes", "select"]
 
 Reader = storage.ChunkReader | storage.RaggedReader
+
+Fields = str | Sequence[str] | None
+"""Which fields an export takes: one path, several, or ``None`` for every field."""
+
+RaggedMode = Literal["list", "pad"]
+"""How exports return ragged fields: lists of row arrays, or zero-padded with their lengths."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,7 @@ def raw_positions(segments: list[Segment]) -> tuple[np.ndarray, np.ndarray, np.n
     return which[keep], row[keep], every[keep]
 
 
-def select(plan: RowPlan, fields: Any) -> list[str]:
+def select(plan: RowPlan, fields: Fields) -> list[str]:
     """Requested field paths in structure order; every field when ``fields`` is None.
 
     Raises ``FieldNotFoundError`` naming unknown paths and the known ones.

@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from torch.utils.data import Dataset
 
 from .. import storage
@@ -17,7 +18,7 @@ from ..errors import FieldNotFoundError
 from ..storage.tree import array_at, group_at
 from .fields import FieldReaders, check_indices, fill_hashes, stored_hashes
 from .numpy import to_numpy
-from .plan import RowPlan, Segment, raw_positions
+from .plan import Fields, RaggedMode, RowPlan, Segment, raw_positions
 
 if TYPE_CHECKING:
     from .stream import Stream
@@ -31,16 +32,17 @@ class RawSamples(Dataset):
     index that was never fetched raises ``KeyError``.
     """
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, ranks: list[tuple[Any, str]]) -> None:
+        """``ranks``: the stream group of each rank that recorded ``stream`` and its path (for messages)."""
         self._stream = stream
         self._sources: list[tuple[FieldReaders, np.ndarray]] = []  # one per rank that recorded raw samples
         self._groups: list[Any] = []  # the raw group of each source
-        wheres = [f"{p}/{layout.RAW_GROUP}" for p in stream._paths]
-        groups = [group_at(storage.members(g, p), layout.RAW_GROUP, p) for g, p in zip(stream._ranks, stream._paths)]
+        wheres = [f"{p}/{layout.RAW_GROUP}" for _, p in ranks]
+        groups = [group_at(storage.members(g, p), layout.RAW_GROUP, p) for g, p in ranks]
         attrs = [g.attrs.get(layout.RAW_ATTR, {}) if g is not None else {} for g in groups]
         # the schema, read after the raw commit records, covers every committed raw row
         m = merge_ranks([StreamManifest.from_dict(storage.reread(g).attrs.get(layout.STREAM_ATTR), where=p, name=stream.name)
-                     for g, p in zip(stream._ranks, stream._paths)])
+                     for g, p in ranks])
         self.schema = m
         for group, a, where in zip(groups, attrs, wheres):
             committed = RawManifest.from_dict(a, where=where, stream=m)
@@ -79,7 +81,8 @@ class RawSamples(Dataset):
         fields, _ = self._sources[where[0]]
         return fields.build(fields.read(where[1], where[1] + 1), batched=False)
 
-    def to_numpy(self, *, fields: Any = None, out: Mapping[str, np.ndarray] | None = None, ragged: str = "list") -> dict[str, Any]:
+    def to_numpy(self, *, fields: Fields = None, out: Mapping[str, np.ndarray] | None = None,
+                 ragged: RaggedMode = "list") -> dict[str, Any]:
         """Raw samples in dataset-index order, one array per field.
 
         Raw rows are stored in the order they were first captured; each
@@ -117,7 +120,7 @@ class RawSamples(Dataset):
         """
         return to_numpy(self, fields=fields, out=out, ragged=ragged)
 
-    def to_dask(self, fields: Any = None) -> dict[str, Any]:
+    def to_dask(self, fields: Fields = None) -> dict[str, Any]:
         """Raw samples as ``dask.array``s, in stored (capture) order, chunk-aligned.
 
         Unlike ``to_numpy``, rows stay in the order they were captured: index
@@ -195,7 +198,7 @@ class RawSamples(Dataset):
             out[which] = fill_hashes(stored[rows], lambda k, f=fields, r=rows: f.readers[field].gather(r[k]))
         return out
 
-    def gather(self, field: str, indices: Any) -> np.ndarray | list[np.ndarray]:
+    def gather(self, field: str, indices: npt.ArrayLike) -> np.ndarray | list[np.ndarray]:
         """Rows of raw field ``field`` for dataset ``indices`` (any order): shape (n, *row_shape), or a
         list of arrays for a ragged field. ``KeyError`` for an unknown field or an index without a raw sample."""
         self._check_field(field)

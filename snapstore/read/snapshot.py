@@ -6,6 +6,7 @@ the store.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from functools import cached_property, partial
 from typing import Any
@@ -18,7 +19,7 @@ from ..storage.tree import manifested
 from .stream import Stream
 
 
-def open(path: Any, *, storage_options: dict[str, Any] | None = None) -> Snapshot:  # noqa: A001
+def open(path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> Snapshot:  # noqa: A001
     """Open the snapshot at ``path`` read-only.
 
     Parameters

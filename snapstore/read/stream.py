@@ -14,6 +14,7 @@ from ..core.manifest import FieldInfo, StreamManifest, merge_ranks
 from ..errors import UsageError
 from ..storage.tree import epoch_groups, epoch_pieces, stream_ranks
 from .epoch import Epoch, Piece
+from .plan import Fields
 from .raw import RawSamples
 from .replay import StoreDataset, to_tensor_dataset
 
@@ -97,7 +98,7 @@ class Stream:
     @cached_property
     def raw(self) -> RawSamples:
         """Raw samples by dataset index, as a map-style ``Dataset``."""
-        return RawSamples(self)
+        return RawSamples(self, list(zip(self._ranks, self._paths)))
 
     def to_tensor_dataset(self, epoch: int | None = None) -> TensorDataset:
         """Recorded data as a ``TensorDataset``, one tensor per field in structure order.
@@ -177,7 +178,7 @@ class Stream:
         number = None if epoch is None else self.epoch(epoch).number
         return StoreDataset(self._reopen, self.name, number, rank=self._rank, length=length)
 
-    def to_tf_dataset(self, epoch: int | None = None, *, channels_last: bool = False, fields: Any = None) -> Any:
+    def to_tf_dataset(self, epoch: int | None = None, *, channels_last: bool = False, fields: Fields = None) -> Any:
         """Recorded rows as a ``tf.data.Dataset``, streamed from the snapshot.
 
         One element per row, like ``tf.data.Dataset.from_tensor_slices((x, y))``:

@@ -111,7 +111,9 @@ class BackgroundWriter:
 
         ``release``: bytes given back to the budget once ``job`` has returned (see ``reserve``).
         """
-        item = job if job is _STOP else (job, release)
+        self._put((job, release))
+
+    def _put(self, item: object) -> None:
         while True:
             self.check()
             try:
@@ -125,6 +127,6 @@ class BackgroundWriter:
     def close(self) -> None:
         """Run the remaining jobs, flush, stop the thread; re-raise its failure if any."""
         if self._thread.is_alive():
-            self.submit(_STOP)
+            self._put(_STOP)
             self._thread.join()
         self.check()

@@ -121,7 +121,7 @@ def _stack_uniform(samples: list[Any]) -> tuple[Structure, dict[str, Any]] | Non
     structure, first = flatten(samples[0], None)
     if len(samples) == 1:
         return structure, first
-    containers: list[tuple[tuple[Any, ...], type, int]] = []
+    containers: list[tuple[tuple[Any, ...], Any, int]] = []
     leaves: list[tuple[str, tuple[Any, ...], Any]] = []
 
     def walk(node: Structure, obj: Any, keys: tuple[Any, ...]) -> bool:

@@ -95,14 +95,16 @@ class RecordingLoader:
         shared = None
         if record_raw and dataset_len is not None:
             shared = torch.zeros(dataset_len, dtype=torch.bool).share_memory_()
-            self._recorded = shared.numpy()
+            seen = shared.numpy()
             index = storage.child(raw_group, layout.RAW_INDEX)
             if raw_rows and index is not None:
-                self._recorded[storage.ChunkReader(index, rows=raw_rows).read(0, raw_rows)] = True
+                seen[storage.ChunkReader(index, rows=raw_rows).read(0, raw_rows)] = True
+            self._recorded = seen
         else:
             index = storage.child(raw_group, layout.RAW_INDEX)
-            recorded = storage.ChunkReader(index, rows=raw_rows).read(0, raw_rows) if raw_rows and index is not None else []
-            self._recorded = set(np.asarray(recorded).tolist())
+            self._recorded = set()
+            if raw_rows and index is not None:
+                self._recorded.update(storage.ChunkReader(index, rows=raw_rows).read(0, raw_rows).tolist())
         capacity = dataset_len or config.DEFAULT_UNKNOWN_ROWS
         self._raw_sink = RawSink(raw_group, raw_rows, committed.ragged, capacity, session.chunks)
         session.raws.append(self._raw_sink)
@@ -231,12 +233,12 @@ class RecordingLoader:
     def _hand_off_raw(self, block: RawBlock) -> None:
         infos = self._reconcile("raw_structure", "raw_fields", block.structure, block.fields, f"stream {self._name!r} raw sample {block.indices[0]}")
         if isinstance(self._recorded, set):
-            keep = []
+            new = []
             for k, i in enumerate(block.indices.tolist()):
                 if i not in self._recorded:
                     self._recorded.add(i)
-                    keep.append(k)
-            keep = np.array(keep, dtype=np.int64)
+                    new.append(k)
+            keep = np.array(new, dtype=np.int64)
         else:
             _, first = np.unique(block.indices, return_index=True)
             keep = np.sort(first[~self._recorded[block.indices[first]]])

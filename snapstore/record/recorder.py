@@ -10,18 +10,21 @@ every few seconds and at the end of the epoch.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from typing import Any, Literal
 
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .. import config, storage
 from ..core import layout
+from ..core.datasets import RawSource
 from ..core.manifest import RanksManifest, SnapshotManifest
 from ..errors import RecordingError, SnapshotExistsError, SnapstoreError, UsageError
+from ..storage.chunks import Compressor
 from .loader import RecordingLoader
 from .provenance import utc_now, versions
-from .session import WriteSession
+from .session import OnError, WriteSession
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +92,13 @@ class Recorder:
 
     def __init__(
         self,
-        path: Any,
+        path: str | os.PathLike[str],
         *,
-        mode: str = "w",
+        mode: Literal["w", "a"] = "w",
         overwrite: bool = False,
         storage_options: dict[str, Any] | None = None,
-        compressor: str = config.DEFAULT_COMPRESSOR,
-        on_error: str = "raise",
+        compressor: Compressor = config.DEFAULT_COMPRESSOR,
+        on_error: OnError = "raise",
     ) -> None:
         self.path = str(path)
         if mode not in ("w", "a"):
@@ -107,7 +110,7 @@ class Recorder:
         self.on_error = on_error
         self.rank, self.world_size = _rank_and_world()
         if mode == "w" and self.world_size > 1:  # rank 0 creates the snapshot, the others join it
-            failure = [None]
+            failure: list[str | None] = [None]
             if self.rank == 0:
                 try:
                     self._create(overwrite, storage_options)
@@ -147,7 +150,7 @@ class Recorder:
             raise SnapshotExistsError(f"{self.path} exists; pass overwrite=True or mode='a', or choose a new path")
 
     # -- public API -------------------------------------------------------
-    def wrap(self, loader: DataLoader, *, name: str, raw: Any = "auto", resume_epoch: bool = False) -> RecordingLoader:
+    def wrap(self, loader: DataLoader, *, name: str, raw: RawSource = "auto", resume_epoch: bool = False) -> RecordingLoader:
         """Record ``loader`` as stream ``name``; iterate the result instead of the loader.
 
         Parameters
@@ -235,7 +238,8 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def record(loader: DataLoader, path: Any, *, name: str = "train", raw: Any = "auto", **recorder_options: Any) -> _OneStream:
+def record(loader: DataLoader, path: str | os.PathLike[str], *, name: str = "train", raw: RawSource = "auto",
+           **recorder_options: Any) -> _OneStream:
     """Record one loader into a new snapshot: ``with record(loader, path) as stream: ...``.
 
     Parameters

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import zarr
 from zarr.core.array_spec import ArrayConfig
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 from zarr.storage._local import _get, _put
 
@@ -36,9 +37,10 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 def chunk_codecs(array: zarr.Array, coords: tuple[int, ...]) -> list[tuple[Any, Any]]:
     """``(codec, spec of its input)`` for each of ``array``'s codecs on the chunk at grid ``coords``, in
     encoding order: what zarr's codec pipeline runs on a whole chunk."""
-    spec = array.metadata.get_chunk_spec(coords, _CHUNK_CONFIG, default_buffer_prototype())
+    metadata = cast(ArrayV3Metadata, array.metadata)  # snapstore writes and reads Zarr v3 only
+    spec = metadata.get_chunk_spec(coords, _CHUNK_CONFIG, default_buffer_prototype())
     out = []
-    for codec in array.metadata.codecs:
+    for codec in metadata.codecs:
         out.append((codec, spec))
         spec = codec.resolve_metadata(spec)
     return out

@@ -8,8 +8,9 @@ written.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
@@ -21,22 +22,31 @@ from ..errors import CorruptionError
 from . import _zarr
 from .groups import Array, Group, require_group
 
-COMPRESSORS = ("lz4", "zstd", "none")
+Compressor = Literal["lz4", "zstd", "none"]
+"""The codec applied to every chunk before its CRC32C: Blosc-LZ4, Blosc-Zstd (level 1), or none."""
+
+COMPRESSORS: tuple[Compressor, ...] = ("lz4", "zstd", "none")
 
 
 def chunk_rows(info: FieldInfo) -> int:
     """Rows per chunk: the power of two nearest below ``DEFAULT_CHUNK_BYTES / row bytes``,
     between 1 and ``MAX_CHUNK_ROWS`` (strings count 16 bytes a row)."""
     itemsize = 16 if info.dtype == "str" else numpy_dtype(info.dtype).itemsize
-    rows = config.DEFAULT_CHUNK_BYTES // max(1, int(np.prod(info.shape, dtype=np.int64)) * itemsize)
+    rows = config.DEFAULT_CHUNK_BYTES // max(1, math.prod(_fixed(info)) * itemsize)
     return min(config.MAX_CHUNK_ROWS, 1 << max(0, int(rows).bit_length() - 1))
+
+
+def _fixed(info: FieldInfo) -> tuple[int, ...]:
+    """The row shape of a field written with one row shape (a ragged field's arrays are 1-D)."""
+    return cast(tuple[int, ...], info.shape)
 
 
 def _codecs(dtype: np.dtype, compressor: str) -> list[Any]:
     if compressor == "none":
         return [Crc32cCodec()]
-    shuffle = "shuffle" if dtype.kind in "iu" and dtype.itemsize > 1 else "noshuffle"
-    return [BloscCodec(cname=compressor, clevel=5 if compressor == "lz4" else 1, shuffle=shuffle), Crc32cCodec()]
+    shuffle: Literal["shuffle", "noshuffle"] = "shuffle" if dtype.kind in "iu" and dtype.itemsize > 1 else "noshuffle"
+    cname = cast(Literal["lz4", "zstd"], compressor)
+    return [BloscCodec(cname=cname, clevel=5 if compressor == "lz4" else 1, shuffle=shuffle), Crc32cCodec()]
 
 
 def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, compressor: str, *, chunk: int | None = None) -> Array:
@@ -53,9 +63,9 @@ def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, c
     parent, _, base = name.rpartition("/")
     return (require_group(group, parent) if parent else group).create_array(
         base,
-        shape=(capacity, *info.shape),
+        shape=(capacity, *_fixed(info)),
         dtype=str if info.dtype == "str" else dtype,
-        chunks=(chunk or chunk_rows(info), *info.shape),
+        chunks=(chunk or chunk_rows(info), *_fixed(info)),
         chunk_key_encoding={"name": "default", "separator": "."},
         compressors=_codecs(dtype, compressor),
         fill_value=fill,
@@ -82,7 +92,7 @@ def check_array(array: Array, where: str, *, dtype: np.dtype | None = None, row_
     without an error, so it raises ``CorruptionError``.
     """
     def bad(what: str) -> CorruptionError:
-        return CorruptionError(f"array {array.path!r} of {where}: {what}; the snapshot's metadata was altered: restore it from a copy")
+        return CorruptionError.damaged(f"array {array.path!r} of {where}: {what} (its metadata was altered)")
 
     md = array.metadata
     if md.zarr_format != 3 or array.ndim < 1:
@@ -156,19 +166,16 @@ def read_chunk(array: Array, c: int, committed_in: str | None = None) -> np.ndar
         if data is not None:
             return _zarr.decode(chunk_codecs(array, c), data)[:n]
     except (ValueError, RuntimeError, OSError, TypeError, IndexError) as e:
-        raise CorruptionError(
-            f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} cannot be read: {e}; "
-            "the file is damaged: restore it from a copy, or run `snapstore audit` to list every damaged chunk"
-        ) from e
+        raise CorruptionError.damaged(f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} cannot be read: {e}") from e
     if committed_in is not None:
-        raise CorruptionError(_missing(array, c, committed_in))
+        raise CorruptionError.damaged(_missing(array, c, committed_in))
     return np.full((n, *array.shape[1:]), array.fill_value, dtype=array.dtype)
 
 
 def _missing(array: Array, c: int, where: str) -> str:
     rows = array.chunks[0]
     return (f"chunk {c} (rows {c * rows}-{(c + 1) * rows - 1}) of array {array.path!r} of {where} is missing from "
-            "the store although the manifest says its rows were committed; restore the file from a copy")
+            "the store although the manifest says its rows were committed")
 
 
 def _get_chunk(where: Any) -> Any:

@@ -92,10 +92,8 @@ def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None =
     except zarr.errors.ContainsArrayError as e:
         raise NotASnapshotError(f"{path} is a Zarr array, not a snapshot; pass the path of a snapshot written by snapstore") from e
     except METADATA_ERRORS as e:
-        raise CorruptionError(
-            f"{path}/zarr.json (the snapshot's root metadata) is damaged: {type(e).__name__}: {e}; "
-            "restore it from a copy of the snapshot"
-        ) from e
+        raise CorruptionError.damaged(
+            f"{path}/zarr.json (the snapshot's root metadata) cannot be read: {type(e).__name__}: {e}") from e
 
 
 def check_exists(root: Group, path: str) -> None:
@@ -122,10 +120,7 @@ def child(group: Group, name: str) -> Any:
 
 def _damaged(group: Group, name: str, e: Exception) -> CorruptionError:
     path = f"{group.path}/{name}" if group.path else name
-    return CorruptionError(
-        f"the metadata (zarr.json) of {path!r} cannot be read: {e}; the snapshot is damaged: restore the "
-        "file from a copy, or run `snapstore audit` to list every damaged node"
-    )
+    return CorruptionError.damaged(f"the metadata (zarr.json) of {path!r} cannot be read: {e}")
 
 
 def _ignorable(name: str) -> bool:
@@ -157,10 +152,7 @@ def members(group: Group, where: str, *, recursive: bool = False, exclude: tuple
 def _children(group: Group, where: str) -> dict[str, Group | Array]:
     def damaged(what: str) -> CorruptionError:
         found = _find_damage(group)
-        return CorruptionError(
-            f"{where}: {found or 'the zarr.json of one of its nodes'} is damaged ({what}); "
-            "restore the snapshot from a copy, or run `snapstore audit` to list what else is damaged"
-        )
+        return CorruptionError.damaged(f"{where}: {found or 'the zarr.json of one of its nodes'} cannot be read ({what})")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

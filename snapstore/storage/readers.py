@@ -32,7 +32,7 @@ class RaggedReader:
         def array(name: str) -> Array:
             node = nodes.get(name)
             if not isinstance(node, zarr.Array):
-                raise CorruptionError(f"{where}: array {name!r} of a ragged field is missing; the snapshot is damaged: restore it from a copy")
+                raise CorruptionError.damaged(f"{where}: array {name!r} of a ragged field is missing")
             return node
 
         int64 = np.dtype("int64")
@@ -42,7 +42,7 @@ class RaggedReader:
         counts = np.prod(self.shapes, axis=1, dtype=np.int64)
         ends = self.offsets + counts
         if rows and (self.offsets[0] < 0 or (self.shapes < 0).any() or (self.offsets[1:] != ends[:-1]).any()):
-            raise CorruptionError(f"{where}: the offsets and shapes of a ragged field disagree; the snapshot is damaged: restore it from a copy")
+            raise CorruptionError.damaged(f"{where}: the offsets and shapes of a ragged field disagree")
         total = int(ends[-1]) if rows else 0
         self._values = ChunkReader(array(layout.VALUES), where, rows=total, dtype=numpy_dtype(info.dtype), row_shape=())
 

@@ -22,7 +22,7 @@ def array_at(nodes: dict[str, Any], name: str, what: str) -> Any:
     """The array ``name`` among ``nodes`` (``members``); ``CorruptionError`` if it is missing."""
     node = nodes.get(name)
     if not isinstance(node, Array):
-        raise CorruptionError(f"{what}/{name}: array {name!r} is missing; the snapshot is damaged: restore it from a copy")
+        raise CorruptionError.damaged(f"{what}/{name}: array {name!r} is missing")
     return node
 
 
@@ -35,7 +35,7 @@ def group_at(nodes: dict[str, Any], name: str, what: str) -> Any:
     """The group ``name`` among ``nodes``, or ``None`` if there is none."""
     node = nodes.get(name)
     if node is not None and not isinstance(node, Group):
-        raise CorruptionError(f"{what}/{name}: an array where snapstore writes a group; the snapshot is damaged")
+        raise CorruptionError.damaged(f"{what}/{name}: an array where snapstore writes a group")
     return node
 
 
@@ -53,10 +53,7 @@ def manifested(group: Any, attrs: tuple[str, ...], where: str) -> dict[str, Any]
         if any(a in node.attrs for a in attrs):
             out[name] = node
         elif members(node, f"{where}/{name}"):
-            raise CorruptionError(
-                f"{where}/{name} holds data but its {attrs[0]!r} manifest attribute is missing; the snapshot is damaged: "
-                "restore it from a copy"
-            )
+            raise CorruptionError.damaged(f"{where}/{name} holds data but its {attrs[0]!r} manifest attribute is missing")
     return out
 
 
@@ -65,7 +62,7 @@ def numbered(group: Any, where: str, what: str) -> dict[int, Any]:
     out = {}
     for name, node in manifested(group, (layout.EPOCH_ATTR,), where).items():
         if not name.isdigit() or str(int(name)) != name:
-            raise CorruptionError(f"{where}/{name}: the group of {what} must be named by its number; the snapshot is damaged")
+            raise CorruptionError.damaged(f"{where}/{name}: the group of {what} must be named by its number")
         out[int(name)] = node
     return out
 
@@ -93,8 +90,7 @@ def stream_ranks(group: Group, where: str, *, strict: bool = True) -> list[tuple
         if isinstance(node, Group):
             out.append((r, node, f"{where}/{name}"))
         elif strict:
-            raise CorruptionError(f"{where}/{name}: the stream of rank {r} is missing; the snapshot is damaged: "
-                                  "restore it from a copy")
+            raise CorruptionError.damaged(f"{where}/{name}: the stream of rank {r} is missing")
     return out
 
 
@@ -123,7 +119,7 @@ def epoch_pieces(epoch_group: Group, where: str, *, strict: bool = True) -> list
         continued = group_at(members(epoch_group, where), layout.CONTINUED_GROUP, where)
         extra = sorted(numbered(continued, base, "a continuation").items()) if continued is not None else []
         if extra and extra[0][0] == 0:
-            raise CorruptionError(f"{base}/0: continuations are numbered from 1; the snapshot is damaged")
+            raise CorruptionError.damaged(f"{base}/0: continuations are numbered from 1")
     else:
         continued = child(epoch_group, layout.CONTINUED_GROUP)
         extra = sorted((int(k), g) for k, g in (children(continued)[0] if continued is not None else [])

@@ -8,8 +8,9 @@ from __future__ import annotations
 import collections
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -242,7 +243,8 @@ class FieldSinks:
     readable either way.
     """
 
-    def __init__(self, group: Group, prefix: str, capacity: int, writer: ChunkWriter, *, rows: int = 0, ragged: list[str] = ()) -> None:
+    def __init__(self, group: Group, prefix: str, capacity: int, writer: ChunkWriter, *, rows: int = 0,
+                 ragged: Sequence[str] = ()) -> None:
         self.group = group
         self.prefix = prefix
         self.capacity = capacity
@@ -256,7 +258,10 @@ class FieldSinks:
         sink = self.sinks.get(path)
         if sink is None or (info.ragged and isinstance(sink, RowSink)):
             sink = self.sinks[path] = self._open(path, info, sink, pos)
-        sink.put(pos, rows)
+        if isinstance(sink, RowSink):  # a field with one row shape: rows is one block
+            sink.put(pos, cast(np.ndarray, rows))
+        else:
+            sink.put(pos, rows)
 
     def _open(self, path: str, info: FieldInfo, fixed: RowSink | None, pos: int) -> RowSink | RaggedSink:
         name = f"{self.prefix}/{path}" if self.prefix else path
