@@ -11,6 +11,8 @@ import argparse
 import json
 from typing import Any
 
+from .progress import add_quiet
+
 __all__ = ["add_parsers"]
 
 def add_parsers(subparsers: Any) -> None:
@@ -23,6 +25,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--stream", action="extend", nargs="+", metavar="S", help="streams to audit (default: all)")
     p.add_argument("--epoch", action="extend", nargs="+", type=int, metavar="E", help="epochs to audit (default: all)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_quiet(p)
     p.set_defaults(run=_audit)
 
     p = subparsers.add_parser(
@@ -33,6 +36,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("b", help="second snapshot")
     p.add_argument("--stream", metavar="S", help="compare only this stream")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_quiet(p)
     p.set_defaults(run=_diff)
 
 
@@ -43,7 +47,7 @@ def _emit(report: Any, as_json: bool) -> None:
 def _audit(args: argparse.Namespace) -> int:
     from ..audit.audit import audit
 
-    report = audit(args.path, streams=args.stream, epochs=args.epoch)
+    report = audit(args.path, streams=args.stream, epochs=args.epoch, progress=not args.quiet)
     _emit(report, args.json)
     return 0 if report.ok else 1
 

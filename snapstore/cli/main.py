@@ -6,6 +6,12 @@ This is the only module that prints.
 
 Adding a subcommand is one function ``_name(args) -> int`` and one block in
 :func:`build_parser` that adds its parser and ``set_defaults(run=_name)``.
+
+Startup is kept short (``snapstore --version`` and ``--help`` answer in a
+tenth of a second): building the parser imports nothing heavy, and each
+subcommand imports what it needs (zarr, torch, numpy, Pillow) inside its
+function. ``tests/cli/test_main.py`` checks that ``--help`` imports neither
+torch nor zarr.
 """
 
 from __future__ import annotations
@@ -20,10 +26,9 @@ from importlib import metadata
 from typing import Any
 
 from ..errors import SnapshotExistsError, SnapstoreError
-from ..read.snapshot import open as open_snapshot
 from . import audit as cli_audit
-from . import demo, show
 from . import export as cli_export
+from . import progress, show
 
 __all__ = ["build_parser", "format_info", "main"]
 
@@ -42,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed the usage error (2) or --help/--version (0)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
-        return args.run(args)
+        with progress.reporting(quiet=args.quiet):
+            return args.run(args)
     except SnapstoreError as e:
         print(f"snapstore {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -52,12 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # -- subcommands: one function each ------------------------------------------
 def _info(args: argparse.Namespace) -> int:
+    from ..read.snapshot import open as open_snapshot
+
     info = open_snapshot(args.path).info()
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+
     out = args.out or os.path.join(tempfile.mkdtemp(prefix="snapstore-demo-"), "digits.snap")
     if os.path.lexists(out) and not args.overwrite:
         raise SnapshotExistsError(
@@ -65,11 +75,14 @@ def _demo(args: argparse.Namespace) -> int:
         )
     demo.run(out, overwrite=args.overwrite, echo=print)
     print()
-    print(f"the snapshot stays at {out}: try `snapstore info {out}` or `open_snapshot({out!r})` in Python")
+    print(f"the snapshot stays at {out}: try `snapstore info {out}` or `snapstore.open({out!r})` in Python")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:  # the demo's fresh process
+    from ..read.snapshot import open as open_snapshot
+    from . import demo
+
     with open(args.fingerprints) as f:
         prints = json.load(f)
     print(format_info(open_snapshot(args.path).info()))
@@ -91,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Persistent dataset snapshots for PyTorch: inspect what a DataLoader recorded.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    progress.add_quiet(parser, command=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = commands.add_parser(
@@ -99,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "raw sample count and bytes stored.",
     )
     p.add_argument("path", help="snapshot directory or URL")
-    p.add_argument("--json", action="store_true", help="print open_snapshot(path).info() as JSON")
+    p.add_argument("--json", action="store_true", help="print snapstore.open(path).info() as JSON")
     p.set_defaults(run=_info)
 
     p = commands.add_parser(
