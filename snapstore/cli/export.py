@@ -1,15 +1,18 @@
 """``snapstore export``: write an epoch's seen rows or a stream's raw samples to .npz or .npy files.
 
-A thin shell over ``Epoch.to_numpy`` / ``RawSamples.to_numpy``. ``cli.py``
-wires it in with ``add_export_parser(commands)`` in ``build_parser``; the
-parser sets ``run=run_export``, which ``cli.main`` calls. Memory stays
-bounded: every numeric field is filled chunk by chunk into a
-``numpy.lib.format.open_memmap`` file. ``--format npy``
-writes those files (``OUT/<field path>.npy``, ``OUT/index.npy``);
-``--format npz`` (the default) writes them to a temporary directory next to
-``OUT`` and streams them into an uncompressed ``.npz`` that ``numpy.load``
-reads. String fields are read whole and saved as fixed-width unicode. Ragged
-fields are zero-padded to their widest row, with ``<field>.lengths``.
+A thin shell over ``Epoch.to_numpy`` / ``RawSamples.to_numpy``.
+``main.build_parser`` calls ``add_parser(commands)``, which sets
+``run=_export``. Where it writes follows NumPy: ``--format npz`` (the
+default) writes the one file ``OUT.npz``, appending ``.npz`` unless ``OUT``
+ends with it, as ``numpy.savez`` does; ``--format npy`` writes the directory
+``OUT`` with ``<field path>.npy`` per field and ``index.npy``.
+
+Memory stays bounded: every numeric field is filled chunk by chunk into a
+``numpy.lib.format.open_memmap`` file in a temporary directory next to the
+output, and for npz those files are streamed into an uncompressed ``.npz``
+that ``numpy.load`` reads. String fields are read whole and saved as
+fixed-width unicode. Ragged fields are zero-padded to their widest row, with
+``<field>.lengths``. Progress goes to stderr (see ``progress``).
 """
 
 from __future__ import annotations
@@ -21,14 +24,10 @@ import tempfile
 import zipfile
 from typing import Any
 
-import numpy as np
-from tqdm import tqdm
-
 from ..errors import UsageError
-from ..read.numpy import INDEX, out_specs, to_numpy
-from ..read.snapshot import open as open_snapshot
+from .progress import add_quiet, bar
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "output_path"]
 
 FORMATS = ("npz", "npy")
 
@@ -41,7 +40,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "export",
         help="write an epoch's seen rows or the raw samples to .npz/.npy",
         description="Export one epoch's seen rows (in seen order, with 'index' = the order) or a stream's raw "
-        "samples (in dataset-index order, with 'index' = the recorded indices) to NumPy files.",
+        "samples (in dataset-index order, with 'index' = the recorded indices) to NumPy files: "
+        "--format npz writes the file OUT.npz (.npz is appended unless OUT ends with it, like numpy.savez); "
+        "--format npy writes the directory OUT, one <field>.npy per field plus index.npy. "
+        "Progress goes to stderr.",
     )
     p.add_argument("path", help="snapshot path or URL")
     p.add_argument("--stream", required=True, help="stream name, e.g. train")
@@ -49,14 +51,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     which.add_argument("--epoch", type=int, help="epoch number (negative counts from the last)")
     which.add_argument("--raw", action="store_true", help="raw samples instead of an epoch's seen rows")
     p.add_argument("--fields", nargs="+", metavar="FIELD", help="field paths to export (default: all)")
-    p.add_argument("--format", choices=FORMATS, default="npz", help="npz: one file (default); npy: a directory of .npy files")
-    p.add_argument("-o", "--out", required=True, help="output .npz file, or directory for --format npy")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--format", choices=FORMATS, default="npz",
+                   help="npz (default): one file OUT.npz; npy: a directory OUT of .npy files")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="npz: the file to write (.npz appended if missing); npy: the directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    add_quiet(p)
     p.set_defaults(run=_export)  # main.main calls args.run(args)
     return p
 
 
+def output_path(out: str | os.PathLike[str], fmt: str) -> str:
+    """Where ``export -o OUT --format FMT`` writes: ``OUT.npz`` for npz unless ``OUT`` ends with .npz; else ``OUT``."""
+    path = os.fspath(out)
+    return path + ".npz" if fmt == "npz" and not path.endswith(".npz") else path
+
+
 def _export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..read.numpy import INDEX, out_specs
+    from ..read.snapshot import open as open_snapshot
+
     stream = open_snapshot(args.path)[args.stream]
     if args.raw:
         source: Any = stream.raw
@@ -67,7 +83,7 @@ def _export(args: argparse.Namespace) -> int:
         except KeyError as e:
             raise UsageError(e.args[0]) from None
         what = f"stream {stream.name!r} epoch {source.number}"
-    out = os.fspath(args.out)
+    out = output_path(args.out, args.format)
     if os.path.lexists(out) and not args.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite or choose another -o")
     specs = out_specs(source, args.fields, ragged="pad")
@@ -76,13 +92,14 @@ def _export(args: argparse.Namespace) -> int:
     total = sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in specs.values())
     with tempfile.TemporaryDirectory(prefix=".snapstore-export-", dir=parent) as tmp:
         staged = os.path.join(tmp, "npy")
-        with tqdm(total=total, unit="B", unit_scale=True, desc="export", disable=None) as bar:
-            files = _write_npy(source, args.fields, specs, staged, bar.update)
+        with bar(quiet=args.quiet, total=total, unit="B", unit_scale=True, desc="export") as progress:
+            files = _write_npy(source, args.fields, specs, staged, progress.update)
+            progress.update(total - progress.n)  # what to_numpy does not count as it goes ("index", strings)
         if args.format == "npy":
             result = staged
         else:
             result = os.path.join(tmp, "out.npz")
-            _zip(files, result)
+            _zip(files, result, quiet=args.quiet)
         if os.path.lexists(out):
             shutil.rmtree(out) if os.path.isdir(out) and not os.path.islink(out) else os.remove(out)
         os.replace(result, out)
@@ -101,6 +118,10 @@ def _write_npy(source: Any, fields: Any, specs: dict[str, Any], folder: str, pro
     Numeric arrays are memmaps filled in place; string fields come back in
     memory and are saved as fixed-width unicode (no pickles in the files).
     """
+    import numpy as np
+
+    from ..read.numpy import to_numpy
+
     files, maps = {}, {}
     for key, (shape, dtype) in specs.items():
         path = files[key] = os.path.join(folder, _npy_name(key))
@@ -116,13 +137,13 @@ def _write_npy(source: Any, fields: Any, specs: dict[str, Any], folder: str, pro
     return files
 
 
-def _zip(files: dict[str, str], target: str) -> None:
+def _zip(files: dict[str, str], target: str, *, quiet: bool) -> None:
     """An uncompressed .npz (what ``numpy.savez`` writes), copied file by file in 8 MiB pieces."""
     total = sum(os.path.getsize(f) for f in files.values())
     with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as zf, \
-            tqdm(total=total, unit="B", unit_scale=True, desc="npz", disable=None) as bar:
+            bar(quiet=quiet, total=total, unit="B", unit_scale=True, desc="npz") as progress:
         for key, path in files.items():
             with open(path, "rb") as src, zf.open(_npy_name(key), "w", force_zip64=True) as dst:
                 while piece := src.read(_COPY_BYTES):
                     dst.write(piece)
-                    bar.update(len(piece))
+                    progress.update(len(piece))
