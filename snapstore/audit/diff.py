@@ -10,9 +10,11 @@ per field and epoch).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import config
 from ..core.manifest import FieldInfo, numpy_dtype
@@ -36,13 +38,15 @@ def _describe(x: Snapshot | Stream | Epoch) -> str:
     return x.path
 
 
-def diff(a: Recording, b: Recording) -> DiffReport:
+def diff(a: Recording, b: Recording, *, progress: bool | None = None) -> DiffReport:
     """Compare two recordings: snapshots, streams or epochs.
 
     Parameters
     ----------
     a, b : Snapshot, Stream, Epoch, str or os.PathLike
         Both of the same kind; a path opens a snapshot.
+    progress : bool, optional
+        A tqdm bar on stderr counting the epochs compared; default: when stderr is a terminal.
 
     Returns
     -------
@@ -69,7 +73,7 @@ def diff(a: Recording, b: Recording) -> DiffReport:
     Divergence(stream='train', epoch=0, batch=0, position=0, field='index', ...)
     """
     ra, rb = _resolve(a), _resolve(b)
-    d = _Differ()
+    d = _Differ(sys.stderr.isatty() if progress is None else progress)
     if isinstance(ra, Snapshot) and isinstance(rb, Snapshot):
         d.snapshots(ra, rb)
     elif isinstance(ra, Stream) and isinstance(rb, Stream):
@@ -79,6 +83,8 @@ def diff(a: Recording, b: Recording) -> DiffReport:
                  _common(ra.stream.manifest.outputs, rb.stream.manifest.outputs))
     else:
         raise UsageError(f"diff() compares two recordings of one kind; got a {type(ra).__name__} and a {type(rb).__name__}")
+    if d.bar is not None:
+        d.bar.close()
     first = min(d.divergences, key=lambda t: t[0])[1] if d.divergences else None
     return DiffReport(_describe(ra), _describe(rb), d.findings, first, {"epochs": d.n_epochs, "rows": d.n_rows})
 
@@ -96,11 +102,18 @@ def _common(fa: dict[str, FieldInfo], fb: dict[str, FieldInfo]) -> list[str]:
 
 
 class _Differ:
-    def __init__(self) -> None:
+    def __init__(self, progress: bool) -> None:
+        self.progress = progress
+        self.bar: Any = None  # tqdm, counting the epochs compared, from start()
         self.findings: list[Finding] = []
         self.divergences: list[tuple[tuple, Divergence]] = []
         self.n_epochs = 0
         self.n_rows = 0
+
+    def start(self, total: int) -> None:
+        """Show the progress bar: ``total`` epochs to compare (the outermost call's count)."""
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc="diff", unit="epoch", disable=not self.progress, file=sys.stderr)
 
     def _diverge(self, stream: str, epoch: int | None, batch: int | None, position: int | None, field: str | None,
                  check: str, message: str) -> None:
@@ -112,8 +125,10 @@ class _Differ:
             side = "a" if name in a.streams else "b"
             self.findings.append(Finding.make("streams", f"stream {name!r} is recorded only in {side}", stream=name))
             self._diverge(name, None, None, None, None, "streams", f"stream {name!r} is recorded only in {side}")
-        for name in sorted(set(a.streams) & set(b.streams)):
-            self.streams(a[name], b[name])
+        pairs = [(a[name], b[name]) for name in sorted(set(a.streams) & set(b.streams))]
+        self.start(sum(len(set(x.epochs) & set(y.epochs)) for x, y in pairs))
+        for x, y in pairs:
+            self.streams(x, y)
 
     def streams(self, a: Stream, b: Stream) -> None:
         name = a.name
@@ -127,6 +142,7 @@ class _Differ:
                         stream=name, field=p))
         self._raw(a, b)
         epochs_a, epochs_b = set(a.epochs), set(b.epochs)
+        self.start(len(epochs_a & epochs_b))
         for e in sorted(epochs_a ^ epochs_b):
             side = "a" if e in epochs_a else "b"
             self.findings.append(Finding.make("epochs", f"epoch {e} is recorded only in {side}", stream=name, epoch=e))
@@ -155,6 +171,7 @@ class _Differ:
 
     def epochs(self, name: str, a: Epoch, b: Epoch, fields: list[str], outputs: list[str]) -> None:
         e = a.number
+        self.start(1)
         self.n_epochs += 1
         oa, ob = a.order, b.order
         n = min(len(oa), len(ob))
@@ -196,6 +213,7 @@ class _Differ:
                     continue
                 info = (a.stream.manifest.fields if check == "seen" else a.stream.manifest.outputs)[f]
                 self._values(name, e, check, f, info, a, b, hashes(a, f), hashes(b, f), rows, same, batch)
+        self.bar.update()
 
     def _values(self, name: str, e: int, check: str, f: str, info: FieldInfo, a: Epoch, b: Epoch,
                 ha: np.ndarray, hb: np.ndarray, rows: Any, same: np.ndarray, batch: Any) -> None:

@@ -58,8 +58,8 @@ def _diff(args: argparse.Namespace) -> int:
 
     a, b = open_snapshot(args.a), open_snapshot(args.b)
     if args.stream is not None:
-        report = diff(a[args.stream], b[args.stream])
+        report = diff(a[args.stream], b[args.stream], progress=not args.quiet)
     else:
-        report = diff(a, b)
+        report = diff(a, b, progress=not args.quiet)
     _emit(report, args.json)
     return 0 if report.identical else 1
