@@ -11,4 +11,5 @@ from .compare import compare
 from .diff import diff
 from .report import AuditReport, CompareReport, DiffReport, Divergence, FieldStats, Finding
 
-__all__ = ["AuditReport", "CompareReport", "DiffReport", "Divergence", "FieldStats", "Finding", "audit", "compare", "diff"]
+__all__ = ["AuditReport", "CompareReport", "DiffReport", "Divergence", "FieldStats", "Finding", "audit", "compare",
+           "diff"]

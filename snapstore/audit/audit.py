@@ -40,8 +40,8 @@ def as_snapshot(snapshot: Snapshot | str | os.PathLike[str]) -> Snapshot:
     raise UsageError(f"expected a Snapshot or the path of one, got {type(snapshot).__name__}")
 
 
-def audit(snapshot: Snapshot | str | os.PathLike[str], *, streams: str | Iterable[str] | None = None, epochs: Iterable[int] | None = None,
-          progress: bool | None = None) -> AuditReport:
+def audit(snapshot: Snapshot | str | os.PathLike[str], *, streams: str | Iterable[str] | None = None,
+          epochs: Iterable[int] | None = None, progress: bool | None = None) -> AuditReport:
     """Check a snapshot for damaged storage and for data a DataLoader should not have produced.
 
     Parameters
@@ -203,7 +203,8 @@ class _StreamAudit:
                           "array is missing", epoch=e)
         if self.m.dataset_len is not None and not self.m.iterable and readable and parts:
             expect = sampler_expectation(manifests[parts[0]].provenance, self.m.dataset_len)
-            self.findings += check_coverage(order, self.m.dataset_len, expect, stream=self.name, epoch=e, complete=complete)
+            self.findings += check_coverage(order, self.m.dataset_len, expect, stream=self.name, epoch=e,
+                                            complete=complete)
         return order
 
     def _fields(self, epoch: int | None, parts: list[Part], rows: dict[Part, int], indices: np.ndarray,
@@ -236,8 +237,8 @@ class _StreamAudit:
             bad = valid & (known != NO_HASH) & (known != computed)
             if bad.any():
                 what = "output" if role == "outputs" else "field"
-                self._add("integrity", f"{plural(int(bad.sum()), 'row')} of {what} {name!r} no longer match the content "
-                          "hash recorded when they were written: the stored bytes changed after recording",
+                self._add("integrity", f"{plural(int(bad.sum()), 'row')} of {what} {name!r} no longer match "
+                          "the content hash recorded when they were written: the stored bytes changed after recording",
                           epoch=epoch, field=name, indices=indices[bad])
             out[name] = np.where(valid, computed, known)
         return out
@@ -296,5 +297,7 @@ class _StreamAudit:
                     runs.append((e, order[ok], h[ok]))
             self.findings += check_stability(runs, stream=self.name, field=name, dataset_len=max(n, 0))
             raw_info = self.m.raw_fields.get(name)
-            if raw_info is not None and name in raw_sorted[1] and (raw_info.dtype, raw_info.shape) == (info.dtype, info.shape):
-                self.findings += check_carry_through(raw_sorted[0], raw_sorted[1][name], runs, stream=self.name, field=name)
+            if (raw_info is not None and name in raw_sorted[1]
+                    and (raw_info.dtype, raw_info.shape) == (info.dtype, info.shape)):
+                self.findings += check_carry_through(raw_sorted[0], raw_sorted[1][name], runs, stream=self.name,
+                                                     field=name)

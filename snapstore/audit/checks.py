@@ -214,7 +214,8 @@ def sampler_expectation(provenance: dict, dataset_len: int) -> Expectation:
         return Expectation("SubsetRandomSampler: a subset, each index at most once", 0, 1)
     if name == "WeightedRandomSampler":
         least = 1 if num == dataset_len else 0
-        return Expectation(f"WeightedRandomSampler without replacement drawing {num}: each index at most once", least, 1)
+        return Expectation(f"WeightedRandomSampler without replacement drawing {num}: each index at most once",
+                           least, 1)
     draws = num if num is not None else dataset_len
     least, most = draws // n, -(-draws // n)
     dropped = draws % batch_size if drop_last and isinstance(batch_size, int) and batch_size > 0 else 0
@@ -257,8 +258,8 @@ def check_coverage(order: Index, dataset_len: int, expect: Expectation, *, strea
             never = int((counts[under] == 0).sum())
             allowed = f"; drop_last explains {expect.missing_allowed}" if expect.missing_allowed else ""
             findings.append(Finding.make(
-                "coverage", f"{plural(len(under), 'index')} seen fewer times than the sampler explains, {never} never seen "
-                f"({expect.description}{allowed})",
+                "coverage", f"{plural(len(under), 'index')} seen fewer times than the sampler explains, "
+                f"{never} never seen ({expect.description}{allowed})",
                 stream=stream, epoch=epoch, indices=under))
     return findings
 
@@ -315,9 +316,9 @@ def check_values(summary: RowSummary, indices: Index, *, stream: str, epoch: int
     if mask.any():
         peak = float(np.nanmax(np.maximum(np.abs(summary.hi[mask]), np.abs(summary.lo[mask]))))
         findings.append(Finding.make(
-            "values", f"{plural(int(mask.sum()), 'row')} hold values orders of magnitude outside the field's distribution "
-            f"(up to {peak:.3g} in magnitude; {100 - 200 * config.OUTLIER_QUANTILE:.0f}% of rows stay within "
-            f"[{low:.3g}, {high:.3g}]): a division by a near-zero sum or std, a corrupt file, a wrong scale",
+            "values", f"{plural(int(mask.sum()), 'row')} hold values orders of magnitude outside the field's "
+            f"distribution (up to {peak:.3g} in magnitude; {100 - 200 * config.OUTLIER_QUANTILE:.0f}% of rows stay "
+            f"within [{low:.3g}, {high:.3g}]): a division by a near-zero sum or std, a corrupt file, a wrong scale",
             stream=stream, epoch=epoch, field=field, indices=indices[mask]))
     return findings
 
@@ -384,8 +385,8 @@ def check_stability(epochs: Sequence[tuple[int, Index, npt.NDArray[np.uint64]]],
         idx = np.concatenate(report[k]) if report[k] else np.empty(0, np.int64)
         if len(idx):
             findings.append(Finding.make(
-                "stability", f"{plural(len(np.unique(idx)), 'index')} whose {field!r} differs from what the other epochs saw, "
-                f"while it is identical across epochs for {seen_twice - len(unstable_idx)} of {seen_twice} "
+                "stability", f"{plural(len(np.unique(idx)), 'index')} whose {field!r} differs from what the other "
+                f"epochs saw, while it is identical across epochs for {seen_twice - len(unstable_idx)} of {seen_twice} "
                 "indices (a race in a worker, a corrupt file, a non-deterministic dataset)",
                 stream=stream, epoch=epochs[k][0], field=field, indices=idx))
     return findings

@@ -67,7 +67,8 @@ def compare(stream: Stream, dataset: Dataset, *, progress: bool | None = None) -
     report = CompareReport(stream.name)
     if live_len is not None and m.dataset_len is not None and live_len != m.dataset_len:
         report.findings.append(Finding.make(
-            "drift", f"the live dataset holds {live_len} samples; the recording's held {m.dataset_len}", stream=stream.name))
+            "drift", f"the live dataset holds {live_len} samples; the recording's held {m.dataset_len}",
+            stream=stream.name))
     differ: dict[str, list[int]] = {f: [] for f in m.raw_fields}
     largest: dict[str, float] = {}
     gone, reshaped = [], []
@@ -108,7 +109,8 @@ def compare(stream: Stream, dataset: Dataset, *, progress: bool | None = None) -
                 stream=stream.name, field=p, indices=idx))
     if gone:
         report.findings.append(Finding.make(
-            "drift", f"{len(gone)} recorded indices are no longer in the live dataset", stream=stream.name, indices=gone))
+            "drift", f"{len(gone)} recorded indices are no longer in the live dataset", stream=stream.name,
+            indices=gone))
     if reshaped:
         report.findings.append(Finding.make(
             "drift", f"{len(reshaped)} live samples no longer have the recorded structure, dtypes or shapes",

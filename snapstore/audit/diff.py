@@ -82,7 +82,8 @@ def diff(a: Recording, b: Recording, *, progress: bool | None = None) -> DiffRep
         d.epochs(ra.stream.name, ra, rb, _common(ra.stream.manifest.fields, rb.stream.manifest.fields),
                  _common(ra.stream.manifest.outputs, rb.stream.manifest.outputs))
     else:
-        raise UsageError(f"diff() compares two recordings of one kind; got a {type(ra).__name__} and a {type(rb).__name__}")
+        raise UsageError(f"diff() compares two recordings of one kind; got a {type(ra).__name__} "
+                         f"and a {type(rb).__name__}")
     if d.bar is not None:
         d.bar.close()
     first = min(d.divergences, key=lambda t: t[0])[1] if d.divergences else None
@@ -284,7 +285,8 @@ def _ragged_gap(info: FieldInfo, read_a: Any, read_b: Any, n: int) -> str:
     largest, shaped = 0.0, 0
     rows_a, rows_b = read_a(slice(0, take)), read_b(slice(0, take))
     for ra, rb in zip(rows_a, rows_b):
-        xa, xb = numeric_view(np.asarray(ra)[np.newaxis], info.dtype), numeric_view(np.asarray(rb)[np.newaxis], info.dtype)
+        xa, xb = (numeric_view(np.asarray(ra)[np.newaxis], info.dtype),
+                  numeric_view(np.asarray(rb)[np.newaxis], info.dtype))
         if xa is None or xb is None:
             return ""
         if xa.shape != xb.shape:

@@ -213,8 +213,8 @@ class AuditReport:
         if s:
             mb, secs = s.get("bytes_stored", 0) / 1e6, s.get("seconds", 0.0)
             lines.append(
-                f"  scanned {plural(s.get('streams', 0), 'stream')}, {plural(s.get('epochs', 0), 'epoch')}, {s.get('arrays', 0)} arrays, "
-                f"{s.get('chunks', 0)} chunks, {mb:.1f} MB stored in {secs:.2f} s"
+                f"  scanned {plural(s.get('streams', 0), 'stream')}, {plural(s.get('epochs', 0), 'epoch')}, "
+                f"{s.get('arrays', 0)} arrays, {s.get('chunks', 0)} chunks, {mb:.1f} MB stored in {secs:.2f} s"
             )
         if self.findings:
             lines.append("findings:")

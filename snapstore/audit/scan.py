@@ -116,7 +116,8 @@ Part = tuple[int, int]
 class ScanResult:
     arrays: dict[tuple[str, int | None, Part, str, str | None], ArrayScan] = field(default_factory=dict)
     epochs: dict[tuple[str, int], dict[Part, EpochManifest]] = field(default_factory=dict)
-    unreadable: list[tuple[str, int | None, str | None, str]] = field(default_factory=list)  # stream, epoch, field, message
+    # stream, epoch, field, message
+    unreadable: list[tuple[str, int | None, str | None, str]] = field(default_factory=list)
     chunks: int = 0
     bytes_stored: int = 0
     bytes: int = 0
@@ -179,7 +180,8 @@ def _ragged(role: str, name: str) -> tuple[str, str]:
 
 def _ranks(group: Any, name: str) -> list[tuple[int, Any, str]]:
     """``(rank, stream group of that rank, path prefix)``: one entry unless torch.distributed ranks recorded it."""
-    return [(r, g, where[len(name) + 1:] + "/" if where != name else "") for r, g, where in stream_ranks(group, name, strict=False)]
+    return [(r, g, where[len(name) + 1:] + "/" if where != name else "")
+            for r, g, where in stream_ranks(group, name, strict=False)]
 
 
 def epoch_numbers(snapshot: Any, stream: str) -> list[int]:
@@ -208,9 +210,11 @@ def plan(root: Any, streams: Sequence[str], epochs: Iterable[int] | None, result
     targets = []
     for name in streams:
         for rank, group, prefix in _ranks(root[name], name):
-            manifest = StreamManifest.from_dict(group.attrs.get(layout.STREAM_ATTR), where=f"{name}/{prefix}".rstrip("/"))
+            manifest = StreamManifest.from_dict(group.attrs.get(layout.STREAM_ATTR),
+                                                where=f"{name}/{prefix}".rstrip("/"))
             raw = storage.child(group, layout.RAW_GROUP)
-            raw_rows = RawManifest.from_dict(raw.attrs.get(layout.RAW_ATTR, {}), where=raw.path).rows if raw is not None else 0
+            raw_rows = (RawManifest.from_dict(raw.attrs.get(layout.RAW_ATTR, {}), where=raw.path).rows
+                        if raw is not None else 0)
             _manifests(name, rank, group, wanted, result)
             broken: list[tuple[str, Exception]] = []
             for rel, array in storage.walk_arrays(group, broken):
@@ -218,7 +222,8 @@ def plan(root: Any, streams: Sequence[str], epochs: Iterable[int] | None, result
             for rel, problem in broken:
                 where = _classify(rel)
                 parts = rel.split("/")
-                epoch = int(parts[1]) if parts[0] == layout.EPOCHS_GROUP and len(parts) > 1 and parts[1].isdigit() else None
+                epoch = (int(parts[1]) if parts[0] == layout.EPOCHS_GROUP and len(parts) > 1 and parts[1].isdigit()
+                         else None)
                 field_name = where[3] if where is not None and where[2] in ("seen", "raw", "outputs") else None
                 if where is not None and where[2] in ("ragged", "ragged_rows") and where[3]:
                     field_name = where[3].rpartition("/")[0]
@@ -320,7 +325,8 @@ def _run(tasks: list[tuple], progress: bool, total_bytes: int) -> list[ChunkResu
     return results
 
 
-def scan(snapshot: Any, streams: Sequence[str], epochs: Iterable[int] | None, *, progress: bool | None = None) -> ScanResult:
+def scan(snapshot: Any, streams: Sequence[str], epochs: Iterable[int] | None, *,
+         progress: bool | None = None) -> ScanResult:
     """Read every chunk of the chosen streams and epochs once; see the module docstring.
 
     Parameters

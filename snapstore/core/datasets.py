@@ -95,7 +95,8 @@ def raw_source(raw: RawSource, dataset: Any) -> tuple[Callable[[Any], list[Any]]
         return None, False
     if isinstance(raw, str):
         if raw != "auto":
-            raise UsageError(f"raw={raw!r} is not understood; pass 'auto', None, a Dataset or a callable index -> sample")
+            raise UsageError(f"raw={raw!r} is not understood; pass 'auto', None, a Dataset or a callable "
+                             "index -> sample")
         if isinstance(dataset, IterableDataset) or not has_transforms(dataset):
             return None, True
         return Untransformed(dataset), True

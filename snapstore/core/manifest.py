@@ -104,9 +104,11 @@ class FieldInfo:
         if kind in _PYTHON_KINDS:
             _require(dtype in _PYTHON_DTYPES,
                      f"field {name!r} of kind {kind!r} has dtype {dtype!r}, not one of {sorted(_PYTHON_DTYPES)}")
-        _require(isinstance(shape, list) and len(shape) <= 32, f"field {name!r} has shape {shape!r:.80}, not a list of sizes")
+        _require(isinstance(shape, list) and len(shape) <= 32,
+                 f"field {name!r} has shape {shape!r:.80}, not a list of sizes")
         _require(all(v is None or _is_count(v) for v in shape), f"field {name!r} has shape {shape!r:.80}")
-        _require(ragged or (None not in shape and kind not in _RAGGED_KINDS), f"field {name!r} has variable sizes but ragged=False")
+        _require(ragged or (None not in shape and kind not in _RAGGED_KINDS),
+                 f"field {name!r} has variable sizes but ragged=False")
         return cls(kind, dtype, tuple(shape), ragged)
 
 
@@ -201,7 +203,8 @@ class StreamManifest:
             outputs = _fields_from_dict(d.get("outputs"), "outputs")
             _structure(d.get("structure"), fields, "structure")
             _structure(d.get("raw_structure"), raw_fields, "raw_structure")
-            _require(all(not f.ragged or f.kind in ("tensor", "ndarray") for f in outputs.values()), "an output is ragged")
+            _require(all(not f.ragged or f.kind in ("tensor", "ndarray") for f in outputs.values()),
+                     "an output is ragged")
             base_datasets = _str_list(d.get("base_datasets", []), "base_datasets")
         except _Bad as e:
             raise _fail(what, str(e)) from None
@@ -342,7 +345,8 @@ def _str_list(v: Any, what: str) -> list[str]:
 
 def _identifier(name: Any, what: str, *, field: bool) -> None:
     _require(
-        isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name) and not (field and name.startswith("_")),
+        isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+        and not (field and name.startswith("_")),
         f"{what} {name!r:.80} is not a Python identifier",
     )
 
@@ -356,10 +360,12 @@ def _check_structure(node: Any, path: str, leaves: list[str], depth: int) -> Non
     if t == "none":
         return
     if t == "leaf":
-        _require(node.get("field") == (path or ROOT_FIELD), f"leaf at {path or '<batch>'!r} names field {node.get('field')!r:.80}")
+        _require(node.get("field") == (path or ROOT_FIELD),
+                 f"leaf at {path or '<batch>'!r} names field {node.get('field')!r:.80}")
         leaves.append(path or ROOT_FIELD)
         return
-    _require(t in ("dict", "list", "tuple", "namedtuple"), f"structure node at {path or '<batch>'!r} has type {t!r:.80}")
+    _require(t in ("dict", "list", "tuple", "namedtuple"),
+             f"structure node at {path or '<batch>'!r} has type {t!r:.80}")
     items = node.get("items")
     _require(isinstance(items, list), f"structure node at {path or '<batch>'!r} has no list of items")
     if t == "dict":
@@ -372,7 +378,8 @@ def _check_structure(node: Any, path: str, leaves: list[str], depth: int) -> Non
             _identifier(k, "namedtuple field", field=True)
     else:
         keys = [str(i) for i in range(len(items))]
-    _require(len(keys) == len(items) and len(set(keys)) == len(keys), f"structure node at {path or '<batch>'!r} has {len(keys)} names for {len(items)} items")
+    _require(len(keys) == len(items) and len(set(keys)) == len(keys),
+             f"structure node at {path or '<batch>'!r} has {len(keys)} names for {len(items)} items")
     for k, item in zip(keys, items):
         _check_structure(item, f"{path}/{k}" if path else k, leaves, depth + 1)
 
@@ -383,7 +390,8 @@ def _structure(structure: Any, fields: dict[str, FieldInfo], what: str) -> None:
         return
     leaves: list[str] = []
     _check_structure(structure, "", leaves, 0)
-    _require(sorted(leaves) == sorted(fields), f"{what}: the structure's leaves {sorted(leaves)!r:.120} are not the fields {sorted(fields)!r:.120}")
+    _require(sorted(leaves) == sorted(fields),
+             f"{what}: the structure's leaves {sorted(leaves)!r:.120} are not the fields {sorted(fields)!r:.120}")
 
 
 def merge_ranks(manifests: list[StreamManifest]) -> StreamManifest:

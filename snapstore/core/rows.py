@@ -84,7 +84,8 @@ class Ragged:
     def rows(self) -> list[np.ndarray]:
         """The rows as separate arrays (views of ``values``)."""
         ends = np.cumsum(self.counts())
-        return [self.values[e - c : e].reshape(s) for e, c, s in zip(ends.tolist(), self.counts().tolist(), self.shapes.tolist())]
+        return [self.values[e - c : e].reshape(s)
+                for e, c, s in zip(ends.tolist(), self.counts().tolist(), self.shapes.tolist())]
 
     def take(self, keep: np.ndarray) -> Ragged:
         """The rows at positions ``keep``."""

@@ -57,12 +57,14 @@ def _tensor_rows(t: torch.Tensor) -> tuple[str, np.ndarray]:
     return a.dtype.name, a
 
 
-def _leaf(path: str, kind: str, dtype: str, rows: np.ndarray) -> tuple[Structure, dict[str, tuple[FieldInfo, np.ndarray]]]:
+def _leaf(path: str, kind: str, dtype: str,
+          rows: np.ndarray) -> tuple[Structure, dict[str, tuple[FieldInfo, np.ndarray]]]:
     path = path or ROOT_FIELD
     return {"type": "leaf", "field": path}, {path: (FieldInfo(kind, dtype, tuple(rows.shape[1:])), rows)}
 
 
-def _ragged_leaf(path: str, kind: str, dtype: str, rows: list[np.ndarray]) -> tuple[Structure, dict[str, tuple[FieldInfo, Ragged]]]:
+def _ragged_leaf(path: str, kind: str, dtype: str,
+                 rows: list[np.ndarray]) -> tuple[Structure, dict[str, tuple[FieldInfo, Ragged]]]:
     path = path or ROOT_FIELD
     shape = tuple(d if all(r.shape[i] == d for r in rows) else None for i, d in enumerate(rows[0].shape))
     return {"type": "leaf", "field": path}, {path: (FieldInfo(kind, dtype, shape, ragged=True), Ragged.from_rows(rows))}
@@ -143,7 +145,8 @@ def _join(path: str, key: str) -> str:
     return f"{path}/{key}" if path else key
 
 
-def _flatten_children(items: list[tuple[str, Any]], batch_size: int | None, path: str, row_lists: Any) -> tuple[list[Structure], dict]:
+def _flatten_children(items: list[tuple[str, Any]], batch_size: int | None, path: str,
+                      row_lists: Any) -> tuple[list[Structure], dict]:
     nodes, fields = [], {}
     for key, value in items:
         node, sub = flatten(value, batch_size, _join(path, key), row_lists=row_lists)
@@ -155,7 +158,8 @@ def _flatten_children(items: list[tuple[str, Any]], batch_size: int | None, path
 def _flatten_tensor(t: torch.Tensor, batch_size: int | None, path: str, row_lists: Any = None):
     if t.is_cuda:
         dtype, copy = _device_rows(t, batch_size, path)
-        return {"type": "leaf", "field": path or ROOT_FIELD}, {path or ROOT_FIELD: (FieldInfo("tensor", dtype, copy.shape[1:]), copy)}
+        return ({"type": "leaf", "field": path or ROOT_FIELD},
+                {path or ROOT_FIELD: (FieldInfo("tensor", dtype, copy.shape[1:]), copy)})
     dtype, a = _tensor_rows(t)
     return _leaf(path, "tensor", dtype, _as_rows(a, batch_size, path))
 
@@ -198,7 +202,8 @@ def _flatten_none(v: None, batch_size: int | None, path: str, row_lists: Any = N
 def _flatten_mapping(d: Mapping, batch_size: int | None, path: str, row_lists: Any = None):
     for k in d:
         if not isinstance(k, str) or not k or "/" in k or k in (".", "..", "zarr.json"):
-            raise SchemaError(f"dict key {k!r} at {path or '<batch>'!r} cannot name a field; use non-empty str keys without '/'")
+            raise SchemaError(f"dict key {k!r} at {path or '<batch>'!r} cannot name a field; "
+                              "use non-empty str keys without '/'")
     nodes, fields = _flatten_children(list(d.items()), batch_size, path, row_lists)
     return {"type": "dict", "keys": list(d), "items": nodes}, fields
 

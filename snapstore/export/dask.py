@@ -36,7 +36,8 @@ def to_dask(obj: Epoch | RawSamples, fields: Fields = None) -> dict[str, Any]:
     for p in paths:
         pieces = [
             da.from_array(
-                _Committed(part.fixed(p), part.rows), chunks=(int(part.fixed(p).array.chunks[0]), *part.fixed(p).array.shape[1:]),
+                _Committed(part.fixed(p), part.rows),
+                chunks=(int(part.fixed(p).array.chunks[0]), *part.fixed(p).array.shape[1:]),
                 name=f"snapstore-{p}-{uuid.uuid4().hex}", asarray=False, fancy=False, lock=False,
                 meta=np.empty((0,) * part.fixed(p).array.ndim, dtype=part.fixed(p).array.dtype),
             )

@@ -15,7 +15,8 @@ from ..read.plan import Fields, select
 from ..read.stream import Stream
 
 
-def to_tf_dataset(stream: Stream, epoch: int | None = None, *, channels_last: bool = False, fields: Fields = None) -> Any:
+def to_tf_dataset(stream: Stream, epoch: int | None = None, *, channels_last: bool = False,
+                  fields: Fields = None) -> Any:
     """A streaming ``tf.data.Dataset`` of rows; see ``Stream.to_tf_dataset``."""
     try:
         import tensorflow as tf
@@ -35,7 +36,8 @@ def to_tf_dataset(stream: Stream, epoch: int | None = None, *, channels_last: bo
         shape = (*info.shape[1:], info.shape[0]) if p in moved else info.shape
         if plan.is_ragged(p) and not any(d is None for d in shape):
             shape = (None,) * len(shape)  # ragged in another epoch, or the schema does not say which dims vary
-        dtype = tf.string if info.dtype == "str" else tf.uint16 if info.dtype == "bfloat16" else tf.as_dtype(numpy_dtype(info.dtype))
+        dtype = (tf.string if info.dtype == "str" else tf.uint16 if info.dtype == "bfloat16"
+                 else tf.as_dtype(numpy_dtype(info.dtype)))
         specs.append(tf.TensorSpec(shape if ragged else (None, *shape), dtype))
 
     def rows() -> Iterator[tuple[Any, ...]]:

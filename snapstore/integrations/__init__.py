@@ -1,4 +1,5 @@
-"""Integrations with training frameworks (Lightning, Accelerate, the Hugging Face Trainer), built on ``snapstore.record``."""
+"""Integrations with training frameworks (Lightning, Accelerate, the Hugging Face Trainer), built on
+``snapstore.record``."""
 
 from __future__ import annotations
 

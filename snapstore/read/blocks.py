@@ -65,7 +65,8 @@ def row_blocks(plan: RowPlan, paths: list[str]) -> Iterator[dict[str, Rows]]:
 def _streamed(plan: RowPlan, paths: list[str], ragged: set[str]) -> Iterator[dict[str, Rows]]:
     live = [k for k, segment in enumerate(plan.segments) if segment.rows]
     steps = [block_rows(plan.segments[k].fixed(p)) for k in live for p in paths if p not in ragged]
-    steps += [ragged_block_rows(plan.infos[p], plan.segments[k].ragged(p).shapes) for k in live for p in paths if p in ragged]
+    steps += [ragged_block_rows(plan.infos[p], plan.segments[k].ragged(p).shapes)
+              for k in live for p in paths if p in ragged]
     step = min(steps)
     cursors = {(k, p): storage.Cursor(plan.segments[k].fixed(p).array, plan.segments[k].rows)
                for k in live for p in paths if p not in ragged}

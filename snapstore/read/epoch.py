@@ -32,12 +32,15 @@ class Piece:
         self.group = group
         self.rank = rank
         m = stream.manifest  # read after this commit record (Stream.epoch): it covers its rows
-        self.manifest = EpochManifest.from_dict(group.attrs.get(layout.EPOCH_ATTR), where=what, number=number, part=part, stream=m)
+        self.manifest = EpochManifest.from_dict(group.attrs.get(layout.EPOCH_ATTR), where=what, number=number,
+                                                part=part, stream=m)
         self.rows = self.manifest.rows
         self.what = what
         # the nodes listed after the commit record was read: every array it covers is there
-        self.nodes = storage.members(group, what, recursive=True, exclude=(layout.CONTINUED_GROUP,)) if self.rows or self.manifest.batches else {}
-        self.seen = FieldReaders(self.nodes, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged, self.rows, what) if self.rows else None
+        self.nodes = (storage.members(group, what, recursive=True, exclude=(layout.CONTINUED_GROUP,))
+                      if self.rows or self.manifest.batches else {})
+        self.seen = (FieldReaders(self.nodes, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged,
+                                  self.rows, what) if self.rows else None)
 
     def array(self, name: str, n: int, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
         """The first ``n`` entries of a per-position (or per-batch) array; ``fill`` when it does not exist."""
@@ -117,8 +120,10 @@ class Epoch:
         """(part, local position) of each position."""
         if len(self._pieces) == 1:
             return np.zeros(len(self), dtype=np.int64), np.arange(len(self), dtype=np.int64)
-        part = np.concatenate([np.full(hi - lo, k, dtype=np.int64) for k, lo, hi in self._batches] or [np.empty(0, np.int64)])
-        local = np.concatenate([np.arange(lo, hi, dtype=np.int64) for _, lo, hi in self._batches] or [np.empty(0, np.int64)])
+        part = np.concatenate([np.full(hi - lo, k, dtype=np.int64) for k, lo, hi in self._batches]
+                              or [np.empty(0, np.int64)])
+        local = np.concatenate([np.arange(lo, hi, dtype=np.int64) for _, lo, hi in self._batches]
+                               or [np.empty(0, np.int64)])
         return part, local
 
     def _per_position(self, name: str, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
@@ -135,7 +140,8 @@ class Epoch:
     @cached_property
     def order(self) -> np.ndarray:
         """Dataset index at each position, in the order the model saw them (int64, (rows,))."""
-        return check_indices(self._per_position(layout.ORDER), self.stream.manifest, f"{self._pieces[0].what}/{layout.ORDER}")
+        return check_indices(self._per_position(layout.ORDER), self.stream.manifest,
+                             f"{self._pieces[0].what}/{layout.ORDER}")
 
     @cached_property
     def batch_sizes(self) -> np.ndarray:
@@ -206,7 +212,8 @@ class Epoch:
         """The seen sample at ``position`` (one row of its batch, without the batch dimension)."""
         n = len(self)
         if not -n <= position < n:
-            raise IndexError(f"position {position} is outside epoch {self.number} of stream {self.stream.name!r} ({n} rows)")
+            raise IndexError(f"position {position} is outside epoch {self.number} of stream {self.stream.name!r} "
+                             f"({n} rows)")
         position %= n
         return self._build(self._rows(position, position + 1), batched=False)
 
@@ -282,7 +289,8 @@ class Epoch:
         start, stop = (position, position + 1) if position is not None else (0, len(self))
         rows = self._rows(start, stop)
         values, cut = rows[field], np.asarray(rows[lengths]).astype(np.int64)
-        out = [rebuild_leaf(infos[field], values[k : k + 1] if isinstance(values, np.ndarray) else [values[k]], False)[: int(cut[k])]
+        out = [rebuild_leaf(infos[field], values[k : k + 1] if isinstance(values, np.ndarray) else [values[k]],
+                            False)[: int(cut[k])]
                for k in range(stop - start)]
         return out[0] if position is not None else out
 
@@ -363,7 +371,8 @@ class Epoch:
 
     def _check_field(self, field: str) -> None:
         if field not in self.schema.fields:
-            raise FieldNotFoundError(f"no seen field {field!r} in stream {self.stream.name!r}; fields: {list(self.schema.fields)}")
+            raise FieldNotFoundError(f"no seen field {field!r} in stream {self.stream.name!r}; "
+                                     f"fields: {list(self.schema.fields)}")
 
     def hashes(self, field: str) -> np.ndarray:
         """Content hash (xxh3_64, see ``snapstore.hashing``) of each seen row of ``field``.
@@ -390,7 +399,8 @@ class Epoch:
     def output_hashes(self, name: str) -> np.ndarray:
         """Content hash of each row of output ``name`` (uint64, (len(self),)), aligned with ``order``."""
         if name not in self.schema.outputs:
-            raise FieldNotFoundError(f"no output {name!r} in stream {self.stream.name!r}; logged outputs: {list(self.schema.outputs)}")
+            raise FieldNotFoundError(f"no output {name!r} in stream {self.stream.name!r}; "
+                                     f"logged outputs: {list(self.schema.outputs)}")
         if not len(self):
             return np.empty(0, dtype=np.uint64)
         stored = self._per_position(layout.output_hashes_path(name), np.uint64, hashing.NO_HASH)
@@ -413,7 +423,8 @@ class Epoch:
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "incomplete"
-        return f"<Epoch {self.number} of {self.stream.name!r}: {len(self)} rows, {len(self.batch_sizes)} batches, {state}>"
+        return (f"<Epoch {self.number} of {self.stream.name!r}: {len(self)} rows, {len(self.batch_sizes)} batches, "
+                f"{state}>")
 
 
 class _Outputs(Mapping):
@@ -426,7 +437,8 @@ class _Outputs(Mapping):
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._infos:
-            raise FieldNotFoundError(f"no output {name!r} in stream {self._epoch.stream.name!r}; logged outputs: {list(self._infos)}")
+            raise FieldNotFoundError(f"no output {name!r} in stream {self._epoch.stream.name!r}; "
+                                     f"logged outputs: {list(self._infos)}")
         if name not in self._cache:
             info = self._infos[name]
             dtype = numpy_dtype(info.dtype)
@@ -435,11 +447,13 @@ class _Outputs(Mapping):
             for p in self._epoch._pieces:
                 key = f"{layout.OUTPUTS_GROUP}/{name}"
                 # rows never logged in this part (or not yet committed) read as the fill value
-                block = np.full((p.rows, *cast(tuple[int, ...], info.shape)), fill, dtype=dtype)  # outputs are never ragged
+                block = np.full((p.rows, *cast(tuple[int, ...], info.shape)),  # outputs are never ragged
+                                fill, dtype=dtype)
                 if key in p.nodes and p.rows:
                     array = array_at(p.nodes, key, p.what)
                     n = min(p.rows, array.shape[0])  # an output logged only early may be shorter than the rows
-                    reader = storage.ChunkReader(array, p.what, rows=n, dtype=dtype, row_shape=row_shape(info), sparse=True)
+                    reader = storage.ChunkReader(array, p.what, rows=n, dtype=dtype, row_shape=row_shape(info),
+                                                 sparse=True)
                     block[:n] = reader.read(0, n)
                 parts.append(block)
             self._cache[name] = self._epoch._in_position_order(parts)

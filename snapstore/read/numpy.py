@@ -27,7 +27,8 @@ RAGGED_MODES = ("list", "pad")
 Specs = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
-def out_specs(obj: Epoch | RawSamples, fields: Fields = None, *, index: bool = True, ragged: RaggedMode = "list") -> Specs:
+def out_specs(obj: Epoch | RawSamples, fields: Fields = None, *, index: bool = True,
+              ragged: RaggedMode = "list") -> Specs:
     """Shape and dtype of each array ``to_numpy`` fills, e.g. to allocate ``out=`` memmaps.
 
     Parameters
@@ -87,7 +88,8 @@ def export_specs(plan: RowPlan, paths: list[str], index: bool, ragged: str) -> S
     clash = sorted({k for k in keys if keys.count(k) > 1})
     if clash:
         raise SchemaError(f"{plan.what} has fields whose export keys collide: {clash} ('index' is the dataset index, "
-                          f"'<field>{LENGTHS}' a padded field's lengths); pass fields=[...] without them, or index=False")
+                          f"'<field>{LENGTHS}' a padded field's lengths); pass fields=[...] without them, "
+                          "or index=False")
     return specs
 
 
@@ -117,8 +119,8 @@ def to_numpy(
     given = dict(out or {})
     lists = [p for p in paths if plan.is_ragged(p) and ragged == "list"]
     if any(p in given for p in lists):
-        raise UsageError(f"out= cannot hold the ragged fields {[p for p in lists if p in given]} of {plan.what} as lists; "
-                         "leave them out of out=, or pass ragged='pad'")
+        raise UsageError(f"out= cannot hold the ragged fields {[p for p in lists if p in given]} of {plan.what} "
+                         "as lists; leave them out of out=, or pass ragged='pad'")
     arrays = _prepare_out(plan, specs, given)
     if index:
         arrays[INDEX][...] = plan.export_index
@@ -175,11 +177,12 @@ def _prepare_out(plan: RowPlan, specs: Specs, given: dict[str, Any]) -> dict[str
                                  "string fields cannot live in a memmap; leave it out of out= to have it allocated")
             raise UsageError(
                 f"out[{key!r}] has shape {a.shape} and dtype {a.dtype}, but {plan.what} needs shape {shape} and dtype "
-                f"{dtype} for it; allocate it with e.g. numpy.lib.format.open_memmap(path, mode='w+', dtype={str(dtype)!r}, "
-                f"shape={shape}) (snapstore.export.out_specs gives every shape and dtype)"
+                f"{dtype} for it; allocate it with e.g. numpy.lib.format.open_memmap(path, mode='w+', "
+                f"dtype={str(dtype)!r}, shape={shape}) (snapstore.export.out_specs gives every shape and dtype)"
             )
         elif not a.flags.writeable:
-            raise UsageError(f"out[{key!r}] is read-only; pass a writeable array (a memmap opened with mode='w+' or 'r+')")
+            raise UsageError(f"out[{key!r}] is read-only; pass a writeable array (a memmap opened with mode='w+' "
+                             "or 'r+')")
         arrays[key] = a
     return arrays
 

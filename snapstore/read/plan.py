@@ -22,8 +22,8 @@ from ..core.manifest import FieldInfo, numpy_dtype
 from ..core.schema import Structure, leaf_paths, rebuild_leaf, unflatten
 from ..errors import FieldNotFoundError, SchemaError
 
-__all__ = ["Fields", "RaggedMode", "RowPlan", "Segment", "block_rows", "export_shapes", "ragged_block_rows", "raw_positions", "refuse_ragged",
-           "row_bytes", "select"]
+__all__ = ["Fields", "RaggedMode", "RowPlan", "Segment", "block_rows", "export_shapes", "ragged_block_rows",
+           "raw_positions", "refuse_ragged", "row_bytes", "select"]
 
 Reader = storage.ChunkReader | storage.RaggedReader
 
@@ -176,8 +176,9 @@ def refuse_ragged(plan: RowPlan, paths: list[str], what: str) -> None:
     """``SchemaError`` when a field in ``paths`` is ragged, which ``what`` cannot hold."""
     ragged = [p for p in paths if plan.is_ragged(p)]
     if ragged:
-        raise SchemaError(f"fields {ragged} of {plan.what} are ragged (rows differ in shape), which {what} cannot hold; "
-                          "pass fields=[...] without them, or use to_numpy(ragged='pad') or to_numpy(ragged='list')")
+        raise SchemaError(f"fields {ragged} of {plan.what} are ragged (rows differ in shape), which {what} "
+                          "cannot hold; pass fields=[...] without them, or use to_numpy(ragged='pad') "
+                          "or to_numpy(ragged='list')")
 
 
 def block_rows(reader: storage.ChunkReader) -> int:

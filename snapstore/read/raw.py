@@ -41,8 +41,9 @@ class RawSamples(Dataset):
         groups = [group_at(storage.members(g, p), layout.RAW_GROUP, p) for g, p in ranks]
         attrs = [g.attrs.get(layout.RAW_ATTR, {}) if g is not None else {} for g in groups]
         # the schema, read after the raw commit records, covers every committed raw row
-        m = merge_ranks([StreamManifest.from_dict(storage.reread(g).attrs.get(layout.STREAM_ATTR), where=p, name=stream.name)
-                     for g, p in ranks])
+        m = merge_ranks([StreamManifest.from_dict(storage.reread(g).attrs.get(layout.STREAM_ATTR), where=p,
+                                                  name=stream.name)
+                         for g, p in ranks])
         self.schema = m
         for group, a, where in zip(groups, attrs, wheres):
             committed = RawManifest.from_dict(a, where=where, stream=m)
@@ -50,7 +51,8 @@ class RawSamples(Dataset):
             if rows:
                 nodes = storage.members(group, where, recursive=True)
                 fields = FieldReaders(nodes, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, ragged, rows, where)
-                reader = storage.ChunkReader(array_at(nodes, layout.RAW_INDEX, where), where, rows=rows, dtype=np.dtype(np.int64), row_shape=())
+                reader = storage.ChunkReader(array_at(nodes, layout.RAW_INDEX, where), where, rows=rows,
+                                             dtype=np.dtype(np.int64), row_shape=())
                 index = check_indices(reader.read(0, rows), m, f"{where}/{layout.RAW_INDEX}")
                 self._sources.append((fields, index))
                 self._groups.append(group)
@@ -77,7 +79,8 @@ class RawSamples(Dataset):
     def __getitem__(self, index: int) -> Any:
         where = self._where.get(int(index))
         if where is None:
-            raise KeyError(f"no raw sample of dataset index {index} in stream {self._stream.name!r}: no epoch fetched it")
+            raise KeyError(f"no raw sample of dataset index {index} in stream {self._stream.name!r}: "
+                           "no epoch fetched it")
         fields, _ = self._sources[where[0]]
         return fields.build(fields.read(where[1], where[1] + 1), batched=False)
 
@@ -153,14 +156,16 @@ class RawSamples(Dataset):
     def row_plan(self) -> RowPlan:
         """Where each raw sample is stored, in dataset-index order: what exports read."""
         m = self._stream.manifest
-        segments = [Segment(len(index), fields.readers, np.asarray(index, dtype=np.int64)) for fields, index in self._sources]
+        segments = [Segment(len(index), fields.readers, np.asarray(index, dtype=np.int64))
+                    for fields, index in self._sources]
         segment_of, local_of, export_index = raw_positions(segments)
         return RowPlan(f"raw samples of stream {m.name!r}", m.raw_structure or {"type": "none"}, dict(m.raw_fields),
                        segments, segment_of, local_of, export_index, raw=True, batched=False)
 
     def _check_field(self, field: str) -> None:
         if field not in self.schema.raw_fields:
-            raise FieldNotFoundError(f"no raw field {field!r} in stream {self._stream.name!r}; raw fields: {list(self.schema.raw_fields)}")
+            raise FieldNotFoundError(f"no raw field {field!r} in stream {self._stream.name!r}; "
+                                     f"raw fields: {list(self.schema.raw_fields)}")
 
     def _by_source(self, indices: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """``(source, which of indices, rows in that source)`` for recorded dataset ``indices``."""
@@ -168,7 +173,8 @@ class RawSamples(Dataset):
         for i in indices.tolist():
             where = self._where.get(i)
             if where is None:
-                raise KeyError(f"no raw sample of dataset index {i} in stream {self._stream.name!r}: no epoch fetched it")
+                raise KeyError(f"no raw sample of dataset index {i} in stream {self._stream.name!r}: "
+                               "no epoch fetched it")
             located.append(where)
         src = np.array([s for s, _ in located], dtype=np.int64)
         rows = np.array([r for _, r in located], dtype=np.int64)

@@ -70,7 +70,8 @@ class ReplayLoader:
         cursors = {(k, p): storage.Cursor(r.array, s.rows) for k, s in enumerate(plan.segments)
                    for p, r in s.readers.items() if isinstance(r, storage.ChunkReader)}
         for k, lo, hi in plan.batches:
-            rows = {p: cursors[k, p].take(lo, hi) if (k, p) in cursors else r.read(lo, hi)  # views: the batch copies them
+            # views: the batch copies them
+            rows = {p: cursors[k, p].take(lo, hi) if (k, p) in cursors else r.read(lo, hi)
                     for p, r in plan.segments[k].readers.items()}
             yield plan.build(rows, batched=plan.batched)
 

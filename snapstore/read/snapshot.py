@@ -47,7 +47,8 @@ def open(path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None
 class Snapshot:
     """A read-only snapshot: a mapping of stream names to ``Stream``."""
 
-    def __init__(self, path: str, root: Any, manifest: SnapshotManifest, *, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str, root: Any, manifest: SnapshotManifest, *,
+                 storage_options: dict[str, Any] | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.storage_options = storage_options

@@ -27,7 +27,8 @@ class Stream:
     saw each position) and ``stream.rank(r)`` is one rank's own view.
     """
 
-    def __init__(self, group: Any, path: str, *, reopen: Callable[[], Stream] | None = None, name: str | None = None) -> None:
+    def __init__(self, group: Any, path: str, *, reopen: Callable[[], Stream] | None = None,
+                 name: str | None = None) -> None:
         self._group = group
         self.path = path
         self._reopen = reopen  # a picklable way to open this stream again (in a DataLoader worker)
@@ -173,7 +174,8 @@ class Stream:
         >>> loader = DataLoader(ds, batch_size=64, num_workers=2)  # doctest: +SKIP
         """
         if self._reopen is None:
-            raise UsageError(f"stream {self.name!r} was not opened through snapstore.open(); open it with snapstore.open(path)[name]")
+            raise UsageError(f"stream {self.name!r} was not opened through snapstore.open(); "
+                             "open it with snapstore.open(path)[name]")
         length = len(self.raw) if epoch is None else len(self.epoch(epoch))
         number = None if epoch is None else self.epoch(epoch).number
         return StoreDataset(self._reopen, self.name, number, rank=self._rank, length=length)

@@ -38,7 +38,8 @@ class BackgroundWriter:
         Seconds between flushes.
     """
 
-    def __init__(self, flush: Callable[[], None], *, maxsize: int, interval: float, max_bytes: int | None = None) -> None:
+    def __init__(self, flush: Callable[[], None], *, maxsize: int, interval: float,
+                 max_bytes: int | None = None) -> None:
         self._flush = flush
         self._interval = interval
         self._queue: queue.Queue = queue.Queue(maxsize)

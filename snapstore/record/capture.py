@@ -72,7 +72,8 @@ class Tags:
 
     __slots__ = ("base", "indices", "raw", "worker")
 
-    def __init__(self, indices: np.ndarray, raw: RawBlock | None, worker: int, base: tuple[np.ndarray, np.ndarray] | None) -> None:
+    def __init__(self, indices: np.ndarray, raw: RawBlock | None, worker: int,
+                 base: tuple[np.ndarray, np.ndarray] | None) -> None:
         self.indices = indices
         self.raw = raw
         self.worker = worker
@@ -128,7 +129,8 @@ def _stack_uniform(samples: list[Any]) -> tuple[Structure, dict[str, Any]] | Non
         kind = node["type"]
         if kind == "leaf":
             info = first[node["field"]][0]
-            if info.kind in ("tensor", "ndarray") and info.dtype not in ("bfloat16", "str") and not getattr(obj, "is_cuda", False):
+            if (info.kind in ("tensor", "ndarray") and info.dtype not in ("bfloat16", "str")
+                    and not getattr(obj, "is_cuda", False)):
                 leaves.append((node["field"], keys, (type(obj), obj.dtype, tuple(obj.shape))))
                 return True
             if info.kind == "scalar" and info.dtype != "str":
@@ -215,7 +217,8 @@ class CaptureMap(Dataset):
         Indices whose raw sample is already recorded; ``None`` records no raw samples.
     """
 
-    def __init__(self, dataset: Any, fetch_raw: Callable[[Any], list[Any]] | None, recorded: torch.Tensor | None) -> None:
+    def __init__(self, dataset: Any, fetch_raw: Callable[[Any], list[Any]] | None,
+                 recorded: torch.Tensor | None) -> None:
         self.dataset = dataset
         self.fetch_raw = fetch_raw
         self.recorded = recorded
@@ -307,5 +310,6 @@ class CaptureCollate:
         if isinstance(data, list):  # iterable dataset with batching: one _Items per item
             tags = [d.tags for d in data]
             raw = _merge_raw([t.raw for t in tags])
-            return Tagged(self.collate_fn([d.items for d in data]), Tags(np.concatenate([t.indices for t in tags]), raw, tags[0].worker, None))
+            return Tagged(self.collate_fn([d.items for d in data]),
+                          Tags(np.concatenate([t.indices for t in tags]), raw, tags[0].worker, None))
         return Tagged(self.collate_fn(data.items), data.tags)

@@ -53,7 +53,8 @@ class RecordingLoader:
     ...) are the loader's, so ``stream.sampler.set_epoch(e)`` keeps working.
     """
 
-    def __init__(self, session: WriteSession, loader: DataLoader, name: str, path: str, raw: Any, resume_epoch: bool) -> None:
+    def __init__(self, session: WriteSession, loader: DataLoader, name: str, path: str, raw: Any,
+                 resume_epoch: bool) -> None:
         self._session = session
         self._loader = loader
         self._name = name
@@ -69,7 +70,8 @@ class RecordingLoader:
             self._manifest = StreamManifest(name, iterable, batched, dataset_len)
             storage.write_attr(group, layout.STREAM_ATTR, self._manifest.to_dict())
         else:
-            self._manifest = StreamManifest.from_dict(group.attrs.get(layout.STREAM_ATTR), where=f"{session.path}/{path}")
+            self._manifest = StreamManifest.from_dict(group.attrs.get(layout.STREAM_ATTR),
+                                                      where=f"{session.path}/{path}")
             if self._manifest.dataset_len != dataset_len:
                 raise UsageError(
                     f"stream {name!r} in {session.path} was recorded from a dataset of {self._manifest.dataset_len} "
@@ -77,9 +79,9 @@ class RecordingLoader:
                 )
             if (self._manifest.iterable, self._manifest.batched) != (iterable, batched):
                 raise UsageError(
-                    f"stream {name!r} in {session.path} was recorded from a loader with iterable={self._manifest.iterable}, "
-                    f"batched={self._manifest.batched}; this loader has iterable={iterable}, batched={batched}: "
-                    "record it under another name"
+                    f"stream {name!r} in {session.path} was recorded from a loader with "
+                    f"iterable={self._manifest.iterable}, batched={self._manifest.batched}; "
+                    f"this loader has iterable={iterable}, batched={batched}: record it under another name"
                 )
         self._group = group
         where = f"{session.path}/{path}"
@@ -112,7 +114,8 @@ class RecordingLoader:
             self._update_manifest(base_datasets=[_class_name(b) for b in bases(loader.dataset)])
 
         self._batched = batched
-        capture = CaptureIterable(loader.dataset, fetch_raw, record_raw) if iterable else CaptureMap(loader.dataset, fetch_raw, shared)
+        capture = (CaptureIterable(loader.dataset, fetch_raw, record_raw) if iterable
+                   else CaptureMap(loader.dataset, fetch_raw, shared))
         self._inner = _rebuild(loader, capture, CaptureCollate(loader.collate_fn), iterable)
         self._epoch: _EpochCursor | None = None
 
@@ -206,8 +209,9 @@ class RecordingLoader:
                 return
             copies = {p: (infos[p], _copy(buffers, rows)) for p, rows in part.items()}
             base = None if tags.base is None else (tags.base[0][lo:hi], tags.base[1][lo:hi])
-            self._session.submit(_put_rows, cursor, cursor.rows + lo, Tags(tags.indices[lo:hi], None, tags.worker, base), copies,
-                                   buffers, n if hi == n else None, release=held)
+            self._session.submit(_put_rows, cursor, cursor.rows + lo,
+                                 Tags(tags.indices[lo:hi], None, tags.worker, base), copies, buffers,
+                                 n if hi == n else None, release=held)
         cursor.current = (cursor.rows, n)
         cursor.rows += n
         cursor.batches += 1
@@ -218,7 +222,8 @@ class RecordingLoader:
             return None
         return frozenset(p for p, f in self._manifest.fields.items() if f.kind in ("tensor-list", "ndarray-list"))
 
-    def _reconcile(self, structure_key: str, fields_key: str, structure: Any, fields: dict[str, Any], where: str) -> dict[str, FieldInfo]:
+    def _reconcile(self, structure_key: str, fields_key: str, structure: Any, fields: dict[str, Any],
+                   where: str) -> dict[str, FieldInfo]:
         """The stream's fields after this batch (or raw block); records schema changes in the manifest."""
         infos = {p: info for p, (info, _) in fields.items()}
         old = getattr(self._manifest, fields_key)
@@ -231,7 +236,8 @@ class RecordingLoader:
         return merged
 
     def _hand_off_raw(self, block: RawBlock) -> None:
-        infos = self._reconcile("raw_structure", "raw_fields", block.structure, block.fields, f"stream {self._name!r} raw sample {block.indices[0]}")
+        infos = self._reconcile("raw_structure", "raw_fields", block.structure, block.fields,
+                                f"stream {self._name!r} raw sample {block.indices[0]}")
         if isinstance(self._recorded, set):
             new = []
             for k, i in enumerate(block.indices.tolist()):
@@ -248,7 +254,8 @@ class RecordingLoader:
         if len(keep) == len(block.indices):  # every sample is new: the block is already the recorder's own
             rows = {p: (infos[p], r) for p, (_, r) in block.fields.items()}
         else:
-            rows = {p: (infos[p], r.take(keep) if isinstance(r, Ragged) else r[keep]) for p, (_, r) in block.fields.items()}
+            rows = {p: (infos[p], r.take(keep) if isinstance(r, Ragged) else r[keep])
+                    for p, (_, r) in block.fields.items()}
         held = sum(_nbytes(r) for _, r in rows.values())
         if self._session.reserve(held):
             self._session.submit(self._raw_sink.put, RawBlock(block.indices[keep], block.structure, rows), release=held)
@@ -277,7 +284,8 @@ class RecordingLoader:
         """
         cursor = self._epoch
         if cursor is None or cursor.current is None:
-            raise UsageError(f"log() on stream {self._name!r} needs a current batch: call it inside the loop over the stream")
+            raise UsageError(f"log() on stream {self._name!r} needs a current batch: "
+                             "call it inside the loop over the stream")
         pos, n = cursor.current
         staged = {}
         for name, value in outputs.items():
@@ -286,7 +294,8 @@ class RecordingLoader:
             if isinstance(value, (list, tuple)):
                 value = np.asarray(value)
             if not isinstance(value, (torch.Tensor, np.ndarray)):
-                raise SchemaError(f"log({name}=...) got a {type(value).__name__}; pass a tensor or array with one value per row")
+                raise SchemaError(f"log({name}=...) got a {type(value).__name__}; "
+                                  "pass a tensor or array with one value per row")
             _, fields = flatten(value, n if self._batched else None, name)
             info, rows = fields[name]
             info = FieldInfo("ndarray", info.dtype, info.shape)
@@ -294,8 +303,8 @@ class RecordingLoader:
             if old is None:
                 self._update_manifest(outputs={**self._manifest.outputs, name: info})
             elif old != info:
-                raise SchemaError(f"log({name}=...) got dtype {info.dtype} row shape {info.shape}; earlier batches logged "
-                                  f"dtype {old.dtype} row shape {old.shape}")
+                raise SchemaError(f"log({name}=...) got dtype {info.dtype} row shape {info.shape}; "
+                                  f"earlier batches logged dtype {old.dtype} row shape {old.shape}")
             staged[name] = (info, _private(rows))
         self._session.submit(_put_outputs, cursor, pos, staged)
 
@@ -320,11 +329,13 @@ def _continuation(epochs: dict[int, tuple[storage.Group, str]], name: str) -> tu
     number = max(epochs)
     k, last, where = epoch_pieces(*epochs[number])[-1]
     if EpochManifest.from_dict(last.attrs.get(layout.EPOCH_ATTR), where=where).complete:
-        raise UsageError(f"epoch {number} of stream {name!r} is complete; there is nothing to continue: drop resume_epoch=True")
+        raise UsageError(f"epoch {number} of stream {name!r} is complete; there is nothing to continue: "
+                         "drop resume_epoch=True")
     return number, k + 1
 
 
-def _put_rows(cursor: _EpochCursor, pos: int, tags: Tags, fields: dict, buffers: storage.Buffers, batch: int | None) -> None:
+def _put_rows(cursor: _EpochCursor, pos: int, tags: Tags, fields: dict, buffers: storage.Buffers,
+              batch: int | None) -> None:
     cursor.sink.put_rows(pos, tags, fields, batch)  # copies the rows into the chunk staging buffers
     buffers.give_back(rows for _, rows in fields.values())
 

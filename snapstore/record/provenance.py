@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-_SAMPLER_ATTRS = ("seed", "epoch", "shuffle", "replacement", "num_samples", "num_replicas", "rank", "drop_last", "batch_size")
+_SAMPLER_ATTRS = ("seed", "epoch", "shuffle", "replacement", "num_samples", "num_replicas", "rank", "drop_last",
+                  "batch_size")
 
 
 def utc_now() -> str:

@@ -145,12 +145,14 @@ class Recorder:
         except Exception:  # anything unreadable is not ours to delete
             is_snapshot = False
         if not is_snapshot:
-            raise SnapshotExistsError(f"{self.path} exists and is not a snapshot; choose a new path (snapstore never deletes other data)")
+            raise SnapshotExistsError(f"{self.path} exists and is not a snapshot; choose a new path "
+                                      "(snapstore never deletes other data)")
         if not overwrite:
             raise SnapshotExistsError(f"{self.path} exists; pass overwrite=True or mode='a', or choose a new path")
 
     # -- public API -------------------------------------------------------
-    def wrap(self, loader: DataLoader, *, name: str, raw: RawSource = "auto", resume_epoch: bool = False) -> RecordingLoader:
+    def wrap(self, loader: DataLoader, *, name: str, raw: RawSource = "auto",
+             resume_epoch: bool = False) -> RecordingLoader:
         """Record ``loader`` as stream ``name``; iterate the result instead of the loader.
 
         Parameters
@@ -194,7 +196,8 @@ class Recorder:
         if not isinstance(name, str) or not name or "/" in name or name in (".", "..", "zarr.json"):
             raise UsageError(f"stream name {name!r} is not usable; pass a non-empty str without '/', e.g. 'train'")
         if name in self._loaders:
-            raise UsageError(f"stream {name!r} is already recorded by this Recorder; wrap each loader once and iterate it every epoch")
+            raise UsageError(f"stream {name!r} is already recorded by this Recorder; "
+                             "wrap each loader once and iterate it every epoch")
         group = name
         if self.world_size > 1:
             if self.rank == 0 and storage.child(self._root, name) is None:

@@ -26,7 +26,8 @@ _INT32 = FieldInfo("ndarray", "int32", ())
 class EpochSink:
     """Writer-thread state of one epoch: its group, field sinks and commit record."""
 
-    def __init__(self, group: storage.Group, manifest: EpochManifest, capacity: int, chunks: storage.ChunkWriter) -> None:
+    def __init__(self, group: storage.Group, manifest: EpochManifest, capacity: int,
+                 chunks: storage.ChunkWriter) -> None:
         self.group = group
         self.manifest = manifest
         self.positions = storage.FieldSinks(group, "", capacity, chunks)  # order, worker, base_*
@@ -82,7 +83,8 @@ class EpochSink:
 class RawSink:
     """Writer-thread state of a stream's raw samples: appended in order of first capture."""
 
-    def __init__(self, group: storage.Group, rows: int, ragged: list[str], capacity: int, chunks: storage.ChunkWriter) -> None:
+    def __init__(self, group: storage.Group, rows: int, ragged: list[str], capacity: int,
+                 chunks: storage.ChunkWriter) -> None:
         self.group = group
         self.rows = rows
         self.index = storage.FieldSinks(group, "", capacity, chunks, rows=rows)

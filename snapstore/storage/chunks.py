@@ -49,7 +49,8 @@ def _codecs(dtype: np.dtype, compressor: str) -> list[Any]:
     return [BloscCodec(cname=cname, clevel=5 if compressor == "lz4" else 1, shuffle=shuffle), Crc32cCodec()]
 
 
-def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, compressor: str, *, chunk: int | None = None) -> Array:
+def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, compressor: str, *,
+                      chunk: int | None = None) -> Array:
     """A preallocated ``(capacity, *info.shape)`` array chunked along rows, compressed (``compressor``, one of
     ``COMPRESSORS``, checked by ``ChunkWriter``) and checksummed.
 
@@ -114,8 +115,8 @@ def check_array(array: Array, where: str, *, dtype: np.dtype | None = None, row_
         and isinstance(codecs[-1], Crc32cCodec)
     )
     if not ok:
-        raise bad(f"codecs {[type(c).__name__ for c in codecs]} are not the chain snapstore writes (bytes or vlen-utf8, "
-                  "an optional compressor, crc32c)")
+        raise bad(f"codecs {[type(c).__name__ for c in codecs]} are not the chain snapstore writes "
+                  "(bytes or vlen-utf8, an optional compressor, crc32c)")
 
 
 
@@ -166,7 +167,8 @@ def read_chunk(array: Array, c: int, committed_in: str | None = None) -> np.ndar
         if data is not None:
             return _zarr.decode(chunk_codecs(array, c), data)[:n]
     except (ValueError, RuntimeError, OSError, TypeError, IndexError) as e:
-        raise CorruptionError.damaged(f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} cannot be read: {e}") from e
+        raise CorruptionError.damaged(f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} "
+                                      f"cannot be read: {e}") from e
     if committed_in is not None:
         raise CorruptionError.damaged(_missing(array, c, committed_in))
     return np.full((n, *array.shape[1:]), array.fill_value, dtype=array.dtype)

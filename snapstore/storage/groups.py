@@ -61,7 +61,8 @@ def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
     return bool(fs.exists(root))
 
 
-def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None, attributes: dict[str, Any] | None = None) -> Group:
+def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None,
+               attributes: dict[str, Any] | None = None) -> Group:
     """Open the snapshot's root group: ``"r"`` read-only, ``"a"`` existing for writing, ``"w"`` new
     (with ``attributes``, written in the same key as the group).
 
@@ -88,9 +89,11 @@ def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None =
                 f"{path} holds data but no Zarr v3 group; pass the path of a snapshot written by snapstore "
                 "(if this was one, its root zarr.json is missing: restore it from a copy)"
             ) from e
-        raise SnapshotNotFoundError(f"no snapshot at {path}; check the path, or record one with snapstore.Recorder") from e
+        raise SnapshotNotFoundError(f"no snapshot at {path}; check the path, or record one with "
+                                    "snapstore.Recorder") from e
     except zarr.errors.ContainsArrayError as e:
-        raise NotASnapshotError(f"{path} is a Zarr array, not a snapshot; pass the path of a snapshot written by snapstore") from e
+        raise NotASnapshotError(f"{path} is a Zarr array, not a snapshot; pass the path of a snapshot written "
+                                "by snapstore") from e
     except METADATA_ERRORS as e:
         raise CorruptionError.damaged(
             f"{path}/zarr.json (the snapshot's root metadata) cannot be read: {type(e).__name__}: {e}") from e
@@ -129,7 +132,8 @@ def _ignorable(name: str) -> bool:
     return base.startswith(".") or base.endswith(".partial")
 
 
-def members(group: Group, where: str, *, recursive: bool = False, exclude: tuple[str, ...] = ()) -> dict[str, Group | Array]:
+def members(group: Group, where: str, *, recursive: bool = False,
+            exclude: tuple[str, ...] = ()) -> dict[str, Group | Array]:
     """The nodes under ``group`` by path relative to it (children only, or the whole subtree
     without descending into the children named in ``exclude``).
 
@@ -152,7 +156,8 @@ def members(group: Group, where: str, *, recursive: bool = False, exclude: tuple
 def _children(group: Group, where: str) -> dict[str, Group | Array]:
     def damaged(what: str) -> CorruptionError:
         found = _find_damage(group)
-        return CorruptionError.damaged(f"{where}: {found or 'the zarr.json of one of its nodes'} cannot be read ({what})")
+        return CorruptionError.damaged(f"{where}: {found or 'the zarr.json of one of its nodes'} "
+                                       f"cannot be read ({what})")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -278,6 +283,7 @@ def walk_arrays(group: Group, errors: list[tuple[str, Exception]] | None = None)
 def array_nbytes_stored(group: Group, where: str = "the snapshot") -> int:
     """Bytes the group's arrays occupy in the store (compressed, all chunks)."""
     try:
-        return sum(int(a.nbytes_stored()) for a in members(group, where, recursive=True).values() if isinstance(a, zarr.Array))
+        return sum(int(a.nbytes_stored()) for a in members(group, where, recursive=True).values()
+                   if isinstance(a, zarr.Array))
     except OSError as e:
         raise CorruptionError(f"{where}: the stored size cannot be read: {e}") from e

@@ -38,7 +38,8 @@ class RaggedReader:
         int64 = np.dtype("int64")
         self._where = where
         self.offsets = ChunkReader(array(layout.OFFSETS), where, rows=rows, dtype=int64, row_shape=()).read(0, rows)
-        self.shapes = ChunkReader(array(layout.SHAPES), where, rows=rows, dtype=int64, row_shape=(len(info.shape),)).read(0, rows)
+        self.shapes = ChunkReader(array(layout.SHAPES), where, rows=rows, dtype=int64,
+                                  row_shape=(len(info.shape),)).read(0, rows)
         counts = np.prod(self.shapes, axis=1, dtype=np.int64)
         ends = self.offsets + counts
         if rows and (self.offsets[0] < 0 or (self.shapes < 0).any() or (self.offsets[1:] != ends[:-1]).any()):
@@ -53,7 +54,8 @@ class RaggedReader:
         lo = int(self.offsets[start])
         flat = self._values.read(lo, int(self.offsets[stop - 1] + counts[-1]))
         starts = (self.offsets[start:stop] - lo).tolist()
-        return [flat[a : a + c].reshape(sh) for a, c, sh in zip(starts, counts.tolist(), self.shapes[start:stop].tolist())]
+        return [flat[a : a + c].reshape(sh)
+                for a, c, sh in zip(starts, counts.tolist(), self.shapes[start:stop].tolist())]
 
     def gather(self, positions: np.ndarray) -> list[np.ndarray]:
         return [self.read(int(p), int(p) + 1)[0] for p in positions]
@@ -70,8 +72,8 @@ class ChunkReader:
     ``sparse`` (outputs, whose rows may never have been logged).
     """
 
-    def __init__(self, array: Array, where: str = "the snapshot", *, rows: int | None = None, dtype: np.dtype | None = None,
-                 row_shape: tuple[int, ...] | None = None, sparse: bool = False,
+    def __init__(self, array: Array, where: str = "the snapshot", *, rows: int | None = None,
+                 dtype: np.dtype | None = None, row_shape: tuple[int, ...] | None = None, sparse: bool = False,
                  cached_chunks: int = config.DEFAULT_CACHED_CHUNKS) -> None:
         check_array(array, where, dtype=dtype, row_shape=row_shape, rows=rows or 0)
         self.array = array
@@ -140,7 +142,8 @@ class Cursor:
         self._ahead: dict[int, Future[np.ndarray]] = {}  # chunk -> its decoding
 
     def take(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` (``start`` never below an earlier ``start``); a read-only view when one chunk holds them."""
+        """Rows ``start:stop`` (``start`` never below an earlier ``start``); a read-only view when one chunk
+        holds them."""
         self._pieces = [(lo, b) for lo, b in self._pieces if lo + len(b) > start]
         if self._next < start:  # skip rows nobody asks for (raw rows also recorded by an earlier rank)
             self._next = max(self._next, start - start % self._chunk)

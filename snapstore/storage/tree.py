@@ -53,7 +53,8 @@ def manifested(group: Any, attrs: tuple[str, ...], where: str) -> dict[str, Any]
         if any(a in node.attrs for a in attrs):
             out[name] = node
         elif members(node, f"{where}/{name}"):
-            raise CorruptionError.damaged(f"{where}/{name} holds data but its {attrs[0]!r} manifest attribute is missing")
+            raise CorruptionError.damaged(f"{where}/{name} holds data but its {attrs[0]!r} manifest attribute "
+                                          "is missing")
     return out
 
 
@@ -107,7 +108,8 @@ def epoch_groups(rank_group: Group, where: str, *, strict: bool = True) -> dict[
         found = numbered(epochs, base, "an epoch") if epochs is not None else {}
     else:
         epochs = child(rank_group, layout.EPOCHS_GROUP)
-        found = {int(n): g for n, g in children(epochs)[0] if n.isdigit() and isinstance(g, Group)} if epochs is not None else {}
+        found = ({int(n): g for n, g in children(epochs)[0] if n.isdigit() and isinstance(g, Group)}
+                 if epochs is not None else {})
     return {e: (g, f"{base}/{layout.epoch_name(e)}") for e, g in found.items()}
 
 

@@ -93,7 +93,8 @@ class ChunkWriter:
         self.compressor = compressor
         self._in_flight = in_flight
         self._pending: collections.deque[tuple[str, Future[None]]] = collections.deque()
-        self._pool = ThreadPoolExecutor(min(config.MAX_CODEC_THREADS, os.cpu_count() or 1), thread_name_prefix="snapstore-encode")
+        self._pool = ThreadPoolExecutor(min(config.MAX_CODEC_THREADS, os.cpu_count() or 1),
+                                        thread_name_prefix="snapstore-encode")
         self.buffers = Buffers(keep=2, max_bytes=config.DEFAULT_QUEUE_BYTES)  # chunk staging buffers
 
     def write(self, array: Array, c: int, block: np.ndarray) -> None:
