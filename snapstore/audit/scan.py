@@ -356,7 +356,7 @@ def scan(snapshot: Any, streams: Sequence[str], epochs: Iterable[int] | None, *,
             keep = max(0, min(cr, rows - c * cr))
             tasks.append((t.array, c, keep, t.role, t.dtype))
             owners.append(scan_)
-            decoded += cr * row_bytes
+            decoded += min(cr, t.array.shape[0] - c * cr) * row_bytes  # what read_chunk returns: the last chunk is cut
     show = sys.stderr.isatty() if progress is None else progress
     results = _run(tasks, show, decoded)
     for owner, r in zip(owners, results):
