@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..read.epoch import Epoch
     from ..read.stream import Stream
 
-__all__ = ["add_parser", "grid_size", "image_like", "render", "table"]
+__all__ = ["add_parser", "column_width", "grid_size", "image_like", "render", "table"]
 
 #: Pixels of one tile's longer side.
 DEFAULT_TILE = 96
@@ -83,11 +83,12 @@ def image_like(info: FieldInfo) -> bool:
 
 def grid_size(rows: int, columns: int, tile: int = DEFAULT_TILE) -> tuple[int, int]:
     """``(width, height)`` in pixels of a grid of ``rows`` x ``columns`` tiles."""
-    return (LABEL_WIDTH + columns * (_column(tile) + MARGIN) + MARGIN,
+    return (LABEL_WIDTH + columns * (column_width(tile) + MARGIN) + MARGIN,
             HEADER_HEIGHT + rows * (tile + CAPTION_HEIGHT + MARGIN) + MARGIN)
 
 
-def _column(tile: int) -> int:
+def column_width(tile: int) -> int:
+    """Pixels of one column of tiles: the tile, or ``MIN_COLUMN`` when that is wider."""
     return max(tile, MIN_COLUMN)
 
 
@@ -252,7 +253,7 @@ def render(stream: Stream, indices: Sequence[int], *, epochs: Sequence[int] | No
     draw = ImageDraw.Draw(img)
     draw.text((MARGIN, MARGIN), _fit(font, f"stream {stream.name!r}", LABEL_WIDTH - MARGIN), fill=_INK, font=font)
     draw.text((MARGIN, MARGIN + FONT_SIZE + 4), "dataset index", fill=_GREY, font=small)
-    width = _column(tile)
+    width = column_width(tile)
     for j, (title, _, field, _) in enumerate(cols):
         left = LABEL_WIDTH + j * (width + MARGIN)
         draw.text((left, MARGIN), _fit(font, title, width), fill=_INK, font=font)
