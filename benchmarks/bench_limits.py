@@ -1,7 +1,7 @@
 """What this machine allows, whatever the recorder: the floors behind issue 6's targets.
 
     python benchmarks/bench_limits.py --full    # CIFAR-like epoch (50,000 samples), a few minutes
-    python benchmarks/bench_limits.py           # tiny, seconds (tests/test_benchmarks.py runs it)
+    python benchmarks/bench_limits.py           # tiny, seconds (tests/benchmarks/test_bench_limits.py runs it)
 
 No snapstore code runs here. Each line measures the least work any recorder
 of the same bytes must do, done with the plainest tools, so a snapstore
@@ -49,10 +49,12 @@ import numcodecs
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import workloads  # noqa: E402
-from bench_record import Evictor, train_loop  # noqa: E402
+if __package__:  # imported from the package `benchmarks` (tests/benchmarks/test_bench_limits.py)
+    from . import workloads
+    from .bench_record import Evictor, train_loop
+else:  # run as a script: its folder is first on sys.path
+    import workloads
+    from bench_record import Evictor, train_loop
 
 CHUNK = 2 * 1024 * 1024
 LZ4 = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)

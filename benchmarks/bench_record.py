@@ -3,7 +3,7 @@
 One run, one generated workload, one table::
 
     python benchmarks/bench_record.py --full      # the README numbers (about 10 minutes on 2 cores)
-    python benchmarks/bench_record.py             # tiny size, seconds (what tests/test_benchmarks.py runs)
+    python benchmarks/bench_record.py             # tiny size, seconds (what tests/benchmarks/test_bench_record.py runs)
 
 What is measured (medians of ``--repeat`` runs; bare and recorded runs alternate so machine noise hits both):
 
@@ -44,13 +44,15 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import snapstore
 
-import peers  # noqa: E402
-import workloads  # noqa: E402
-from workloads import Workload  # noqa: E402
-
-import snapstore  # noqa: E402
+if __package__:  # imported from the package `benchmarks` (tests/benchmarks/test_bench_record.py)
+    from . import peers, workloads
+    from .workloads import Workload
+else:  # run as a script: its folder is first on sys.path
+    import peers
+    import workloads
+    from workloads import Workload
 
 MB = 1e6
 SLOW = 30.0  # seconds: a measurement this slow is taken once, not repeated

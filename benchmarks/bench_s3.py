@@ -10,7 +10,7 @@ the same loop without recording and recording to a local directory.
 moto keeps objects in memory inside one Python process, so this measures
 snapstore + s3fs + HTTP on loopback, not a real object store; a real
 bucket adds network latency and bandwidth limits. ``moto_server()`` is also
-what ``tests/test_s3.py`` uses to start its server.
+what ``tests/scenarios/test_s3.py`` uses to start its server.
 """
 
 from __future__ import annotations

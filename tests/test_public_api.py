@@ -1,4 +1,4 @@
-"""The public surface is small, sorted and deliberate."""
+"""The public surface (``snapstore.__all__``) is small, sorted and deliberate."""
 
 from __future__ import annotations
 
@@ -6,10 +6,53 @@ import inspect
 
 import snapstore
 
+#: Every public name of ``snapstore``: a name added or removed is a decision, and this list records it.
+PUBLIC = [
+    "FORMAT_VERSION",
+    "AuditReport",
+    "CompareReport",
+    "CorruptionError",
+    "DiffReport",
+    "Divergence",
+    "Epoch",
+    "FieldInfo",
+    "FieldNotFoundError",
+    "Finding",
+    "FormatVersionError",
+    "NotASnapshotError",
+    "RawSamples",
+    "Recorder",
+    "RecordingError",
+    "RecordingLoader",
+    "SchemaError",
+    "Snapshot",
+    "SnapshotExistsError",
+    "SnapshotNotFoundError",
+    "SnapstoreError",
+    "SnapstoreWarning",
+    "Stream",
+    "StreamNotFoundError",
+    "UsageError",
+    "__version__",
+    "audit",
+    "compare",
+    "diff",
+    "open",
+    "record",
+]
+
+
+def test_all_lists_exactly_the_public_names():
+    assert snapstore.__all__ == PUBLIC
+    for name in PUBLIC:
+        assert getattr(snapstore, name) is not None, name
+    assert isinstance(snapstore.__version__, str) and isinstance(snapstore.FORMAT_VERSION, int)
+
 
 def test_all_is_sorted_and_complete():
     assert snapstore.__all__ == sorted(snapstore.__all__, key=lambda n: (not n.isupper(), n[0].islower(), n))
-    public = {n for n in dir(snapstore) if not n.startswith("_") and not inspect.ismodule(getattr(snapstore, n))} - {"annotations"}
+    public = {n for n in dir(snapstore) if not n.startswith("_") and not inspect.ismodule(getattr(snapstore, n))}
+    public -= {"annotations"}
     assert public == set(snapstore.__all__) - {"__version__"}
 
 

@@ -1,4 +1,5 @@
-"""snapstore.audit and snapstore.compare on real DataLoaders and real snapshots, exact indices."""
+"""``snapstore.audit`` on real DataLoaders and real snapshots, exact indices: values, labels, samplers,
+damaged chunks and metadata, incomplete, resumed and ragged epochs."""
 
 from __future__ import annotations
 
@@ -9,30 +10,34 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from audit_support import (
-    Digits,
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+import snapstore
+from snapstore.core.hashing import row_hashes
+from tests.support.datasets import (
     DivideBySum,
     DropsAndRepeats,
     FlakyLabel,
     Images,
-    PositiveDigits,
-    ShiftNoise,
-    WithNaN,
-    chunk_file,
-    flip_byte,
-    only,
-    record,
-    truncate,
+    RandomShiftNoise,
+    Resumable,
+    Sentences,
+    digits,
+    digits_with_nan,
+    positive_digits,
+    ragged_rows,
 )
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from tests.support.recording import crash_then_resume, record
+from tests.support.snapshots import chunk_file, flip_byte, truncate
 
-import snapstore
-from snapstore.audit import checks
-from snapstore.audit.report import Finding
+
+def only(findings: list, **where) -> list:
+    """Findings whose attributes equal ``where``."""
+    return [f for f in findings if all(getattr(f, k) == v for k, v in where.items())]
 
 
 def test_clean_real_data_has_no_findings(tmp_path):
-    ds = Digits(transform=ShiftNoise())
+    ds = digits(transform=RandomShiftNoise())
     loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(0))
     snap = record(tmp_path / "digits.snap", loader, epochs=2, log=lambda b: {"loss": (b[0] ** 2).mean((1, 2, 3))})
     report = snapstore.audit(snap)
@@ -50,7 +55,7 @@ def test_clean_real_data_has_no_findings(tmp_path):
 
 
 def test_division_by_near_zero_pixel_sum(tmp_path):
-    ds = PositiveDigits(blank=(13, 77), transform=DivideBySum())
+    ds = positive_digits(blank=(13, 77), transform=DivideBySum())
     loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=2)
     report = snapstore.audit(record(tmp_path / "s.snap", loader, epochs=2))
     assert [(f.check, f.epoch, f.field, f.indices) for f in report.findings] == [
@@ -75,11 +80,14 @@ def test_wrong_label_with_two_epochs_is_reported_in_the_later_one(tmp_path):
     ds = FlakyLabel(index=7, bad_epoch=1)
     loader = DataLoader(ds, batch_size=16, shuffle=True)
     report = snapstore.audit(record(tmp_path / "s.snap", loader, 2, before_epoch=lambda e: setattr(ds, "epoch", e)))
-    assert [(f.check, f.epoch, f.indices) for f in report.findings] == [("stability", 1, (7,)), ("raw_vs_seen", 1, (7,))]
+    assert [(f.check, f.epoch, f.indices) for f in report.findings] == [
+        ("stability", 1, (7,)),
+        ("raw_vs_seen", 1, (7,)),
+    ]
 
 
 def test_nan_in_a_few_samples(tmp_path):
-    loader = DataLoader(WithNaN(bad=(5, 50, 99)), batch_size=16, shuffle=True, num_workers=2)
+    loader = DataLoader(digits_with_nan(bad=(5, 50, 99)), batch_size=16, shuffle=True, num_workers=2)
     report = snapstore.audit(record(tmp_path / "s.snap", loader, epochs=2))
     assert [(f.check, f.epoch, f.field, f.indices) for f in report.findings] == [
         ("values", None, "0", (5, 50, 99)),
@@ -172,7 +180,7 @@ def test_weighted_sampler_with_replacement_explains_repeats(tmp_path):
     n = 120
     sampler = WeightedRandomSampler(torch.ones(n), num_samples=n, replacement=True,
                                     generator=torch.Generator().manual_seed(1))
-    loader = DataLoader(Digits(n=n), batch_size=16, sampler=sampler)
+    loader = DataLoader(digits(n=n), batch_size=16, sampler=sampler)
     snap = record(tmp_path / "s.snap", loader, epochs=2)
     counts = np.bincount(snap["train"].epoch(0).order, minlength=n)
     assert counts.max() > 1 and (counts == 0).any()  # repeats and gaps happened
@@ -181,15 +189,17 @@ def test_weighted_sampler_with_replacement_explains_repeats(tmp_path):
 
 
 def test_custom_sampler_that_drops_and_repeats(tmp_path):
-    loader = DataLoader(Digits(n=100), batch_size=16, sampler=DropsAndRepeats(100, dropped=7, repeated=3))
+    loader = DataLoader(digits(n=100), batch_size=16, sampler=DropsAndRepeats(100, dropped=7, repeated=3))
     report = snapstore.audit(record(tmp_path / "s.snap", loader, epochs=2))
     got = [(f.check, f.epoch, f.indices) for f in report.findings]
-    assert got == [("coverage", 0, (3,)), ("coverage", 0, (7,)), ("coverage", 1, (3,)), ("coverage", 1, (7,))], str(report)
+    assert got == [
+        ("coverage", 0, (3,)), ("coverage", 0, (7,)), ("coverage", 1, (3,)), ("coverage", 1, (7,))
+    ], str(report)
     assert "more often" in report.findings[0].message and "never seen" in report.findings[1].message
 
 
 def test_drop_last_tail_is_not_a_coverage_finding(tmp_path):
-    loader = DataLoader(Digits(n=100), batch_size=16, shuffle=True, drop_last=True)
+    loader = DataLoader(digits(n=100), batch_size=16, shuffle=True, drop_last=True)
     report = snapstore.audit(record(tmp_path / "s.snap", loader, epochs=1))
     assert report.ok, str(report)
 
@@ -203,139 +213,6 @@ def test_choosing_streams_and_epochs(tmp_path):
         snapstore.audit(snap, streams=["test"])
     with pytest.raises(snapstore.UsageError, match="epoch"):
         snapstore.audit(snap, epochs=[9])
-
-
-def test_sequential_and_threaded_scans_agree(tmp_path):
-    dask = pytest.importorskip("dask")
-    loader = DataLoader(PositiveDigits(blank=(13, 77), transform=DivideBySum()), batch_size=32, shuffle=True)
-    snap = record(tmp_path / "s.snap", loader, epochs=2)
-    threaded = snapstore.audit(snap).to_dict()
-    with dask.config.set(scheduler="synchronous"):
-        single = snapstore.audit(snap).to_dict()
-    for d in (threaded, single):
-        d.pop("scanned")
-    assert threaded == single
-
-
-def test_report_to_dict_and_str(tmp_path):
-    loader = DataLoader(WithNaN(bad=(5,)), batch_size=16)
-    report = snapstore.audit(record(tmp_path / "s.snap", loader, epochs=1))
-    d = json.loads(json.dumps(report.to_dict()))
-    assert d["ok"] is False
-    assert d["findings"][0] == {"check": "values", "stream": "train", "epoch": None, "field": "0", "indices": [5],
-                                "count": 1, "message": report.findings[0].message}
-    assert d["stats"]["train"]["epochs"]["0"]["0"]["nan"] == 1
-    text = str(report)
-    assert "2 findings" in text and "[values] stream 'train' epoch 0 field '0'" in text and "indices: 5" in text
-
-
-def test_finding_indices_are_capped_and_counted():
-    f = Finding.make("coverage", "many", stream="s", epoch=0, indices=np.arange(1000)[::-1])
-    assert f.count == 1000 and len(f.indices) == snapstore.config.MAX_FINDING_INDICES and f.indices[:3] == (0, 1, 2)
-    assert "(+980 more)" in str(f) and len(f.to_dict()["indices"]) == 100
-
-
-# -- the pure checks ---------------------------------------------------------------------
-
-
-def test_outlier_rule_needs_orders_of_magnitude():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(5000, 64)).astype(np.float32)
-    x[:50, 0] = 40  # 1% of rows with a rare large value, as per-pixel standardisation makes: not a finding
-    summary, _ = checks.summarise(x, "float32")
-    assert not checks.outlier_rows(summary)[0].any()
-    x[[10, 4000], 5] = 5e4
-    summary, _ = checks.summarise(x, "float32")
-    assert np.nonzero(checks.outlier_rows(summary)[0])[0].tolist() == [10, 4000]
-
-
-def test_summarise_matches_numpy():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(100, 3, 4))
-    x[3, 1, 1], x[7, 0, 0] = np.nan, -np.inf
-    summary, m = checks.summarise(x, "float64")
-    halves = [checks.summarise(x[:40], "float64")[1], checks.summarise(x[40:], "float64")[1]]
-    merged = halves[0].merge(halves[1]).stats()
-    finite = x[np.isfinite(x)]
-    for s in (m.stats(), merged):
-        assert s.count == finite.size and s.nan == 1 and s.inf == 1
-        assert np.isclose(s.mean, finite.mean()) and np.isclose(s.std, finite.std())
-        assert s.min == finite.min() and s.max == finite.max()
-    assert np.nonzero(summary.nan)[0].tolist() == [3] and np.nonzero(summary.inf)[0].tolist() == [7]
-
-
-@pytest.mark.parametrize(
-    ("provenance", "n", "expected"),
-    [
-        ({"sampler": {"class": "torch.utils.data.sampler.SequentialSampler"}, "batch_sampler": None}, 10, (1, 1, 0)),
-        ({"batch_sampler": {"class": "torch.utils.data.sampler.BatchSampler", "batch_size": 4, "drop_last": True,
-                            "sampler": {"class": "torch.utils.data.sampler.RandomSampler", "replacement": False,
-                                        "num_samples": 10}}}, 10, (1, 1, 2)),
-        ({"batch_sampler": {"class": "torch.utils.data.sampler.BatchSampler", "batch_size": 4, "drop_last": False,
-                            "sampler": {"class": "torch.utils.data.sampler.RandomSampler", "replacement": True,
-                                        "num_samples": 10}}}, 10, (0, None, 0)),
-        ({"batch_sampler": {"class": "torch.utils.data.sampler.BatchSampler", "batch_size": 4, "drop_last": False,
-                            "sampler": {"class": "torch.utils.data.sampler.RandomSampler", "replacement": False,
-                                        "num_samples": 25}}}, 10, (2, 3, 0)),
-        ({"batch_sampler": {"class": "torch.utils.data.sampler.BatchSampler", "batch_size": 4,
-                            "sampler": {"class": "torch.utils.data.distributed.DistributedSampler", "num_replicas": 2,
-                                        "num_samples": 5, "drop_last": False}}}, 10, (0, 1, 0)),
-        ({"sampler": {"class": "torch.utils.data.sampler.SequentialSampler"},
-          "batch_sampler": {"class": "mylib.BucketBatchSampler"}}, 10, (1, 1, 0)),
-    ],
-)
-def test_sampler_expectation(provenance, n, expected):
-    e = checks.sampler_expectation(provenance, n)
-    assert (e.min_count, e.max_count, e.missing_allowed) == expected
-
-
-def test_stability_ignores_augmented_fields():
-    order = np.arange(100)
-    rng = np.random.default_rng(2)
-    augmented = [(e, order, rng.integers(1, 2**63, 100, dtype=np.uint64)) for e in range(3)]
-    assert checks.check_stability(augmented, stream="s", field="x", dataset_len=100) == []
-    stable = rng.integers(1, 2**63, 100, dtype=np.uint64)
-    epochs = [(e, rng.permutation(100), None) for e in range(3)]
-    runs = []
-    for e, o, _ in epochs:
-        h = stable[o].copy()
-        if e == 0:
-            h[np.nonzero(o == 17)[0]] += np.uint64(1)  # epoch 0 is the odd one out for index 17
-        runs.append((e, o, h))
-    got = checks.check_stability(runs, stream="s", field="y", dataset_len=100)
-    assert [(f.epoch, f.indices) for f in got] == [(0, (17,))]
-
-
-# -- compare ----------------------------------------------------------------------------------
-
-
-def test_compare_with_a_live_dataset_changed_at_two_indices(tmp_path):
-    ds = Digits(n=150, transform=ShiftNoise())
-    snap = record(tmp_path / "s.snap", DataLoader(ds, batch_size=16, shuffle=True, num_workers=2), epochs=1)
-    live = Digits(n=150, transform=ShiftNoise())  # rebuilt today; transforms do not matter: raw samples are compared
-    assert snapstore.compare(snap["train"], live, progress=False).ok
-    live.images[[21, 108]] += 0.5  # two files changed on disk
-    report = snapstore.compare(snap["train"], live, progress=False)
-    assert not report.ok and report.compared == 150
-    assert [(f.check, f.field, f.indices) for f in report.findings] == [("drift", "0", (21, 108))]
-    assert report.indices == (21, 108)
-    assert "largest absolute difference 0.5" in report.findings[0].message
-    json.dumps(report.to_dict())
-    assert "2 of 150 raw samples differ" in str(report)
-
-
-def test_compare_with_a_shrunk_dataset(tmp_path):
-    snap = record(tmp_path / "s.snap", DataLoader(Digits(n=60), batch_size=16), epochs=1)
-    report = snapstore.compare(snap["train"], Digits(n=55), progress=False)
-    assert [(f.check, f.indices) for f in report.findings] == [("drift", ()), ("drift", (55, 56, 57, 58, 59))]
-    with pytest.raises(snapstore.UsageError):
-        snapstore.compare(snap, Digits(n=60))
-
-
-def test_compare_without_raw_samples(tmp_path):
-    snap = record(tmp_path / "s.snap", DataLoader(Digits(n=20), batch_size=8), epochs=1, raw=None)
-    with pytest.raises(snapstore.UsageError, match="no raw samples"):
-        snapstore.compare(snap["train"], Digits(n=20))
 
 
 def test_audit_of_a_copied_snapshot_is_the_same(tmp_path):
@@ -358,9 +235,9 @@ def test_damaged_array_metadata_is_a_finding_not_a_crash(tmp_path):
 
 
 def test_progress_bars(tmp_path, capsys):
-    snap = record(tmp_path / "s.snap", DataLoader(Digits(n=40), batch_size=8), epochs=1)
+    snap = record(tmp_path / "s.snap", DataLoader(digits(n=40), batch_size=8), epochs=1)
     assert snapstore.audit(snap, progress=True).ok
-    assert snapstore.compare(snap["train"], Digits(n=40), progress=True).ok
+    assert snapstore.compare(snap["train"], digits(n=40), progress=True).ok
     err = capsys.readouterr().err
     assert "audit" in err and "compare train" in err
 
@@ -373,3 +250,60 @@ def test_damaged_epoch_metadata(tmp_path):
     assert [(f.check, f.epoch, f.field) for f in report.findings] == [("integrity", 1, None)], str(report)
     with pytest.raises(snapstore.CorruptionError, match="train/epochs/1"):
         _ = snapstore.open(snap.path)["train"].epochs
+
+
+# -- epochs recorded in parts, ragged fields ------------------------------------------------------
+
+
+def test_clean_resume_audits_clean(snap_path):
+    crash_then_resume(snap_path, resume_from_batch=5)
+    report = snapstore.audit(snap_path)
+    assert report.ok, str(report)
+    assert report.stats["train"]["epochs"][1]["1"].rows == 40  # both parts of epoch 1
+
+
+def test_resume_from_an_older_checkpoint_repeats_samples(snap_path):
+    crash_then_resume(snap_path, resume_from_batch=3)
+    perm = list(Resumable(40, seed=1))
+    report = snapstore.audit(snap_path)
+    assert [(f.check, f.epoch, f.indices) for f in report.findings] == [("coverage", 1, tuple(sorted(perm[12:20])))]
+
+
+def test_resume_past_the_crash_point_skips_samples(snap_path):
+    crash_then_resume(snap_path, resume_from_batch=7)
+    perm = list(Resumable(40, seed=1))
+    report = snapstore.audit(snap_path)
+    assert [(f.check, f.epoch, f.indices) for f in report.findings] == [("coverage", 1, tuple(sorted(perm[20:28])))]
+
+
+def test_ragged_fields(tmp_path):
+    def run(path):
+        loader = DataLoader(Sentences(), batch_size=8, shuffle=True, collate_fn=ragged_rows,
+                            generator=torch.Generator().manual_seed(0))
+        with snapstore.record(loader, path) as s:
+            for _ in range(2):
+                list(s)
+        return snapstore.open(path)
+
+    a, b = run(tmp_path / "a.snap"), run(tmp_path / "b.snap")
+    ep = a["train"].epoch(0)
+    assert a["train"].fields["0"].ragged
+    assert np.array_equal(ep.hashes("0"), row_hashes(ep.to_numpy()["0"]))  # a list of arrays
+    assert np.array_equal(a["train"].raw.hashes("value"), row_hashes(a["train"].raw.to_numpy()["value"]))
+    assert snapstore.audit(a).ok
+    assert snapstore.diff(a, b).identical
+    flip_byte(chunk_file(b.path, "train/epochs/1/ragged/0/values", 0))
+    report = snapstore.audit(b.path)
+    assert [(f.check, f.epoch, f.field) for f in report.findings] == [("integrity", 1, "0")], str(report)
+    assert "'train/epochs/1/ragged/0/values' chunk 0" in report.findings[0].message
+
+
+def test_missing_ragged_offsets_chunk(tmp_path):
+    with snapstore.record(DataLoader(Sentences(), batch_size=8, collate_fn=ragged_rows), tmp_path / "s.snap") as s:
+        list(s)
+    order = snapstore.open(tmp_path / "s.snap")["train"].epoch(0).order
+    chunk_file(tmp_path / "s.snap", "train/epochs/0/ragged/0/offsets", 0).unlink()
+    report = snapstore.audit(tmp_path / "s.snap")
+    assert [(f.check, f.epoch, f.field, f.indices) for f in report.findings] == [
+        ("integrity", 0, "0", tuple(sorted(order.tolist())))], str(report)
+    assert "missing" in report.findings[0].message

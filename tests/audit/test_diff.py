@@ -1,4 +1,5 @@
-"""snapstore.diff on pairs of real recordings: same seed, other seeds, one changed label, a cut epoch."""
+"""``snapstore.diff`` on pairs of real recordings: same seed, other seeds, one changed label, a cut epoch,
+resumed epochs, ragged fields."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from audit_support import Digits, FlakyLabel, ShiftNoise, chunk_file, flip_byte, record
 from torch.utils.data import DataLoader
 
 import snapstore
+from tests.support.datasets import FlakyLabel, RandomShiftNoise, Sentences, digits, ragged_rows
+from tests.support.recording import crash_then_resume, record
+from tests.support.snapshots import chunk_file, flip_byte
 
 
 def _augmented_run(path, *, sampler_seed, torch_seed, epochs=2, workers=2, **kw):
     torch.manual_seed(torch_seed)
-    loader = DataLoader(Digits(n=300, transform=ShiftNoise()), batch_size=32, shuffle=True, num_workers=workers,
+    loader = DataLoader(digits(n=300, transform=RandomShiftNoise()), batch_size=32, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(sampler_seed))
     return record(path, loader, epochs, log=lambda b: {"loss": (b[0] ** 2).mean((1, 2, 3))}, **kw)
 
@@ -81,7 +84,7 @@ def test_one_label_changed_in_one_run(tmp_path):
 
 def test_an_epoch_cut_short(tmp_path):
     def run(path, stop):
-        loader = DataLoader(Digits(n=160), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(4))
+        loader = DataLoader(digits(n=160), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(4))
         return record(path, loader, 2, stop_after=stop)
 
     a, b = run(tmp_path / "a.snap", None), run(tmp_path / "b.snap", {1: 3})
@@ -114,17 +117,55 @@ def test_epochs_and_kinds(tmp_path):
 
 
 def test_streams_and_epochs_only_on_one_side(tmp_path):
-    a = record(tmp_path / "a.snap", DataLoader(Digits(n=40), batch_size=8), 2)
+    a = record(tmp_path / "a.snap", DataLoader(digits(n=40), batch_size=8), 2)
     with snapstore.Recorder(tmp_path / "b.snap") as rec:
-        train = rec.wrap(DataLoader(Digits(n=40), batch_size=8), name="train")
-        test = rec.wrap(DataLoader(Digits(n=20), batch_size=8), name="test")
+        train = rec.wrap(DataLoader(digits(n=40), batch_size=8), name="train")
+        test = rec.wrap(DataLoader(digits(n=20), batch_size=8), name="test")
         for _ in train:
             pass
         for _ in test:
             pass
     report = snapstore.diff(a, tmp_path / "b.snap")
-    assert [(f.check, f.stream, f.epoch) for f in report.findings] == [("streams", "test", None), ("epochs", "train", 1)]
+    assert [(f.check, f.stream, f.epoch) for f in report.findings] == [
+        ("streams", "test", None),
+        ("epochs", "train", 1),
+    ]
     d = report.first_divergence
     assert (d.stream, d.epoch, d.check) == ("test", None, "streams")
     payload = json.loads(json.dumps(report.to_dict()))
     assert payload["identical"] is False and payload["first_divergence"]["check"] == "streams"
+
+
+# -- epochs recorded in parts, ragged fields ------------------------------------------------------
+
+
+def test_diff_of_resumed_epochs(tmp_path):
+    a = crash_then_resume(tmp_path / "a.snap", resume_from_batch=5)
+    b = crash_then_resume(tmp_path / "b.snap", resume_from_batch=3)
+    assert snapstore.diff(tmp_path / "a.snap", tmp_path / "a.snap").identical
+    report = snapstore.diff(a, b)
+    d = report.first_divergence
+    assert (d.epoch, d.position, d.batch, d.field) == (1, 20, 5, "index")  # b repeats batches 3-4 after its 5 first
+    assert np.array_equal(a.hashes("0")[:20], b.hashes("0")[:20])
+
+
+class _Longer(Sentences):
+    """Index 9 one token longer, index 20 with other tokens."""
+
+    def __getitem__(self, i):
+        x = super().__getitem__(i)
+        return torch.cat([x, x[:1]]) if i == 9 else x * 2 if i == 20 else x
+
+
+def test_diff_locates_ragged_differences(tmp_path):
+    def run(path, ds):
+        with snapstore.record(DataLoader(ds, batch_size=8, collate_fn=ragged_rows), path) as s:
+            list(s)
+        return snapstore.open(path)
+
+    report = snapstore.diff(run(tmp_path / "a.snap", Sentences()), run(tmp_path / "b.snap", _Longer()))
+    seen = [f for f in report.findings if f.check == "seen"]
+    assert [(f.field, f.indices) for f in seen] == [("0", (9, 20)), ("1", (9,))]
+    assert "1 row(s) differ in shape" in seen[0].message and "max |a - b| = " in seen[0].message
+    d = report.first_divergence
+    assert (d.epoch, d.batch, d.position, d.field) == (0, 1, 9, "0")

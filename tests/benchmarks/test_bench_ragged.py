@@ -1,13 +1,8 @@
-"""The ragged-storage benchmark runs at a tiny size so it never rots."""
+"""benchmarks/bench_ragged.py runs at a tiny size so it never rots."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-
-import bench_ragged  # noqa: E402
+from benchmarks import bench_ragged
 
 
 def test_ragged_benchmark_runs(tmp_path):

@@ -1,23 +1,18 @@
-"""The benchmark script at a tiny size, so it never rots (no timing assertions: numbers are only printed)."""
+"""benchmarks/bench_record.py at a tiny size, so it never rots (no timing assertions: numbers are only printed)."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
 pytest.importorskip("sklearn", reason="the benchmark workloads crop scikit-learn's sample photographs")
 
-import bench_record  # noqa: E402
-import peers  # noqa: E402
-import workloads  # noqa: E402
+from benchmarks import bench_record  # noqa: E402
+from benchmarks.bench_record import peers, workloads  # noqa: E402
 
 OPTIONAL = {"h5py": ("h5py", "'.[bench]'"), "WebDataset": ("webdataset", "'.[bench]'"),
             "MosaicML": ("streaming", "mosaicml-streaming (it pins numpy<2.2 and a CUDA torchvision)")}
@@ -48,7 +43,10 @@ def test_writer_and_reader_round_trip(name: str, batches: list[peers.Batch], tmp
     needs = _module_of(name)
     if needs is not None and importlib.util.find_spec(needs[0]) is None:
         pytest.skip(f"{needs[0]} is not installed: pip install {needs[1]}")
-    write, reader = (peers.write_snapstore, lambda o, b: peers.SnapstoreReader(o)) if name == "snapstore" else peers.PEERS[name]
+    if name == "snapstore":
+        write, reader = peers.write_snapstore, lambda o, b: peers.SnapstoreReader(o)
+    else:
+        write, reader = peers.PEERS[name]
     try:
         write(batches, str(tmp_path))
     except peers.Unavailable as e:
@@ -68,13 +66,3 @@ def test_whole_table_at_tiny_size(tmp_path: Path) -> None:
     assert "## Recording overhead" in text and "## Writers" in text and "## Reading back" in text
     assert {nw for _, nw in results["overhead"]} == {0, 2}
     assert "snapstore" in results["writers"] and "snapstore" in results["readers"]
-
-
-def test_floors_at_tiny_size() -> None:
-    import bench_limits
-
-    out = io.StringIO()
-    results = bench_limits.run(full=False, repeat=1, out=out)
-    assert set(results["loop"]) == {"bare", "lz4", "process", "none", "stream", "compute", "bare nw=2", "lz4 nw=2"}
-    assert all(v > 0 for v in results["loop"].values()) and results["disk MB/s"] > 0
-    assert "minimal recorder" in out.getvalue() and "writer process" in out.getvalue() and "one cold row" in out.getvalue()

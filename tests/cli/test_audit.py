@@ -1,18 +1,19 @@
-"""The audit and diff commands: exit codes, --json, errors without tracebacks."""
+"""``snapstore.cli.audit``: the audit and diff commands: exit codes, --json, errors without tracebacks."""
 
 from __future__ import annotations
 
 import json
 
 import torch
-from audit_support import Digits, WithNaN, record
 from torch.utils.data import DataLoader
 
 from snapstore.cli import main as cli_main
+from tests.support.datasets import digits, digits_with_nan
+from tests.support.recording import record
 
 
 def _clean(path, seed=0):
-    loader = DataLoader(Digits(n=80), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(digits(n=80), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
     return record(path, loader, epochs=2)
 
 
@@ -20,7 +21,7 @@ def test_audit_exit_codes_and_json(tmp_path, capsys):
     clean = _clean(tmp_path / "clean.snap")
     assert cli_main(["audit", clean.path]) == 0
     assert "no findings" in capsys.readouterr().out
-    bad = record(tmp_path / "bad.snap", DataLoader(WithNaN(bad=(2, 9)), batch_size=16), epochs=1)
+    bad = record(tmp_path / "bad.snap", DataLoader(digits_with_nan(bad=(2, 9)), batch_size=16), epochs=1)
     assert cli_main(["audit", bad.path, "--json"]) == 1
     payload = json.loads(capsys.readouterr().out)
     assert payload["ok"] is False

@@ -1,21 +1,22 @@
-"""snapstore.show: PNG grids of raw vs seen samples, text tables, and the show command."""
+"""``snapstore.cli.show``: PNG grids of raw vs seen samples, text tables, and the show command."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from audit_support import Digits, Scalars, ShiftNoise, record
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from snapstore.cli import main as cli_main
 from snapstore.cli import show
 from snapstore.core.manifest import FieldInfo
+from tests.support.datasets import RandomShiftNoise, Scalars, digits
+from tests.support.recording import record
 
 
 @pytest.fixture
 def digits_snap(tmp_path):
-    loader = DataLoader(Digits(n=100, transform=ShiftNoise()), batch_size=16, shuffle=True, num_workers=2)
+    loader = DataLoader(digits(n=100, transform=RandomShiftNoise()), batch_size=16, shuffle=True, num_workers=2)
     return record(tmp_path / "d.snap", loader, epochs=3)
 
 
@@ -63,7 +64,7 @@ def test_table_for_fields_that_are_not_images(tmp_path):
 
 
 def test_index_not_seen_in_an_epoch(tmp_path):
-    snap = record(tmp_path / "s.snap", DataLoader(Digits(n=64), batch_size=16), epochs=2, stop_after={1: 1})
+    snap = record(tmp_path / "s.snap", DataLoader(digits(n=64), batch_size=16), epochs=2, stop_after={1: 1})
     stream = snap["train"]
     assert 40 not in stream.epoch(1).order
     img = show.render(stream, [40], tile=24)

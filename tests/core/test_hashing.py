@@ -1,17 +1,11 @@
-"""Per-row content hashes: the function, and the hashes the recorder stores for seen, raw and output rows."""
+"""``snapstore.core.hashing``: per-row content hashes (xxh3_64 of each row's bytes)."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
-import torch
 import xxhash
-from audit_support import Digits, Scalars, ShiftNoise, record
-from torch.utils.data import DataLoader
 
-import snapstore
 from snapstore.core.hashing import NO_HASH, hash_fields, row_hashes
 
 
@@ -46,58 +40,6 @@ def test_zero_is_reserved():
 def test_hash_fields_keeps_keys():
     info, rows = hash_fields({"x": (None, np.ones((3, 2)))})["x"]
     assert info.dtype == "uint64" and info.shape == () and rows.shape == (3,)
-
-
-def test_recorded_hashes_match_the_data(tmp_path):
-    loader = DataLoader(Digits(n=200, transform=ShiftNoise()), batch_size=32, shuffle=True, num_workers=2)
-    snap = record(tmp_path / "s.snap", loader, 2, log=lambda b: {"loss": b[0].mean((1, 2, 3)), "pred": b[1] % 3})
-    stream = snap["train"]
-    for ep in stream:
-        data = ep.to_numpy()
-        for f in ("0", "1"):
-            assert np.array_equal(ep.hashes(f), row_hashes(data[f]))
-        for name in ("loss", "pred"):
-            assert np.array_equal(ep.output_hashes(name), row_hashes(ep.outputs[name]))
-    raw = stream.raw.to_numpy()
-    for f in ("0", "1"):
-        assert np.array_equal(stream.raw.hashes(f), row_hashes(raw[f]))
-    # the arrays are on disk, next to the data
-    assert (tmp_path / "s.snap/train/epochs/1/hashes/seen/0/zarr.json").exists()
-    assert (tmp_path / "s.snap/train/epochs/1/hashes/outputs/loss/zarr.json").exists()
-    assert (tmp_path / "s.snap/train/raw/hashes/1/zarr.json").exists()
-
-
-def test_strings_are_hashed_in_the_writer(tmp_path):
-    snap = record(tmp_path / "s.snap", DataLoader(Scalars(30), batch_size=8), 1)
-    ep = snap["train"].epoch(0)
-    assert ep.hashes("name").tolist() == [xxhash.xxh3_64_intdigest(f"item-{i:03d}".encode()) for i in ep.order]
-
-
-def test_snapshots_without_stored_hashes_are_hashed_on_read(tmp_path):
-    loader = DataLoader(Digits(n=64), batch_size=16, shuffle=True)
-    snap = record(tmp_path / "s.snap", loader, 1)
-    shutil.copytree(tmp_path / "s.snap", tmp_path / "old.snap")
-    shutil.rmtree(tmp_path / "old.snap/train/epochs/0/hashes")
-    shutil.rmtree(tmp_path / "old.snap/train/raw/hashes")
-    old = snapstore.open(tmp_path / "old.snap")
-    for f in ("0", "1"):
-        assert np.array_equal(old["train"].epoch(0).hashes(f), snap["train"].epoch(0).hashes(f))
-        assert np.array_equal(old["train"].raw.hashes(f), snap["train"].raw.hashes(f))
-    assert snapstore.audit(old).ok
-    assert snapstore.diff(old, snap).identical
-
-
-def test_gather_reads_chosen_rows(tmp_path):
-    snap = record(tmp_path / "s.snap", DataLoader(Digits(n=64), batch_size=16, shuffle=True), 1)
-    ep = snap["train"].epoch(0)
-    full = ep.to_numpy()["0"]
-    assert np.array_equal(ep.gather("0", [5, 1, 5]), full[[5, 1, 5]])
-    assert np.array_equal(snap["train"].raw.gather("1", [3, 0]), np.array([3, 0]) % 10)
-    with pytest.raises(KeyError):
-        ep.hashes("nope")
-    with pytest.raises(IndexError):
-        ep.gather("0", [64])
-    assert torch.equal(torch.from_numpy(ep.gather("0", [0])[0]), ep[0][0])
 
 
 def test_rows_of_different_shapes_hash_like_one_row_arrays():

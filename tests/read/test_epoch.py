@@ -1,50 +1,16 @@
-"""Resumed epochs stitch to the rows recorded before a crash; ranks merge into one epoch view."""
+"""``snapstore.Epoch`` (``snapstore.read.epoch``): a resumed epoch stitches its parts to the rows recorded
+before the crash; positions, samples and gathers by dataset index; ragged fields unpadded."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import Indexed
-from ranks_worker import dataset
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 import snapstore
-
-
-class Resumable(Sampler[int]):
-    """A seeded permutation that can start part-way, like a sampler restored from a checkpoint."""
-
-    def __init__(self, n: int, seed: int, start: int = 0) -> None:
-        self.n, self.seed, self.start = n, seed, start
-
-    def __iter__(self):
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        return iter(perm[self.start :])
-
-    def __len__(self) -> int:
-        return self.n - self.start
-
-
-def crash_then_resume(path: Path, resume_from_batch: int) -> snapstore.Epoch:
-    """Epoch 0 complete; epoch 1 cut after 5 batches; the job resumes epoch 1 from a checkpoint."""
-    with snapstore.Recorder(path) as rec:
-        s = rec.wrap(DataLoader(Indexed(40), batch_size=4, sampler=Resumable(40, seed=0)), name="train")
-        list(s)
-    with snapstore.Recorder(path, mode="a") as rec:
-        s = rec.wrap(DataLoader(Indexed(40), batch_size=4, sampler=Resumable(40, seed=1)), name="train")
-        for j, _ in enumerate(s):
-            if j == 4:
-                break  # the crash: 5 batches recorded
-    with snapstore.Recorder(path, mode="a") as rec:
-        loader = DataLoader(Indexed(40), batch_size=4, sampler=Resumable(40, seed=1, start=4 * resume_from_batch))
-        s = rec.wrap(loader, name="train", resume_epoch=True)
-        list(s)  # the rest of epoch 1
-    return snapstore.open(path)["train"].epoch(1)
+from tests.support.datasets import Indexed, Resumable, Sentences, digits, pad_with_lengths
+from tests.support.recording import crash_then_resume, record, run, same
 
 
 def coverage(ep: snapstore.Epoch, n: int) -> tuple[list[int], list[int]]:
@@ -78,42 +44,54 @@ def test_resume_past_the_crash_point_shows_the_skipped_samples(snap_path):
     assert coverage(ep, 40) == (sorted(perm[20:28]), [])
 
 
-def test_resume_needs_an_incomplete_epoch(snap_path):
-    with snapstore.record(DataLoader(Indexed(8), batch_size=4), snap_path) as s:
-        list(s)
-    with snapstore.Recorder(snap_path, mode="a") as rec:
-        with pytest.raises(snapstore.UsageError, match="nothing to continue"):
-            rec.wrap(DataLoader(Indexed(8), batch_size=4), name="train", resume_epoch=True)
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_padded_sequences_round_trip_and_unpad(snap_path, num_workers):
+    stream, seen = run(lambda: DataLoader(Sentences(), batch_size=8, shuffle=True, collate_fn=pad_with_lengths,
+                                          num_workers=num_workers), snap_path)
+    info = stream.fields["0"]
+    assert info.ragged and info.shape == (None,) and info.kind == "tensor"
+    assert not stream.fields["1"].ragged
+    ep = stream.epoch(1)
+    assert ep.manifest.ragged == ["0"]
+    for k in (0, 13, 63):
+        i = int(ep.order[k])
+        same(ep.unpadded("0", lengths="1", position=k), Sentences()[i])
+    rows = ep.unpadded("0", lengths="1")
+    assert len(rows) == 64 and all(torch.equal(r, Sentences()[int(i)]) for r, i in zip(rows, ep.order))
 
 
-@pytest.mark.parametrize("world_size", [2, 4])
-def test_ranks_record_into_one_snapshot(tmp_path, world_size):
-    path = tmp_path / "ddp.snap"
-    init = f"file://{tmp_path / 'pg'}"
-    script = Path(__file__).with_name("ranks_worker.py")
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(world_size), str(path), init]) for r in range(world_size)]
-    assert [p.wait(timeout=300) for p in procs] == [0] * world_size
-    stream = snapstore.open(path)["train"]
-    assert stream.world_size == world_size and stream.epochs == [0, 1]
-    for e in (0, 1):
-        ep = stream.epoch(e)
-        assert ep.complete
-        per_rank = []
-        for r in range(world_size):
-            expected = DistributedSampler(dataset(), num_replicas=world_size, rank=r, seed=11)
-            expected.set_epoch(e)
-            mine = stream.rank(r).epoch(e)
-            assert mine.order.tolist() == list(expected)
-            assert mine.provenance["rank"] == r and mine.provenance["world_size"] == world_size
-            per_rank.append(mine)
-        # the merged view: step j holds batch j of every rank, in rank order
-        merged = [(r, b) for j in range(len(per_rank[0].batch_sizes)) for r in range(world_size)
-                  for b in [per_rank[r].batch(j)]]
-        assert len(ep.batch_sizes) == len(merged)
-        for (r, b), got in zip(merged, ep.batches()):
-            assert torch.equal(b[1], got[1]) and torch.equal(b[0], got[0])
-        np.testing.assert_array_equal(ep.outputs["rank"], ep.ranks)
-        assert set(ep.order.tolist()) == set(range(30))
-        np.testing.assert_array_equal(ep.to_numpy()["1"], ep.order)
-    assert sorted(stream.raw.indices.tolist()) == list(range(30))
-    assert torch.equal(stream.raw[17][0], torch.tensor([170.0]))
+def test_replacement_sampler_positions(snap_path):
+    def make():
+        sampler = RandomSampler(range(10), replacement=True, num_samples=30, generator=torch.Generator().manual_seed(0))
+        return DataLoader(Indexed(10), batch_size=7, sampler=sampler)
+
+    stream, seen = run(make, snap_path)
+    ep = stream.epoch(0)
+    assert len(ep) == 30
+    counts = np.bincount(ep.order, minlength=10)
+    i = int(np.argmax(counts))
+    where = ep.positions(index=i)
+    assert len(where) == counts[i] > 1 and (ep.order[where] == i).all()
+    same(ep.sample(index=i), ep[int(where[0])])
+    assert stream.raw._rows == len(np.unique(np.concatenate([stream.epoch(e).order for e in stream.epochs])))
+
+
+def test_weighted_sampler_duplicates_stored_at_each_position(snap_path):
+    sampler = WeightedRandomSampler([1.0, 50.0, 1.0, 1.0], num_samples=20, replacement=True)
+    stream, seen = run(lambda: DataLoader(Indexed(4), batch_size=4, sampler=sampler), snap_path, epochs=1)
+    ep = stream.epoch(0)
+    for k in ep.positions(index=1):
+        assert ep[int(k)][1].item() == 1
+
+
+def test_gather_reads_chosen_rows(tmp_path):
+    snap = record(tmp_path / "s.snap", DataLoader(digits(n=64), batch_size=16, shuffle=True), 1)
+    ep = snap["train"].epoch(0)
+    full = ep.to_numpy()["0"]
+    assert np.array_equal(ep.gather("0", [5, 1, 5]), full[[5, 1, 5]])
+    assert np.array_equal(snap["train"].raw.gather("1", [3, 0]), np.array([3, 0]) % 10)
+    with pytest.raises(KeyError):
+        ep.hashes("nope")
+    with pytest.raises(IndexError):
+        ep.gather("0", [64])
+    assert torch.equal(torch.from_numpy(ep.gather("0", [0])[0]), ep[0][0])

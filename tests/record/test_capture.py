@@ -1,5 +1,6 @@
-"""Raw samples stacked field by field (the fast path) equal the general per-sample flatten-and-join,
-and cross from a worker to the training process through shared memory."""
+"""The worker side of recording (``record.capture``): raw samples stacked field by field (the fast path)
+equal the general per-sample flatten-and-join and cross from a worker through shared memory; exact
+indices, worker ids and stream positions; raw samples of different sizes."""
 
 from __future__ import annotations
 
@@ -12,33 +13,15 @@ import pytest
 import torch
 import torch.multiprocessing  # noqa: F401 - registers the tensor reductions a DataLoader uses
 from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
+from torch.utils.data import DataLoader, Dataset
 
-from snapstore.record.capture import _join, stack_raw
-from snapstore.errors import SchemaError
 from snapstore.core.rows import Ragged
 from snapstore.core.schema import flatten
-
-DTYPES = ["uint8", "int32", "int64", "float32", "float64", "bool"]
-
-
-@st.composite
-def samples(draw):
-    """A list of raw samples that mostly share the first one's layout; sometimes one differs."""
-    n = draw(st.integers(1, 6))
-    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, max_side=4))
-    dtype = draw(st.sampled_from(DTYPES))
-    as_dict = draw(st.booleans())
-    as_tensor = draw(st.booleans())
-    out = []
-    for k in range(n):
-        s = shape if not draw(st.integers(0, 9)) == 0 else (*shape, 2)  # now and then a different shape
-        a = draw(hnp.arrays(np.dtype(dtype), s))
-        x = torch.from_numpy(a) if as_tensor else a
-        label = draw(st.one_of(st.integers(-5, 5), st.floats(allow_nan=False, width=32))) if k and draw(st.booleans()) else k
-        out.append({"x": x, "meta": (label, None)} if as_dict else (x, label))
-    return out
+from snapstore.errors import SchemaError
+from snapstore.record.capture import _join, stack_raw
+from tests.support.datasets import Indexed, Stream, image_of
+from tests.support.recording import run, same
+from tests.support.strategies import raw_sample_lists
 
 
 def _rows(v):
@@ -46,7 +29,7 @@ def _rows(v):
 
 
 @settings(max_examples=150, deadline=None)
-@given(samples())
+@given(raw_sample_lists())
 def test_stack_raw_equals_the_general_path(raw):
     indices = np.arange(len(raw), dtype=np.int64) * 3
     try:
@@ -72,7 +55,8 @@ def test_stack_raw_equals_the_general_path(raw):
 def test_raw_blocks_cross_from_workers_through_shared_memory():
     # what a DataLoader worker sends: large numeric arrays as shared-memory handles, the rest by value
     n = 64
-    block = stack_raw(np.arange(n), [{"image": np.full((3, 64, 64), k, np.uint8), "name": f"img{k}", "id": k} for k in range(n)])
+    samples = [{"image": np.full((3, 64, 64), k, np.uint8), "name": f"img{k}", "id": k} for k in range(n)]
+    block = stack_raw(np.arange(n), samples)
     sent = ForkingPickler.dumps(block)
     assert len(sent) < 16 * 1024 < block.fields["image"][1].nbytes  # 786 KB of pixels not in the message
     back = pickle.loads(sent)
@@ -83,3 +67,43 @@ def test_raw_blocks_cross_from_workers_through_shared_memory():
         np.testing.assert_array_equal(back.fields[p][1], rows)
     wide = stack_raw(np.arange(2), [np.full(8192, k, np.longdouble) for k in range(2)])  # no tensor type: by value
     np.testing.assert_array_equal(pickle.loads(ForkingPickler.dumps(wide)).fields["value"][1], wide.fields["value"][1])
+
+
+class Photos(Dataset):
+    """Images of different sizes per sample (uint8 HxWx3), as raw photographs come."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return np.full((4 + i % 3, 5 + i % 2, 3), i, dtype=np.uint8), i % 2
+
+
+def test_raw_samples_of_different_sizes(snap_path):
+    stream, _ = run(lambda: DataLoader(Photos(), batch_size=None, shuffle=True), snap_path)
+    assert stream.manifest.raw_fields["0"].ragged
+    for i in range(12):
+        same(stream.raw[i], Photos()[i])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_iterable_dataset_records_worker_and_position(snap_path, num_workers):
+    stream, seen = run(lambda: DataLoader(Stream(40), batch_size=4, num_workers=num_workers), snap_path)
+    ep = stream.epoch(0)
+    workers = max(num_workers, 1)
+    ks = torch.cat([b[1] for b in seen[0]]).numpy()
+    # Stream yields k = w, w + W, ...: the p-th item of worker w has k = p * W + w = its recorded order
+    np.testing.assert_array_equal(ep.order, ks)
+    if num_workers:
+        np.testing.assert_array_equal(ep.workers, ks % workers)
+    else:
+        assert (ep.workers == -1).all()
+    assert sorted(stream.raw.indices.tolist()) == list(range(40))
+    same(stream.raw[6], (image_of(6, (2,)), 6))
+
+
+def test_map_style_worker_ids(snap_path):
+    stream, _ = run(lambda: DataLoader(Indexed(40), batch_size=5, num_workers=2), snap_path, epochs=1)
+    ep = stream.epoch(0)
+    # with in-order delivery, batch j comes from worker j % 2
+    np.testing.assert_array_equal(ep.workers, np.repeat(np.arange(8) % 2, 5))

@@ -64,7 +64,8 @@ def check_snapshot(path, log_lines, kill_time):
         assert len(last) >= handed_before[last.number] - (400 * last.number)
     for ep in epochs:
         x = ep.to_numpy()
-        np.testing.assert_array_equal(x["0"], np.repeat(ep.order[:, None].astype(np.float32), 64, axis=1))  # no torn rows
+        # no torn rows
+        np.testing.assert_array_equal(x["0"], np.repeat(ep.order[:, None].astype(np.float32), 64, axis=1))
         np.testing.assert_array_equal(x["1"], ep.order)
         assert len(ep.batch_sizes) == -(-len(ep) // 16) or not ep.complete
     raw = stream.raw
@@ -74,8 +75,10 @@ def check_snapshot(path, log_lines, kill_time):
 
 
 def run_and_kill(path, mode, epochs, delay):
-    """Start the writer, SIGKILL it ``delay`` seconds after its first batch; return its progress lines and the kill time."""
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), mode, str(epochs)], stdout=subprocess.PIPE, text=True)
+    """Start the writer, SIGKILL it ``delay`` seconds after its first batch; return its progress lines and the
+    kill time."""
+    command = [sys.executable, "-c", WRITER, str(path), mode, str(epochs)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     lines: list[str] = []
     started = threading.Event()
 
@@ -105,7 +108,8 @@ def test_sigkill_mid_epoch_loses_only_recent_rows(tmp_path, window):
     assert not stream.epoch(stream.epochs[-1]).complete
 
     # a resumed run appends after the crash, and the snapshot stays consistent
-    proc = subprocess.run([sys.executable, "-c", WRITER, str(path), "a", "1"], capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-c", WRITER, str(path), "a", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     stream = snapstore.open(path)["train"]
     assert stream.epoch(stream.epochs[-1]).complete and len(stream.epochs) >= 2
@@ -179,8 +183,10 @@ def test_no_node_is_written_before_its_parent(tmp_path, monkeypatch):
     monkeypatch.setattr(zarr.storage.LocalStore, "set", set_after_parent)
     texts = [torch.arange(n) for n in (3, 5, 2, 7, 4, 6, 1, 8)]
     items = [{"image": {"pixels": torch.full((4,), float(i))}, "text": t} for i, t in enumerate(texts)]
-    loader = DataLoader(items, batch_size=2, collate_fn=lambda b: {"pixels": torch.stack([x["image"]["pixels"] for x in b]),
-                                                                    "text": [x["text"] for x in b]})
+    def collate(b):
+        return {"pixels": torch.stack([x["image"]["pixels"] for x in b]), "text": [x["text"] for x in b]}
+
+    loader = DataLoader(items, batch_size=2, collate_fn=collate)
     with snapstore.Recorder(tmp_path / "run.snap") as rec:
         stream = rec.wrap(loader, name="train")
         for epoch in range(2):

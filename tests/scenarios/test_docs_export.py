@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import snapstore
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "EXPORT.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "EXPORT.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
 
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset, get_wor
 import snapstore
 from snapstore.core import layout
 
-FORMAT_MD = (Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md").read_text()
+FORMAT_MD = (Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md").read_text()
 EXAMPLES = re.findall(r"^```python\n(.*?)^```", FORMAT_MD, flags=re.DOTALL | re.MULTILINE)
 READING = next(e for e in EXAMPLES if "zarr.open_group" in e)
 RAGGED = next(e for e in EXAMPLES if "def ragged_row" in e)

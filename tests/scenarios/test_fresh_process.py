@@ -31,14 +31,19 @@ READ = textwrap.dedent('''
     out = [{"type": type(b).__name__, "pixels": b.pixels.tolist(), "label": b.label.tolist(), "path": b.path}
            for b in stream.epoch(0).batches()]
     raw = stream.raw[7]
-    json.dump({"batches": out, "raw": [raw.pixels.tolist(), raw.label, raw.path], "main": dir(sys.modules["__main__"])}, sys.stdout)
+    raw = [raw.pixels.tolist(), raw.label, raw.path]
+    json.dump({"batches": out, "raw": raw, "main": dir(sys.modules["__main__"])}, sys.stdout)
 ''')
 
 
 def test_snapshot_reads_without_the_dataset_code(tmp_path):
     path = str(tmp_path / "private.snap")
-    seen = json.loads(subprocess.run([sys.executable, "-c", RECORD, path], capture_output=True, text=True, check=True).stdout)
-    got = json.loads(subprocess.run([sys.executable, "-c", READ, path], capture_output=True, text=True, check=True).stdout)
+    def run(script: str) -> object:
+        proc = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout)
+
+    seen = run(RECORD)
+    got = run(READ)
     assert "Private" not in got["main"] and "Sample" not in got["main"]
     assert [b.pop("type") for b in got["batches"]] == ["Sample"] * 4
     assert got["batches"] == seen

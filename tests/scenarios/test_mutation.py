@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import Records
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
 import snapstore
+from tests.support.datasets import Records
 
 Item = collections.namedtuple("Item", ["tokens", "weight"])
 
@@ -163,7 +163,8 @@ def mutate(root: Path, data: st.DataObject) -> dict[str, Any]:
         doc = json.loads(raw) if is_json else None
     except (ValueError, RecursionError):  # damaged by an earlier mutation (deeply nested junk: RecursionError)
         doc = None
-    ops = ["delete", "junk"] + (["truncate", "flip"] if raw else []) + (["replace value", "delete key", "rename key"] if isinstance(doc, dict) and doc else [])
+    ops = ["delete", "junk"] + (["truncate", "flip"] if raw else [])
+    ops += ["replace value", "delete key", "rename key"] if isinstance(doc, dict) and doc else []
     op = data.draw(st.sampled_from(ops), label=f"operation on {rel}")
     done = {"file": rel, "op": op, "plausible": False, "outputs chunk": not is_json and "/outputs/" in rel,
             "raw attribute": False}
@@ -195,8 +196,8 @@ def mutate(root: Path, data: st.DataObject) -> dict[str, Any]:
         key = path[-1]
         if op == "replace value":
             old = parent[key]
-            parent[key] = data.draw(st.sampled_from([v for v in JUNK_VALUES if type(v) is not type(old)] + ["\x00junk/../"]),
-                                    label="value")
+            values = [v for v in JUNK_VALUES if type(v) is not type(old)] + ["\x00junk/../"]
+            parent[key] = data.draw(st.sampled_from(values), label="value")
         elif op == "delete key":
             del parent[key]
         else:

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from helpers import Indexed, same, snapshot_batch
 from torch.utils.data import DataLoader
 
 import snapstore
+from tests.support.datasets import Indexed
+from tests.support.recording import same, snapshot_batch
 
 pytest.importorskip("s3fs", reason="object storage needs s3fs: pip install 'snapstore[s3]'")
 pytest.importorskip("moto.server", reason="the S3 tests need moto[server]: pip install 'snapstore[test]'")
-sys.path.insert(0, str(Path(__file__).parent.parent))
 from benchmarks.bench_s3 import CREDENTIALS, moto_server, record_throughput  # noqa: E402
 
 BUCKET = "snapstore-test"

@@ -1,5 +1,6 @@
-"""``storage.ChunkWriter`` stores each chunk exactly as zarr's own ``Array.__setitem__`` would, and
-``storage.read_chunk`` reads it back."""
+"""``storage.writers``: ``ChunkWriter`` stores each chunk exactly as zarr's own ``Array.__setitem__``
+would (and ``storage.read_chunk`` reads it back), ``RowSink`` stages rows into whole chunks, ragged
+fields are stored as values, offsets and shapes."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from torch.utils.data import DataLoader
 
+import snapstore
 from snapstore import storage
 from snapstore.core.manifest import FieldInfo
+from tests.support.datasets import Sentences, pad_with_lengths
+
 
 def tmp_path_of(array):
     return Path(array.store.root) / array.path
@@ -133,3 +138,18 @@ def test_a_failed_store_write_is_raised_by_wait(tmp_path):
     with pytest.raises(OSError):
         writer.wait()
     writer.close()
+
+
+def test_ragged_layout_is_values_offsets_shapes(snap_path):
+    with snapstore.record(DataLoader(Sentences(), batch_size=8, collate_fn=pad_with_lengths), snap_path) as s:
+        list(s)
+    import zarr
+
+    group = zarr.open_group(snap_path / "train/epochs/0/ragged/0", mode="r")
+    lengths = [len(Sentences()[i]) for i in range(64)]
+    padded = [max(lengths[j:j + 8]) for j in range(0, 64, 8) for _ in range(8)]
+    offsets, shapes = group["offsets"][:64], group["shapes"][:64]
+    np.testing.assert_array_equal(shapes[:, 0], padded)
+    np.testing.assert_array_equal(offsets, np.concatenate([[0], np.cumsum(padded)[:-1]]))
+    values = group["values"][: sum(padded)]
+    np.testing.assert_array_equal(values[offsets[5] : offsets[5] + lengths[5]], Sentences()[5].numpy())

@@ -1,9 +1,9 @@
-"""Writes tests/data/golden-v1.snap: a small snapshot of format version 1.
+"""Writes tests/scenarios/data/golden-v1.snap: a small snapshot of format version 1.
 
-Run once per format version (``python tests/data/make_golden.py``) and commit
-the result; ``tests/test_golden.py`` reads it so a format change is never
-silent. Every value is a function of the dataset index, so the test can check
-it without this script.
+Run once per format version (``python tests/scenarios/data/make_golden.py``)
+and commit the result; ``tests/scenarios/test_golden.py`` reads it so a format
+change is never silent. Every value is a function of the dataset index, so the
+test can check it without this script.
 """
 
 from __future__ import annotations

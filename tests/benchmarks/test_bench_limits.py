@@ -1,0 +1,20 @@
+"""benchmarks/bench_limits.py (the floors: what this machine allows, whatever the recorder) at a tiny size."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+pytest.importorskip("sklearn", reason="the benchmark workloads crop scikit-learn's sample photographs")
+
+from benchmarks import bench_limits  # noqa: E402
+
+
+def test_floors_at_tiny_size() -> None:
+    out = io.StringIO()
+    results = bench_limits.run(full=False, repeat=1, out=out)
+    assert set(results["loop"]) == {"bare", "lz4", "process", "none", "stream", "compute", "bare nw=2", "lz4 nw=2"}
+    assert all(v > 0 for v in results["loop"].values()) and results["disk MB/s"] > 0
+    text = out.getvalue()
+    assert "minimal recorder" in text and "writer process" in text and "one cold row" in text
