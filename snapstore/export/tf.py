@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,7 +12,9 @@ from ..core.schema import Structure, leaf_paths, namedtuple_class
 from ..errors import SnapstoreError, UsageError
 from ..read.blocks import row_blocks
 from ..read.plan import Fields, select
-from ..read.stream import Stream
+
+if TYPE_CHECKING:
+    from ..read.stream import Stream
 
 
 def to_tf_dataset(stream: Stream, epoch: int | None = None, *, channels_last: bool = False,
