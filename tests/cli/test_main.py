@@ -149,3 +149,47 @@ def test_audit_export_diff_are_wired_into_the_cli(tmp_path, capsys):
 
     with np.load(tmp_path / "e0.npz") as z:
         assert z["index"].tolist() == list(range(20))
+
+
+# -- startup: what the command imports before it answers (timings are for benchmarks/bench_cli.py) ---------------
+
+
+def _imported(*argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``python -X importtime -m snapstore *argv``; the process and the top-level packages it imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "snapstore", *argv], capture_output=True,
+                          text=True, check=False)
+    names = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+             if line.startswith("import time:")}
+    return proc, names
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["export", "--help"], ["show", "--help"]])
+def test_version_and_help_import_neither_torch_nor_zarr_nor_numpy(argv):
+    proc, names = _imported(*argv)
+    assert proc.returncode == 0 and proc.stdout
+    assert "snapstore" in names
+    assert not names & {"torch", "zarr", "numpy", "PIL", "tqdm"}
+
+
+def test_info_imports_the_reader_not_the_audit_the_recorder_or_the_demo(snapshot):
+    proc, names = _imported("info", str(snapshot))
+    assert proc.returncode == 0 and "stream 'train'" in proc.stdout
+    assert "zarr" in names
+    modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert not {"snapstore.audit", "snapstore.record", "snapstore.cli.demo"} & modules
+
+
+def test_version_is_the_installed_distributions():
+    from importlib import metadata
+
+    proc = subprocess.run([sys.executable, "-m", "snapstore", "--version"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0
+    assert proc.stdout == f"snapstore {metadata.version('snapstore')}\n"
+
+
+def test_the_package_root_loads_its_names_on_first_use():
+    code = ("import sys, snapstore; before = 'torch' in sys.modules; import snapstore.audit.report; "
+            "print(before, callable(snapstore.audit), callable(snapstore.record), snapstore.Recorder.__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # importing the subpackages snapstore.audit / snapstore.record leaves the functions of those names in place
+    assert proc.stdout.split() == ["False", "True", "True", "Recorder"]
