@@ -215,7 +215,8 @@ def _touch_memory(nbytes: int) -> None:
 
 def table(results: list[dict[str, Any]]) -> str:
     base = next((r["seconds"] for r in results if r["case"] == "zarr"), None)
-    lines = [f"{'case':<15} {'seconds':>8} {'MB/s':>8} {'vs zarr':>8} {'rss0 MB':>8} {'peak rss MB':>12} {'peak anon MB':>13}"]
+    lines = [f"{'case':<15} {'seconds':>8} {'MB/s':>8} {'vs zarr':>8} "
+             f"{'rss0 MB':>8} {'peak rss MB':>12} {'peak anon MB':>13}"]
     for r in results:
         ratio = f"{base / r['seconds']:.2f}x" if base else "-"
         lines.append(
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     snapshot = work / "bench.snap"
     t0 = time.perf_counter()
     rows = record_epoch(snapshot, args.size_mb)
-    print(f"recorded {rows} rows ({rows * ROW_BYTES / MIB:.0f} MiB of rows) in {time.perf_counter() - t0:.1f} s at {snapshot}")
+    print(f"recorded {rows} rows ({rows * ROW_BYTES / MIB:.0f} MiB of rows) "
+          f"in {time.perf_counter() - t0:.1f} s at {snapshot}")
     _touch_memory(2 * rows * ROW_BYTES)
     results = []
     load = os.getloadavg()[0]

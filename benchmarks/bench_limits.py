@@ -231,7 +231,8 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        loop: dict[str, list[float]] = {k: [] for k in ("bare", "lz4", "process", "none", "stream", "compute", "bare nw=2", "lz4 nw=2")}
+        loop: dict[str, list[float]] = {k: [] for k in ("bare", "lz4", "process", "none", "stream", "compute",
+                                                        "bare nw=2", "lz4 nw=2")}
         for _ in range(repeat):
             loop["bare"].append(recording_floor(ds, w, tmp, None))
             loop["lz4"].append(recording_floor(ds, w, tmp, True))
@@ -256,7 +257,8 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
         shutil.rmtree(tmp, ignore_errors=True)
     p(f"# Floors on this machine ({os.cpu_count()} CPUs; {w.samples:,} CIFAR-like samples, medians of {repeat})\n")
     p("| line | num_workers | samples/s | ratio to the bare loop |\n| --- | --- | --- | --- |")
-    for key, label in [("bare", "bare loop"), ("lz4", "loop + copy + background LZ4 + crc32c + write (minimal recorder)"),
+    for key, label in [("bare", "bare loop"),
+                       ("lz4", "loop + copy + background LZ4 + crc32c + write (minimal recorder)"),
                        ("process", "loop + copy into shared memory + the same work in a writer process"),
                        ("none", "loop + copy + background crc32c + write, no compression"),
                        ("stream", "loop + a background thread streaming memory (np.copyto)"),
@@ -265,7 +267,8 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
         workers, bare = (2, med["bare nw=2"]) if key.endswith("nw=2") else (0, med["bare"])
         p(f"| {label} | {workers} | {w.samples / med[key]:,.0f} | {bare / med[key]:.3f} |")
     p(f"\nbuffered disk write, 2 MiB files, no fsync: {results['disk MB/s']:,.0f} MB/s")
-    p("replay ceiling, float32 images, one core: " + ", ".join(f"{k} {v:,.0f} samples/s" for k, v in results["replay"].items()))
+    p("replay ceiling, float32 images, one core: "
+      + ", ".join(f"{k} {v:,.0f} samples/s" for k, v in results["replay"].items()))
     p("one cold row: " + ", ".join(f"{k} {v:,.1f} µs" for k, v in results["random"].items()))
     return results
 

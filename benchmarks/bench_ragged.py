@@ -42,10 +42,11 @@ def measure(n: int, root: Path) -> dict[str, float]:
         for x, _ in s:
             padded += x.numel() * x.element_size()
     group = path / "train/epochs/0/ragged/0"
-    stored = {p.name: sum(f.stat().st_size for f in (group / p.name).rglob("*") if f.is_file()) for p in group.iterdir() if p.is_dir()}
+    stored = {p.name: sum(f.stat().st_size for f in (group / p.name).rglob("*") if f.is_file())
+              for p in group.iterdir() if p.is_dir()}
     unpadded = int(Tokens(n).lengths.sum()) * 8
-    return {"rows": n, "padded_row_bytes": padded, "unpadded_bytes": unpadded, **{f"stored_{k}": v for k, v in stored.items()},
-            "stored_total": sum(stored.values())}
+    return {"rows": n, "padded_row_bytes": padded, "unpadded_bytes": unpadded,
+            **{f"stored_{k}": v for k, v in stored.items()}, "stored_total": sum(stored.values())}
 
 
 def main() -> None:

@@ -248,7 +248,8 @@ def measure_writers(writers: dict[str, Callable[..., None]], batches: list[peers
     return results, where, skipped
 
 
-def measure_reader(make: Callable[[], Any], out: str, repeat: int, reads: int, samples: int, seed: int = 1) -> dict[str, float]:
+def measure_reader(make: Callable[[], Any], out: str, repeat: int, reads: int, samples: int,
+                   seed: int = 1) -> dict[str, float]:
     evict = Evictor(files_under(out))
     cold, warm = [], []
     for _ in range(repeat):
@@ -323,18 +324,22 @@ def run(full: bool = False, repeat: int | None = None, tmp: str | None = None, o
             ds = workloads.make_dataset(w)
             for nw in (0, 2):
                 results["overhead"][(w.name, nw)] = overhead(w, ds, nw, repeat, tmp)
-                print(f"[bench] overhead {w.name} num_workers={nw}: {results['overhead'][(w.name, nw)]}", file=sys.stderr, flush=True)
+                print(f"[bench] overhead {w.name} num_workers={nw}: {results['overhead'][(w.name, nw)]}",
+                      file=sys.stderr, flush=True)
             del ds
         raw_lat = raw_latency(ws["cifar"], tmp, reads)
 
         w = ws["cifar"]
         batches = workloads.premade_batches(w)
-        chosen = {name: wr for name, wr in writers().items() if only is None or name in only or name.startswith(("snapstore", CEILING))}
-        results["writers"], where, results["skipped"] = measure_writers({k: v[0] for k, v in chosen.items()}, batches, repeat, tmp)
+        chosen = {name: wr for name, wr in writers().items()
+                  if only is None or name in only or name.startswith(("snapstore", CEILING))}
+        results["writers"], where, results["skipped"] = measure_writers({k: v[0] for k, v in chosen.items()}, batches,
+                                                                        repeat, tmp)
         for name, (_, reader) in chosen.items():
             if reader is not None and name in results["writers"]:
                 try:
-                    results["readers"][name] = measure_reader(lambda: reader(where[name], w.batch), where[name], repeat, reads, w.samples)  # noqa: B023
+                    results["readers"][name] = measure_reader(lambda: reader(where[name], w.batch),  # noqa: B023
+                                                              where[name], repeat, reads, w.samples)
                     print(f"[bench] reader {name}: {results['readers'][name]}", file=sys.stderr, flush=True)
                 except peers.Unavailable as e:
                     results["skipped"][name] = str(e)
@@ -364,7 +369,8 @@ def raw_latency(w: Workload, tmp: str, reads: int) -> dict[str, float]:
         again.append(lat[-1])
     evict.close()
     shutil.rmtree(path, ignore_errors=True)
-    return {"random cold us": median(cold) * 1e6, "random warm us": median(warm) * 1e6, "random again us": median(again) * 1e6}
+    return {"random cold us": median(cold) * 1e6, "random warm us": median(warm) * 1e6,
+            "random again us": median(again) * 1e6}
 
 
 def _fmt(x: float, digits: int = 0) -> str:
@@ -373,16 +379,19 @@ def _fmt(x: float, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
-def print_table(results: dict[str, Any], ws: dict[str, Workload], repeat: int, reads: int, p: Callable[..., None]) -> None:
+def print_table(results: dict[str, Any], ws: dict[str, Workload], repeat: int, reads: int,
+                p: Callable[..., None]) -> None:
     load = os.getloadavg()[0]
-    p(f"\nsnapstore {snapstore.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, load average {load:.1f}; "
-      f"medians of {repeat} runs (one run where a run takes over {SLOW:.0f} s); loop work per batch: images.sum(); num_workers=0 runs use torch.set_num_threads(1)")
+    p(f"\nsnapstore {snapstore.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+      f"load average {load:.1f}; medians of {repeat} runs (one run where a run takes over {SLOW:.0f} s); "
+      "loop work per batch: images.sum(); num_workers=0 runs use torch.set_num_threads(1)")
     p("\n## Recording overhead (samples/s of the loop; ratio = with snapstore / bare, higher is better, 1.00 = free)\n")
     p("| workload | num_workers | bare samples/s | with snapstore samples/s | ratio | overhead | peak RSS over bare |")
     p("| --- | --- | --- | --- | --- | --- | --- |")
     for (name, nw), r in results["overhead"].items():
-        p(f"| {name} ({ws['cifar' if name.startswith('CIFAR') else 'imagenet'].samples:,} samples) | {nw} | {_fmt(r['bare'])} | "
-          f"{_fmt(r['snapstore'])} | {r['ratio']:.3f} | {100 * (1 - r['ratio']):.1f} % | {r['rss_over_bare'] / MB:.0f} MB |")
+        p(f"| {name} ({ws['cifar' if name.startswith('CIFAR') else 'imagenet'].samples:,} samples) | {nw} "
+          f"| {_fmt(r['bare'])} | {_fmt(r['snapstore'])} | {r['ratio']:.3f} | {100 * (1 - r['ratio']):.1f} % "
+          f"| {r['rss_over_bare'] / MB:.0f} MB |")
 
     wr = results["writers"]
     best = max((v["MB/s"] for k, v in wr.items() if not k.startswith(("snapstore", CEILING))), default=float("nan"))
@@ -393,7 +402,8 @@ def print_table(results: dict[str, Any], ws: dict[str, Workload], repeat: int, r
     p("| --- | --- | --- | --- | --- | --- | --- |")
     ss = wr.get("snapstore", {}).get("MB/s", float("nan"))
     for name, r in wr.items():
-        p(f"| {name} | {_fmt(r['MB/s'])} | {_fmt(r['samples/s'])} | {_fmt(r['bytes/sample'])} | {r['files']} | {r['rss'] / MB:.0f} MB | {ss / r['MB/s']:.2f}x |")
+        p(f"| {name} | {_fmt(r['MB/s'])} | {_fmt(r['samples/s'])} | {_fmt(r['bytes/sample'])} | {r['files']} "
+          f"| {r['rss'] / MB:.0f} MB | {ss / r['MB/s']:.2f}x |")
     p(f"\nsnapstore / best peer writer: {ss / best:.2f}x; the ceiling for the default codecs / best peer: "
       f"{wr.get(CEILING, {}).get('MB/s', float('nan')) / best:.2f}x")
 
@@ -402,15 +412,16 @@ def print_table(results: dict[str, Any], ws: dict[str, Workload], repeat: int, r
     p("\n## Reading back (replay: samples/s, batch by batch; random: median latency of one sample, "
       f"{reads} reads: cold, then the same sample again at once (warm) and its {AGAIN}th read in a row (again); "
       "snapstore / this: > 1 means snapstore is faster)\n")
-    p("| reader | replay cold | replay warm | random cold | random warm | random again | replay cold, snapstore / this | replay warm "
-      "| random cold | random warm | random again |")
+    p("| reader | replay cold | replay warm | random cold | random warm | random again "
+      "| replay cold, snapstore / this | replay warm | random cold | random warm | random again |")
     p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rd.items():
         cells = [f"{_fmt(r.get('replay cold', float('nan')))}/s", f"{_fmt(r.get('replay warm', float('nan')))}/s",
-                 f"{_fmt(r['random cold us'], 1)} µs", f"{_fmt(r['random warm us'], 1)} µs", f"{_fmt(r['random again us'], 1)} µs"]
+                 f"{_fmt(r['random cold us'], 1)} µs", f"{_fmt(r['random warm us'], 1)} µs",
+                 f"{_fmt(r['random again us'], 1)} µs"]
         ratios = []
-        for key, higher in (("replay cold", True), ("replay warm", True), ("random cold us", False), ("random warm us", False),
-                            ("random again us", False)):
+        for key, higher in (("replay cold", True), ("replay warm", True), ("random cold us", False),
+                            ("random warm us", False), ("random again us", False)):
             if key in r and key in s:
                 ratios.append(f"{(s[key] / r[key]) if higher else (r[key] / s[key]):.2f}x")
             else:
@@ -425,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="full size (50,000 CIFAR-like samples, 2,000 ImageNet-like)")
     ap.add_argument("--repeat", type=int, help="runs per measurement (default 3 full, 1 tiny)")
     ap.add_argument("--reads", type=int, help="random single-sample reads (default 1000 full, 20 tiny)")
-    ap.add_argument("--tmp", help="directory for the stores (default: a fresh temporary directory on the same disk as /tmp)")
+    ap.add_argument("--tmp",
+                    help="directory for the stores (default: a fresh temporary directory on the same disk as /tmp)")
     args = ap.parse_args(argv)
     run(full=args.full, repeat=args.repeat, tmp=args.tmp, reads=args.reads)
     return 0

@@ -62,7 +62,8 @@ def moto_server(bucket: str, *, log: str | None = None, timeout: float = 60.0) -
     endpoint = f"http://{HOST}:{port}"
     env = {**os.environ, **CREDENTIALS}
     out = open(log or os.devnull, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)], stdout=out,
+                            stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + timeout
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy, even if one is configured
@@ -79,7 +80,8 @@ def moto_server(bucket: str, *, log: str | None = None, timeout: float = 60.0) -
         client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
                               region_name="us-east-1")
         client.create_bucket(Bucket=bucket)
-        yield {"key": "testing", "secret": "testing", "endpoint_url": endpoint, "client_kwargs": {"region_name": "us-east-1"}}
+        yield {"key": "testing", "secret": "testing", "endpoint_url": endpoint,
+               "client_kwargs": {"region_name": "us-east-1"}}
     finally:
         proc.terminate()
         try:
@@ -104,7 +106,8 @@ class Images(Dataset):
         return torch.rand((3, 32, 32), generator=g), i % 10
 
 
-def record_throughput(path: str, *, samples: int, batch_size: int, storage_options: dict[str, Any] | None = None) -> dict[str, float]:
+def record_throughput(path: str, *, samples: int, batch_size: int,
+                      storage_options: dict[str, Any] | None = None) -> dict[str, float]:
     """Record one epoch of ``Images(samples)`` to ``path``; seconds and MB/s of seen data, plus the bare loop."""
     import snapstore
 
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(CREDENTIALS)
     local = tempfile.mkdtemp()
     try:
-        rows = [("local directory", record_throughput(f"{local}/run.snap", samples=args.samples, batch_size=args.batch_size))]
+        rows = [("local directory", record_throughput(f"{local}/run.snap", samples=args.samples,
+                                                      batch_size=args.batch_size))]
         with moto_server("bench") as so:
             rows.append(("s3 (moto, loopback)", record_throughput("s3://bench/run.snap", samples=args.samples,
                                                                   batch_size=args.batch_size, storage_options=so)))
@@ -143,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
           "recorded (seen rows + raw samples, uncompressed), one epoch, num_workers=0")
     print(f"{'target':<22}{'seconds':>9}{'bare loop s':>13}{'MB/s':>9}{'x bare':>9}")
     for name, r in rows:
-        print(f"{name:<22}{r['seconds']:>9.2f}{r['bare_seconds']:>13.2f}{r['mb_per_s']:>9.1f}{r['seconds'] / r['bare_seconds']:>9.2f}")
+        print(f"{name:<22}{r['seconds']:>9.2f}{r['bare_seconds']:>13.2f}{r['mb_per_s']:>9.1f}"
+              f"{r['seconds'] / r['bare_seconds']:>9.2f}")
     return 0
 
 

@@ -35,7 +35,8 @@ def _need(module: str, pip: str) -> Any:
     try:
         return __import__(module, fromlist=["_"])
     except Exception as e:  # noqa: BLE001 - any import failure means "skip, with the reason"
-        raise Unavailable(f"{pip} does not import here ({type(e).__name__}: {str(e)[:80]}); pip install '{pip}'") from None
+        raise Unavailable(f"{pip} does not import here ({type(e).__name__}: {str(e)[:80]}); "
+                          f"pip install '{pip}'") from None
 
 
 # -- snapstore --------------------------------------------------------------
@@ -183,7 +184,8 @@ def write_wds(batches: list[Batch], out: str) -> None:
         for b in batches:
             img, raw, lab, idx = (t.numpy() for t in b)
             for r in range(len(img)):
-                sink.write({"__key__": f"{int(idx[r]):09d}", "image.npy": img[r], "raw.npy": raw[r], "cls": int(lab[r]), "index.cls": int(idx[r])})
+                sink.write({"__key__": f"{int(idx[r]):09d}", "image.npy": img[r], "raw.npy": raw[r], "cls": int(lab[r]),
+                            "index.cls": int(idx[r])})
 
 
 @functools.lru_cache(maxsize=2)
@@ -206,7 +208,8 @@ class WdsReader(Reader):
         self.file = open(self.path, "rb")  # noqa: SIM115
 
     def replay(self) -> Iterator[Any]:
-        ds = self.wds.WebDataset(self.path, shardshuffle=False).decode().to_tuple("image.npy", "raw.npy", "cls", "index.cls")
+        ds = self.wds.WebDataset(self.path, shardshuffle=False).decode().to_tuple("image.npy", "raw.npy", "cls",
+                                                                                  "index.cls")
         yield from ds.batched(self.batch)
 
     def sample(self, k: int) -> Any:
@@ -226,8 +229,8 @@ def write_mds(batches: list[Batch], out: str) -> None:
     """MosaicML MDSWriter: one sample dict per row, ndarray columns, no compression."""
     streaming = _need("streaming", "mosaicml-streaming")
     img, raw = batches[0][0].numpy(), batches[0][1].numpy()
-    columns = {"image": f"ndarray:float32:{','.join(map(str, img.shape[1:]))}", "raw": f"ndarray:uint8:{','.join(map(str, raw.shape[1:]))}",
-               "label": "int64", "index": "int64"}
+    columns = {"image": f"ndarray:float32:{','.join(map(str, img.shape[1:]))}",
+               "raw": f"ndarray:uint8:{','.join(map(str, raw.shape[1:]))}", "label": "int64", "index": "int64"}
     with streaming.MDSWriter(out=os.path.join(out, "mds"), columns=columns, size_limit=1 << 27) as sink:
         for b in batches:
             img, raw, lab, idx = (t.numpy() for t in b)

@@ -38,7 +38,8 @@ class Workload:
 def workloads(full: bool) -> dict[str, Workload]:
     """CIFAR-like (50,000 x 3x32x32, batch 256) and ImageNet-like (2,000 x 3x224x224); tiny sizes for tests."""
     if full:
-        return {"cifar": Workload("CIFAR-like", 50_000, 32, 256, 4), "imagenet": Workload("ImageNet-like", 2_000, 224, 256, 16)}
+        return {"cifar": Workload("CIFAR-like", 50_000, 32, 256, 4),
+                "imagenet": Workload("ImageNet-like", 2_000, 224, 256, 16)}
     return {"cifar": Workload("CIFAR-like", 1_024, 32, 256, 4), "imagenet": Workload("ImageNet-like", 48, 224, 16, 16)}
 
 
@@ -118,5 +119,6 @@ def premade_batches(w: Workload, seed: int = 0) -> list[tuple[torch.Tensor, torc
     for lo in range(0, w.samples, w.batch):
         idx = order[lo : lo + w.batch]
         seen = torch.stack([ds[int(i)][0] for i in idx])
-        out.append((seen, torch.from_numpy(ds.crops[idx]), torch.from_numpy(ds.labels[idx]), torch.from_numpy(idx.astype(np.int64))))
+        out.append((seen, torch.from_numpy(ds.crops[idx]), torch.from_numpy(ds.labels[idx]),
+                    torch.from_numpy(idx.astype(np.int64))))
     return out
