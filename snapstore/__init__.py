@@ -12,8 +12,6 @@ torch or zarr; ``from snapstore import Recorder`` works as usual.
 from __future__ import annotations
 
 import importlib as _importlib
-import sys as _sys
-import types as _types
 import typing as _typing
 
 from .errors import (
@@ -32,36 +30,24 @@ from .errors import (
 )
 
 if _typing.TYPE_CHECKING:
-    from .audit import AuditReport, CompareReport, DiffReport, Divergence, Finding, audit, compare, diff
+    from .auditing import AuditReport, CompareReport, DiffReport, Divergence, Finding
+    from .auditing.audit import audit
+    from .auditing.compare import compare
+    from .auditing.diff import diff
     from .core import FORMAT_VERSION, FieldInfo
     from .read import Epoch, RawSamples, Snapshot, Stream, open
-    from .record import Recorder, RecordingLoader, record
+    from .recording import Recorder, RecordingLoader, record
 
     __version__: str
 
 #: Public name -> the subpackage it is imported from on first use.
 _LAZY = {
     **dict.fromkeys(["AuditReport", "CompareReport", "DiffReport", "Divergence", "Finding", "audit", "compare", "diff"],
-                    ".audit"),
+                    ".auditing"),
     **dict.fromkeys(["FORMAT_VERSION", "FieldInfo"], ".core"),
     **dict.fromkeys(["Epoch", "RawSamples", "Snapshot", "Stream", "open"], ".read"),
-    **dict.fromkeys(["Recorder", "RecordingLoader", "record"], ".record"),
+    **dict.fromkeys(["Recorder", "RecordingLoader", "record"], ".recording"),
 }
-
-#: Functions named like the subpackage that defines them: importing ``snapstore.audit`` (the package)
-#: must not replace ``snapstore.audit`` (the function), as an eager ``from .audit import audit`` would not.
-_SHADOWED = frozenset({"audit", "record"})
-
-
-class _Package(_types.ModuleType):
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _SHADOWED and isinstance(value, _types.ModuleType):  # the import system binding a subpackage
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
-
 
 def __getattr__(name: str) -> object:
     if name == "__version__":

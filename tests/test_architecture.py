@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -61,3 +63,15 @@ def test_no_import_cycle_between_modules():
                     seen.add(nxt)
                     stack.append((nxt, (*path, nxt)))
     assert cycles == []
+
+
+def test_mypy_finds_nothing_in_the_package():
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "snapstore"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_finds_nothing():  # line length included: pyproject.toml's [tool.ruff]
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "snapstore", "tests", "benchmarks"],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -45,7 +45,7 @@ def _emit(report: Any, as_json: bool) -> None:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from ..audit.audit import audit
+    from ..auditing.audit import audit
 
     report = audit(args.path, streams=args.stream, epochs=args.epoch, progress=not args.quiet)
     _emit(report, args.json)
@@ -53,7 +53,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from ..audit.diff import diff
+    from ..auditing.diff import diff
     from ..read.snapshot import open as open_snapshot
 
     a, b = open_snapshot(args.a), open_snapshot(args.b)

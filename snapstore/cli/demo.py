@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import SnapstoreError
 from ..read.snapshot import open as open_snapshot
-from ..record.recorder import Recorder
+from ..recording.recorder import Recorder
 
 logger = logging.getLogger(__name__)
 

@@ -58,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # -- subcommands: one function each ------------------------------------------
 def _info(args: argparse.Namespace) -> int:
-    from ..read.snapshot import open as open_snapshot
+    from ..storage import open_group, tree  # the manifests are all info needs: no torch, no read layer
 
-    info = open_snapshot(args.path).info()
+    info = tree.summary(open_group(args.path, mode="r"), args.path)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 

@@ -140,7 +140,7 @@ def _pixels(row: np.ndarray, info: FieldInfo) -> np.ndarray:
     """``row`` as an (H, W, 3) uint8 image."""
     import numpy as np
 
-    from ..audit.checks import numeric_view
+    from ..auditing.checks import numeric_view
 
     x = numeric_view(row[np.newaxis], info.dtype)
     if x is None:
@@ -342,7 +342,7 @@ def _draw_table(rows: list[list[str]], font: Any) -> Any:
 def _cell(row: np.ndarray | None) -> str:
     import numpy as np
 
-    from ..audit.checks import numeric_view
+    from ..auditing.checks import numeric_view
 
     if row is None:
         return "-"

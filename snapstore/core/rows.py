@@ -9,10 +9,12 @@ it through here.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from .manifest import FieldInfo, numpy_dtype
 
@@ -27,6 +29,8 @@ class DeviceCopy:
     __slots__ = ("_event", "_host", "shape")
 
     def __init__(self, t: torch.Tensor) -> None:
+        import torch  # only for rows on a GPU: reading a snapshot never needs torch here
+
         self._host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         self._host.copy_(t, non_blocking=True)
         self._event = torch.cuda.Event()

@@ -15,7 +15,7 @@ from .. import storage
 from ..core import layout
 from ..core.manifest import SnapshotManifest
 from ..errors import StreamNotFoundError
-from ..storage.tree import manifested
+from ..storage.tree import manifested, summary
 from .stream import Stream
 
 
@@ -81,15 +81,9 @@ class Snapshot:
         return iter(self.streams)
 
     def info(self) -> dict[str, Any]:
-        """A JSON-able summary: format version, versions, and per stream its fields and epochs."""
-        return {
-            "path": self.path,
-            "format_version": self.manifest.format_version,
-            "created": self.manifest.created,
-            "versions": self.manifest.versions,
-            "bytes_stored": storage.array_nbytes_stored(self._root, self.path),
-            "streams": {name: self[name].info() for name in self.streams},
-        }
+        """A JSON-able summary from the manifests: format version, versions, bytes stored, and per stream
+        its fields, outputs, raw sample count and epochs (rows, batches, complete)."""
+        return summary(self._root, self.path)
 
     def __repr__(self) -> str:
         return f"<Snapshot {self.path} streams={self.streams}>"

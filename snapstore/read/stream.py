@@ -12,7 +12,7 @@ from .. import storage
 from ..core import layout
 from ..core.manifest import FieldInfo, StreamManifest, merge_ranks
 from ..errors import UsageError
-from ..storage.tree import epoch_groups, epoch_pieces, stream_ranks
+from ..storage.tree import epoch_groups, epoch_pieces, stream_ranks, stream_summary
 from .epoch import Epoch, Piece
 from .plan import Fields
 from .raw import RawSamples
@@ -233,19 +233,8 @@ class Stream:
         return to_tf_dataset(self, epoch, channels_last=channels_last, fields=fields)
 
     def info(self) -> dict[str, Any]:
-        """A JSON-able summary of the stream."""
-        return {
-            "iterable": self.manifest.iterable,
-            "dataset_len": self.manifest.dataset_len,
-            "world_size": self.world_size,
-            "fields": {p: f.to_dict() for p, f in self.manifest.fields.items()},
-            "outputs": {p: f.to_dict() for p, f in self.manifest.outputs.items()},
-            "raw_samples": len(self.raw.indices),
-            "epochs": [
-                {"epoch": ep.number, "rows": len(ep), "batches": len(ep.batch_sizes), "complete": ep.complete}
-                for ep in self
-            ],
-        }
+        """A JSON-able summary of the stream from its manifests (the entry of ``Snapshot.info()``)."""
+        return stream_summary(self._group, self.path, self.name)
 
     def __repr__(self) -> str:
         return f"<Stream {self.name!r} epochs={self.epochs} fields={list(self.manifest.fields)}>"

@@ -12,10 +12,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..core import layout
-from ..core.manifest import RanksManifest
+from ..core.manifest import (
+    EpochManifest,
+    RanksManifest,
+    RawManifest,
+    SnapshotManifest,
+    StreamManifest,
+    merge_ranks,
+)
 from ..errors import CorruptionError
-from .groups import Array, Group, child, children, members
+from .groups import Array, Group, array_nbytes_stored, child, children, members
+from .readers import ChunkReader
 
 
 def array_at(nodes: dict[str, Any], name: str, what: str) -> Any:
@@ -127,3 +137,58 @@ def epoch_pieces(epoch_group: Group, where: str, *, strict: bool = True) -> list
         extra = sorted((int(k), g) for k, g in (children(continued)[0] if continued is not None else [])
                        if k.isdigit() and isinstance(g, Group))
     return [(0, epoch_group, where), *((k, g, f"{base}/{k}") for k, g in extra)]
+
+
+def summary(root: Group, where: str) -> dict[str, Any]:
+    """What ``snapstore info`` prints, from the manifests alone: format version, versions, bytes stored,
+    and per stream its schema, raw sample count and epochs (rows, batches, complete).
+
+    The walk is strict (damage raises ``CorruptionError``); no row is decoded but the raw index of a
+    stream recorded by several ranks, to count the samples they share once. Used by ``Snapshot.info``,
+    and by the command line without importing torch.
+    """
+    manifest = SnapshotManifest.from_dict(root.attrs.get(layout.SNAPSHOT_ATTR), where=where)
+    streams = manifested(root, (layout.STREAM_ATTR, layout.RANKS_ATTR), where)
+    return {
+        "path": where,
+        "format_version": manifest.format_version,
+        "created": manifest.created,
+        "versions": manifest.versions,
+        "bytes_stored": array_nbytes_stored(root, where),
+        "streams": {name: stream_summary(streams[name], f"{where}/{name}", name) for name in sorted(streams)},
+    }
+
+
+def stream_summary(group: Group, where: str, name: str) -> dict[str, Any]:
+    """The entry of ``summary`` for stream ``name``, whose group is ``group`` at ``where``."""
+    ranks = stream_ranks(group, where)
+    m = merge_ranks([StreamManifest.from_dict(g.attrs.get(layout.STREAM_ATTR), where=w, name=name)
+                     for _, g, w in ranks])
+    raw_rows, indices = 0, []
+    for _, g, w in ranks:
+        raw = child(g, layout.RAW_GROUP)
+        if raw is None:
+            continue
+        raw_where = f"{w}/{layout.RAW_GROUP}"
+        rows = RawManifest.from_dict(raw.attrs.get(layout.RAW_ATTR, {}), where=raw_where, stream=m).rows
+        raw_rows += rows
+        if rows and len(ranks) > 1:  # a sample that several ranks fetched counts once
+            index = array_at(members(raw, raw_where), layout.RAW_INDEX, raw_where)
+            indices.append(ChunkReader(index, raw_where, rows=rows).read(0, rows))
+    per_rank = [epoch_groups(g, w) for _, g, w in ranks]
+    epochs = []
+    for number in sorted({e for found in per_rank for e in found}):
+        pieces = [[EpochManifest.from_dict(p.attrs.get(layout.EPOCH_ATTR), where=pw, number=number, part=k, stream=m)
+                   for k, p, pw in epoch_pieces(*found[number])] for found in per_rank if number in found]
+        epochs.append({"epoch": number, "rows": sum(p.rows for mine in pieces for p in mine),
+                       "batches": sum(p.batches for mine in pieces for p in mine),
+                       "complete": all(mine[-1].complete for mine in pieces)})
+    return {
+        "iterable": m.iterable,
+        "dataset_len": m.dataset_len,
+        "world_size": len(ranks),
+        "fields": {p: f.to_dict() for p, f in m.fields.items()},
+        "outputs": {p: f.to_dict() for p, f in m.outputs.items()},
+        "raw_samples": len(np.unique(np.concatenate(indices))) if indices else raw_rows,
+        "epochs": epochs,
+    }

@@ -176,7 +176,7 @@ def test_info_imports_the_reader_not_the_audit_the_recorder_or_the_demo(snapshot
     assert proc.returncode == 0 and "stream 'train'" in proc.stdout
     assert "zarr" in names
     modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
-    assert not {"snapstore.audit", "snapstore.record", "snapstore.cli.demo"} & modules
+    assert not {"snapstore.auditing", "snapstore.recording", "snapstore.cli.demo"} & modules
 
 
 def test_version_is_the_installed_distributions():
@@ -188,8 +188,9 @@ def test_version_is_the_installed_distributions():
 
 
 def test_the_package_root_loads_its_names_on_first_use():
-    code = ("import sys, snapstore; before = 'torch' in sys.modules; import snapstore.audit.report; "
+    code = ("import sys, snapstore; before = 'torch' in sys.modules; import snapstore.auditing.report, "
+            "snapstore.recording.capture; "
             "print(before, callable(snapstore.audit), callable(snapstore.record), snapstore.Recorder.__name__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    # importing the subpackages snapstore.audit / snapstore.record leaves the functions of those names in place
+    # importing the layers (snapstore.auditing, snapstore.recording) leaves the functions audit and record in place
     assert proc.stdout.split() == ["False", "True", "True", "Recorder"]

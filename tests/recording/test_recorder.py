@@ -1,4 +1,4 @@
-"""``snapstore.Recorder`` (``snapstore.record.recorder``): recording is transparent and exact for every
+"""``snapstore.Recorder`` (``snapstore.recording.recorder``): recording is transparent and exact for every
 loader configuration DESIGN.md lists, and a Recorder refuses what would lose data.
 
 Most tests run the same loader twice from the same seeds, once bare and once

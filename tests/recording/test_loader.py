@@ -1,4 +1,4 @@
-"""``snapstore.RecordingLoader`` (``snapstore.record.loader``), the training-thread side of a stream: outputs
+"""``snapstore.RecordingLoader`` (``snapstore.recording.loader``), the training-thread side of a stream: outputs
 logged in step with the rows, attributes passed through, batches copied and handed off in slices; what
 goes wrong in the dataset, the workers or the loop propagates unchanged and leaves the committed rows
 readable; schema changes and bad ``log()`` calls are refused, naming the field."""

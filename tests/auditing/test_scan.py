@@ -1,4 +1,4 @@
-"""``snapstore.audit.scan``: the one pass over every chunk gives the same audit with Dask threads as run one by one."""
+"""``snapstore.auditing.scan``: the one pass over every chunk gives the same audit with Dask threads as one by one."""
 
 from __future__ import annotations
 

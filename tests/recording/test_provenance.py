@@ -1,4 +1,4 @@
-"""``snapstore.record.provenance``: the loader's settings, the sampler's generator state, seeds, versions,
+"""``snapstore.recording.provenance``: the loader's settings, the sampler's generator state, seeds, versions,
 host, and the rank of a distributed run, recorded with each epoch."""
 
 from __future__ import annotations

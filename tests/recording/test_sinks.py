@@ -1,4 +1,4 @@
-"""``snapstore.record.sinks``, the writer thread's side: per-row content hashes stored next to the rows,
+"""``snapstore.recording.sinks``, the writer thread's side: per-row content hashes stored next to the rows,
 commits that cover whole batches, a field that turns ragged in a later epoch."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``snapstore.record.session``: when recording itself fails (disk full, permission denied, the snapshot
+"""``snapstore.recording.session``: when recording itself fails (disk full, permission denied, the snapshot
 deleted), training gets a clear error (or, with ``on_error="warn"``, one warning) and committed data survives."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from snapstore.core.rows import Ragged
 from snapstore.core.schema import flatten
 from snapstore.errors import SchemaError
-from snapstore.record.capture import _join, stack_raw
+from snapstore.recording.capture import _join, stack_raw
 from tests.support.datasets import Indexed, Stream, image_of
 from tests.support.recording import run, same
 from tests.support.strategies import raw_sample_lists

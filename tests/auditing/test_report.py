@@ -1,4 +1,4 @@
-"""``snapstore.audit.report``: findings, their capped indices, ``to_dict()`` and ``str()``."""
+"""``snapstore.auditing.report``: findings, their capped indices, ``to_dict()`` and ``str()``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 import snapstore
-from snapstore.audit.report import Finding
+from snapstore.auditing.report import Finding
 from tests.support.datasets import digits_with_nan
 from tests.support.recording import record
 

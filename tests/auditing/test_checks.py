@@ -1,11 +1,11 @@
-"""``snapstore.audit.checks``: the audit's pure checks on NumPy arrays, without a snapshot."""
+"""``snapstore.auditing.checks``: the audit's pure checks on NumPy arrays, without a snapshot."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from snapstore.audit import checks
+from snapstore.auditing import checks
 
 
 def test_outlier_rule_needs_orders_of_magnitude():
