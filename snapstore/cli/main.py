@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"snapstore {args.command}: interrupted", file=sys.stderr)
         return 130
 
+
 # -- subcommands: one function each ------------------------------------------
 def _info(args: argparse.Namespace) -> int:
     from ..storage import open_group, tree  # the manifests are all info needs: no torch, no read layer
