@@ -188,10 +188,17 @@ class RecordingLoader:
         self._session.epochs.remove(cursor.sink)
 
     def _hand_off(self, cursor: _EpochCursor, tagged: Tagged) -> None:
-        if not self._session.recording():
-            return
+        n = len(tagged.tags.indices)
+        if self._session.recording():
+            self._record(cursor, tagged, n)
+        # the loop's view of the epoch moves on whether or not the batch was recorded (after a writer
+        # failure with on_error="warn", log() and later epochs keep working, unrecorded)
+        cursor.current = (cursor.rows, n)
+        cursor.rows += n
+        cursor.batches += 1
+
+    def _record(self, cursor: _EpochCursor, tagged: Tagged, n: int) -> None:
         tags = tagged.tags
-        n = len(tags.indices)
         where = f"stream {self._name!r} epoch {cursor.number} batch {cursor.batches}"
         structure, fields = flatten(tagged.batch, n if self._batched else None, row_lists=self._row_lists())
         for path, (_, rows) in fields.items():
@@ -212,9 +219,6 @@ class RecordingLoader:
             self._session.submit(_put_rows, cursor, cursor.rows + lo,
                                  Tags(tags.indices[lo:hi], None, tags.worker, base), copies, buffers,
                                  n if hi == n else None, release=held)
-        cursor.current = (cursor.rows, n)
-        cursor.rows += n
-        cursor.batches += 1
 
     def _row_lists(self) -> frozenset[str] | None:
         """Fields that earlier batches showed to be lists of per-row tensors (None before the first batch)."""
@@ -286,6 +290,8 @@ class RecordingLoader:
         if cursor is None or cursor.current is None:
             raise UsageError(f"log() on stream {self._name!r} needs a current batch: "
                              "call it inside the loop over the stream")
+        if not self._session.recording():  # on_error="warn" after a writer failure: training goes on
+            return
         pos, n = cursor.current
         staged = {}
         for name, value in outputs.items():

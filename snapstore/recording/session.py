@@ -88,7 +88,7 @@ class WriteSession:
         """Queue ``fn(*args)`` for the writer thread; ``release``: bytes ``reserve`` counted for it."""
         if self.recording():
             try:
-                self._writer.submit(functools.partial(fn, *args), release=release)
+                self._writer.submit(functools.partial(self._run, fn, *args), release=release)
             except RecordingError:
                 if self.recording():  # the writer failed while we waited: raise or warn now
                     raise
@@ -105,6 +105,14 @@ class WriteSession:
                 raise
             return False
         return True
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> None:  # writer thread
+        # Every job may create files (a group, a manifest, a chunk): none once the snapshot is gone, or
+        # zarr would recreate its folders around them (one stat on a local disk; object stores rely on
+        # the flush's check).
+        if storage.root_gone(self.root):
+            storage.check_exists(self.root, self.path)
+        fn(*args)
 
     def _flush(self) -> None:  # writer thread
         storage.check_exists(self.root, self.path)
@@ -123,6 +131,10 @@ class WriteSession:
                 self._writer.close()
             finally:
                 self.chunks.close()
-        except RecordingError:
+        except RecordingError as e:
             if self.on_error == "raise" and not self._reported:  # not yet raised in the loop
                 raise
+            if self.on_error == "warn" and not self._stopped:  # the failure came after the last batch
+                self._stopped = True
+                warnings.warn(f"recording into {self.path} failed at close: {e.__cause__!r}; everything "
+                              "committed before the failure is readable", SnapstoreWarning, stacklevel=3)

@@ -26,7 +26,7 @@ from .groups import (
     write_attr,
 )
 from .readers import ChunkReader, Cursor, RaggedReader
-from .writers import Buffers, ChunkWriter, FieldSinks, RowSink
+from .writers import Buffers, ChunkWriter, FieldSinks, RowSink, root_gone
 
 __all__ = [
     "COMPRESSORS",
@@ -51,6 +51,7 @@ __all__ = [
     "read_chunk",
     "require_group",
     "reread",
+    "root_gone",
     "stored_chunks",
     "walk_arrays",
     "write_attr",

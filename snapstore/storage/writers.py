@@ -10,19 +10,30 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import zarr
 
 from .. import config
 from ..core import layout
 from ..core.manifest import FieldInfo, numpy_dtype
 from ..core.rows import Ragged
-from ..errors import UsageError
+from ..errors import RecordingError, UsageError
 from . import _zarr
-from .chunks import COMPRESSORS, chunk_codecs, chunk_path, create_rows_array, store_chunk
+from .chunks import COMPRESSORS, chunk_codecs, chunk_path, create_rows_array, local_file, store_chunk
 from .groups import Array, Group, child, require_group
 from .readers import ChunkReader
+
+
+def root_gone(root: Group) -> bool:
+    """Whether ``root`` is a local snapshot whose root ``zarr.json`` is gone (deleted under the writer).
+
+    One ``stat``; always ``False`` on other stores, where ``groups.check_exists`` reads the key instead.
+    """
+    store = root.store
+    return isinstance(store, zarr.storage.LocalStore) and not (Path(store.root) / root.path / "zarr.json").exists()
 
 
 class Buffers:
@@ -111,6 +122,11 @@ class ChunkWriter:
     def _encode_and_store(self, where: Any, codecs: list[tuple[Any, Any]], block: np.ndarray) -> None:
         data = _zarr.encode(codecs, block)
         self.buffers.give_back([block])  # the encoded bytes never alias it (always checksummed)
+        path = local_file(where)
+        if path is not None and not (Path(where.store.root) / "zarr.json").exists():
+            # the snapshot was deleted: storing would recreate its folders around a stray chunk
+            raise RecordingError(f"the snapshot at {where.store.root} vanished while recording (its root "
+                                 "zarr.json is gone); check what deleted it, then record again")
         store_chunk(where, data)
 
     def wait(self) -> None:

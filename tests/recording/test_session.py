@@ -119,3 +119,50 @@ def test_snapshot_deleted_while_recording(tmp_path):
                     shutil.rmtree(path)
                 if j > 10:
                     time.sleep(0.05)
+
+
+def test_on_error_warn_trains_on_after_the_snapshot_is_deleted(tmp_path):
+    """A real failure mid-run (the snapshot deleted): every later batch, ``log()`` and epoch still works,
+    with one warning, and nothing is written where the snapshot was."""
+    path = tmp_path / "run.snap"
+    loader = DataLoader(torch.utils.data.TensorDataset(torch.arange(400.0)), batch_size=4)
+    seen = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with snapstore.Recorder(path, on_error="warn") as rec:
+            stream = rec.wrap(loader, name="train")
+            for e in range(3):
+                for j, (x,) in enumerate(stream):
+                    if e == 0 and j == 10:
+                        shutil.rmtree(path)
+                    stream.log(loss=x * 2)
+                    seen.append(len(x))
+    assert seen == [4] * 300  # every batch of every epoch reached the loop
+    ours = [w for w in caught if issubclass(w.category, snapstore.SnapstoreWarning)]
+    assert len(ours) == 1 and "vanished while recording" in str(ours[0].message)
+    assert not path.exists()  # no stray chunk or group recreated the deleted snapshot
+
+
+def test_on_error_warn_trains_on_when_the_store_turns_read_only(tmp_path):
+    path = tmp_path / "run.snap"
+    loader = DataLoader(torch.utils.data.TensorDataset(torch.arange(40.0)), batch_size=4)
+    batches = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with snapstore.Recorder(path, on_error="warn") as rec:
+            stream = rec.wrap(loader, name="train")
+            for (x,) in stream:
+                stream.log(loss=x)
+            set_immutable(path, True)
+            try:
+                for _ in range(3):
+                    for (x,) in stream:
+                        stream.log(loss=x)
+                        batches += 1
+            finally:
+                set_immutable(path, False)
+    assert batches == 30
+    ours = [w for w in caught if issubclass(w.category, snapstore.SnapstoreWarning)]
+    assert len(ours) == 1 and "PermissionError" in str(ours[0].message)
+    ep = snapstore.open(path)["train"].epoch(0)
+    assert ep.complete and ep.outputs["loss"].tolist() == list(range(40))
