@@ -13,6 +13,7 @@ matching builtin so ``except FileNotFoundError`` keeps working::
     ├── SchemaError             (+ TypeError)          a batch the schema cannot hold
     ├── CorruptionError         (+ ValueError)         a chunk that fails to decode or checksum
     ├── RecordingError          (+ RuntimeError)       the background writer failed
+    ├── SnapshotLockedError     (+ RuntimeError)       another Recorder is writing the snapshot
     └── UsageError              (+ ValueError)         an argument snapstore cannot act on
 
 :class:`SnapstoreWarning` is the one warning category.
@@ -28,6 +29,7 @@ __all__ = [
     "RecordingError",
     "SchemaError",
     "SnapshotExistsError",
+    "SnapshotLockedError",
     "SnapshotNotFoundError",
     "SnapstoreError",
     "SnapstoreWarning",
@@ -87,6 +89,10 @@ class CorruptionError(SnapstoreError, ValueError):
 
 class RecordingError(SnapstoreError, RuntimeError):
     """The background writer failed; the cause is chained."""
+
+
+class SnapshotLockedError(SnapstoreError, RuntimeError):
+    """Another ``Recorder`` (in this process or another) is writing the snapshot: one writer at a time."""
 
 
 class UsageError(SnapstoreError, ValueError):

@@ -27,6 +27,7 @@ PUBLIC = [
     "SchemaError",
     "Snapshot",
     "SnapshotExistsError",
+    "SnapshotLockedError",
     "SnapshotNotFoundError",
     "SnapstoreError",
     "SnapstoreWarning",

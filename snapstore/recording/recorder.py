@@ -81,6 +81,12 @@ class Recorder:
         for a snapshot; anything else is never deleted).
     SnapshotNotFoundError, NotASnapshotError, FormatVersionError
         ``mode="a"`` and ``path`` is no snapshot this version can extend.
+    SnapshotLockedError
+        Another ``Recorder``, in this process or another, is recording the
+        local snapshot at ``path`` (``mode="a"``, or ``mode="w"`` with
+        ``overwrite=True``): a snapshot has one writer at a time, and the
+        lock is held until ``close()``. Snapshots on object storage are not
+        locked; keep to one writer there yourself (docs/OBJECT-STORAGE.md).
 
     Examples
     --------
@@ -109,6 +115,18 @@ class Recorder:
             raise UsageError(f"compressor={compressor!r} is not one of {storage.COMPRESSORS}")
         self.on_error = on_error
         self.rank, self.world_size = _rank_and_world()
+        self._lock: storage.SnapshotLock | None = None
+        try:
+            self._open(mode, overwrite, storage_options)
+        except BaseException:
+            self._release()
+            raise
+        self._loaders: dict[str, RecordingLoader] = {}
+        self._session = WriteSession(self._root, self.path, compressor, on_error)
+
+    def _open(self, mode: str, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
+        if self.rank == 0:  # one writer per snapshot: rank 0 holds the lock for the ranks of its job
+            self._take_lock(create=mode == "w")
         if mode == "w" and self.world_size > 1:  # rank 0 creates the snapshot, the others join it
             failure: list[str | None] = [None]
             if self.rank == 0:
@@ -128,8 +146,20 @@ class Recorder:
         else:
             self._root = storage.open_group(self.path, mode="a", storage_options=storage_options)
             SnapshotManifest.from_dict(self._root.attrs.get(layout.SNAPSHOT_ATTR), where=self.path)
-        self._loaders: dict[str, RecordingLoader] = {}
-        self._session = WriteSession(self._root, self.path, compressor, on_error)
+
+    def _take_lock(self, *, create: bool) -> None:
+        """Lock a local snapshot directory (made first for a new snapshot, so that two recorders creating
+        one path race for the lock, not for the files) before anything in it is read, swept or replaced."""
+        if "://" in self.path:
+            return  # object stores: one writer per snapshot is the rule (docs/OBJECT-STORAGE.md)
+        if create and not os.path.lexists(self.path):
+            os.makedirs(self.path, exist_ok=True)
+        if os.path.isdir(self.path):
+            self._lock = storage.SnapshotLock(self.path)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def _create(self, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
         if storage.has_data(self.path, storage_options):
@@ -137,6 +167,8 @@ class Recorder:
         manifest = SnapshotManifest(layout.FORMAT_VERSION, utc_now(), versions())
         self._root = storage.open_group(self.path, mode="w", storage_options=storage_options,
                                       attributes={layout.SNAPSHOT_ATTR: manifest.to_dict()})
+        if self._lock is not None:
+            self._lock.follow()
 
     def _refuse_overwrite(self, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
         try:
@@ -215,9 +247,12 @@ class Recorder:
         """
         if self._session.closed:
             return
-        for rl in self._loaders.values():
-            rl.end_epoch(complete=False)
-        self._session.close()
+        try:
+            for rl in self._loaders.values():
+                rl.end_epoch(complete=False)
+            self._session.close()
+        finally:
+            self._release()
 
     def __enter__(self) -> Recorder:
         return self

@@ -25,6 +25,7 @@ from .groups import (
     walk_arrays,
     write_attr,
 )
+from .lock import SnapshotLock
 from .readers import ChunkReader, Cursor, RaggedReader
 from .writers import Buffers, ChunkWriter, FieldSinks, RowSink, root_gone
 
@@ -39,6 +40,7 @@ __all__ = [
     "Group",
     "RaggedReader",
     "RowSink",
+    "SnapshotLock",
     "array_nbytes_stored",
     "check_exists",
     "child",
