@@ -70,9 +70,10 @@ class Stream:
         """Logged outputs by name."""
         return dict(self.manifest.outputs)
 
-    @cached_property
+    @property
     def epochs(self) -> list[int]:
-        """Recorded epoch numbers, ascending (complete or not)."""
+        """Recorded epoch numbers, ascending (complete or not), listed again at each access: epochs committed
+        since the stream was opened, by this process or another, are included."""
         return sorted({e for g, where in zip(self._ranks, self._paths) for e in epoch_groups(g, where)})
 
     def epoch(self, number: int) -> Epoch:
