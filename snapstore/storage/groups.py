@@ -37,10 +37,18 @@ def _fsspec_error(path: str, e: Exception) -> UsageError:
     return UsageError(f"{path}: fsspec cannot open {protocol}:// URLs here ({e}); {hint}")
 
 
+#: Options snapstore gives fsspec for every URL (the caller's ``storage_options`` win): no cached
+#: directory listings, so that each open and each listing a reader makes (``Stream.epochs`` read again)
+#: sees what is committed now, also when another process committed it. (The filesystem itself may be
+#: the one fsspec caches for these options: it keeps its connections, not its listings.)
+FRESH_LISTINGS = {"use_listings_cache": False}
+
+
 def _store(path: str, *, read_only: bool, storage_options: dict[str, Any] | None) -> Any:
     if _is_url(path):
         try:
-            return zarr.storage.FsspecStore.from_url(path, storage_options=storage_options, read_only=read_only)
+            options = {**FRESH_LISTINGS, **(storage_options or {})}
+            return zarr.storage.FsspecStore.from_url(path, storage_options=options, read_only=read_only)
         except (ImportError, ValueError) as e:  # no s3fs (ImportError), an unknown protocol (ValueError)
             raise _fsspec_error(path, e) from e
     if storage_options:
@@ -55,7 +63,8 @@ def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
     import fsspec  # a dependency of zarr's FsspecStore
 
     try:  # a fresh synchronous filesystem: no listings cached from earlier calls
-        fs, root = fsspec.url_to_fs(path, skip_instance_cache=True, **(storage_options or {}))
+        fs, root = fsspec.url_to_fs(path, **{"skip_instance_cache": True, **FRESH_LISTINGS,
+                                            **(storage_options or {})})
     except (ImportError, ValueError) as e:
         raise _fsspec_error(path, e) from e
     return bool(fs.exists(root))

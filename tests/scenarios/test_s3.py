@@ -4,7 +4,11 @@ server (moto) on 127.0.0.1, started and stopped by the module's fixture."""
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +24,7 @@ pytest.importorskip("moto.server", reason="the S3 tests need moto[server]: pip i
 from benchmarks.bench_s3 import CREDENTIALS, moto_server, record_throughput  # noqa: E402
 
 BUCKET = "snapstore-test"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +159,23 @@ def test_damage_on_s3_is_a_corruption_error(s3):
     fs.pipe_file(f"{BUCKET}/damaged.snap/train/epochs/0/zarr.json", b'{"zarr_format": 3, "node_type": "gr')  # truncated
     with pytest.raises(snapstore.CorruptionError, match="damaged"):
         snapstore.open(url, storage_options=s3)["train"].epochs
+
+
+APPEND = """
+import json, sys
+from tests.scenarios.test_s3 import record
+record(sys.argv[1], json.loads(sys.argv[2]), epochs=1, mode="a")
+"""
+
+
+def test_reopening_sees_epochs_another_process_appended(s3):
+    url = f"s3://{BUCKET}/reopen.snap"
+    record(url, s3, epochs=1)
+    stream = snapstore.open(url, storage_options=s3)["train"]
+    assert stream.epochs == [0]
+    subprocess.run([sys.executable, "-c", APPEND, url, json.dumps(s3)], cwd=REPO, check=True, timeout=300,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    again = snapstore.open(url, storage_options=s3)["train"]
+    assert again.epochs == [0, 1] and len(again.epoch(1)) == 40
+    assert stream.epochs == [0, 1]  # the stream opened before lists its epochs again, as committed now
+    assert len(stream.epoch(1)) == 40
