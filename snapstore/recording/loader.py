@@ -65,6 +65,11 @@ class RecordingLoader:
 
         root = session.root
         group = storage.child(root, path)
+        if group is not None and _unfinished(group, layout.STREAM_ATTR):
+            # a writer killed between creating the stream's group and writing its manifest: readers skip
+            # the empty group (storage.tree.manifested); the stream starts afresh in it
+            storage.write_attr(group, layout.STREAM_ATTR,
+                               StreamManifest(name, iterable, batched, dataset_len).to_dict())
         if group is None:
             group = storage.create_group(root, path)
             self._manifest = StreamManifest(name, iterable, batched, dataset_len)
@@ -174,7 +179,10 @@ class RecordingLoader:
         name = layout.epoch_name(manifest.number)
         if manifest.part:
             name = f"{name}/{layout.CONTINUED_GROUP}/{manifest.part}"
-        group = storage.create_group(self._group[layout.EPOCHS_GROUP], name)
+        epochs = self._group[layout.EPOCHS_GROUP]
+        group = storage.child(epochs, name)
+        if group is None or not _unfinished(group, layout.EPOCH_ATTR):  # (an unfinished one is taken over)
+            group = storage.create_group(epochs, name)
         cursor.sink = EpochSink(group, manifest, capacity, self._session.chunks)
         self._session.epochs.append(cursor.sink)
 
@@ -326,6 +334,12 @@ class _EpochCursor:
         self.batches = 0
         self.current: tuple[int, int] | None = None  # (first position, rows) of the batch just yielded
         self.sink: EpochSink  # set in the writer thread
+
+
+def _unfinished(group: storage.Group, attr: str) -> bool:
+    """Whether ``group`` is what a writer killed right after creating it leaves: no manifest ``attr``
+    and nothing in it."""
+    return attr not in group.attrs and not storage.members(group, group.path)
 
 
 def _continuation(epochs: dict[int, tuple[storage.Group, str]], name: str) -> tuple[int, int]:

@@ -232,8 +232,13 @@ class Recorder:
                              "wrap each loader once and iterate it every epoch")
         group = name
         if self.world_size > 1:
-            if self.rank == 0 and storage.child(self._root, name) is None:
-                self._root.create_group(name, attributes={layout.RANKS_ATTR: RanksManifest(self.world_size).to_dict()})
+            if self.rank == 0:
+                ranks = {layout.RANKS_ATTR: RanksManifest(self.world_size).to_dict()}
+                group = storage.child(self._root, name)
+                if group is None:
+                    self._root.create_group(name, attributes=ranks)
+                elif not group.attrs and not storage.members(group, f"{self.path}/{name}"):
+                    storage.write_attr(group, layout.RANKS_ATTR, ranks[layout.RANKS_ATTR])  # left by a killed writer
             dist.barrier()
             group = f"{name}/{layout.rank_name(self.rank)}"
         rl = RecordingLoader(self._session, loader, name, group, raw, resume_epoch)

@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import zarr
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
     DistributedSampler,
     RandomSampler,
     Sampler,
+    TensorDataset,
     WeightedRandomSampler,
 )
 
@@ -292,3 +294,28 @@ def test_append_with_a_different_dataset_is_refused(snap_path):
     with snapstore.Recorder(snap_path, mode="a") as rec:
         with pytest.raises(snapstore.UsageError, match="dataset of 10 samples; this loader's dataset has 6"):
             rec.wrap(DataLoader(Indexed(6), batch_size=3), name="train")
+
+
+def test_append_recovers_a_stream_and_an_epoch_left_without_manifest(tmp_path):
+    """A writer killed in its first milliseconds leaves a stream's group (or an epoch's) created and its
+    manifest not yet written: readers skip it, and ``mode="a"`` records into it instead of failing."""
+    path = tmp_path / "run.snap"
+    loader = DataLoader(TensorDataset(torch.arange(12.0)), batch_size=4)
+    with snapstore.Recorder(path) as rec:
+        list(rec.wrap(loader, name="test"))
+    root = zarr.open_group(str(path), mode="r+")
+    root.create_group("train")  # what the killed writer left: the group, no "stream" attribute
+    root["test/epochs"].create_group("1")  # and an epoch group without its "epoch" attribute
+    assert snapstore.open(path).streams == ["test"] and snapstore.open(path)["test"].epochs == [0]
+    with snapstore.Recorder(path, mode="a") as rec:
+        train, test = rec.wrap(loader, name="train"), rec.wrap(loader, name="test")
+        for _ in range(2):
+            list(train)
+        list(test)
+    snap = snapstore.open(path)
+    assert snap.streams == ["test", "train"]
+    assert snap["train"].epochs == [0, 1] and snap["test"].epochs == [0, 1]
+    for stream, e in (("train", 0), ("train", 1), ("test", 1)):
+        ep = snap[stream].epoch(e)
+        assert ep.complete and ep.order.tolist() == list(range(12))
+    assert snapstore.audit(path).ok

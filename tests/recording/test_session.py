@@ -153,6 +153,10 @@ def test_on_error_warn_trains_on_when_the_store_turns_read_only(tmp_path):
             stream = rec.wrap(loader, name="train")
             for (x,) in stream:
                 stream.log(loss=x)
+            for _ in range(200):  # wait until a concurrent reader sees epoch 0 committed
+                if snapstore.open(path)["train"].epochs and snapstore.open(path)["train"].epoch(0).complete:
+                    break
+                time.sleep(0.05)
             set_immutable(path, True)
             try:
                 for _ in range(3):
