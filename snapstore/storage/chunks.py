@@ -18,7 +18,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from .. import config
 from ..core.manifest import FieldInfo, numpy_dtype
-from ..errors import CorruptionError
+from ..errors import CorruptionError, SnapstoreError
 from . import _zarr
 from .groups import Array, Group, require_group
 
@@ -166,6 +166,8 @@ def read_chunk(array: Array, c: int, committed_in: str | None = None) -> np.ndar
         data = _get_chunk(chunk_path(array, c))
         if data is not None:
             return _zarr.decode(chunk_codecs(array, c), data)[:n]
+    except SnapstoreError:  # the store cannot be reached or refuses access (``groups.RemoteStore``): no damage
+        raise
     except (ValueError, RuntimeError, OSError, TypeError, IndexError) as e:
         raise CorruptionError.damaged(f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} "
                                       f"cannot be read: {e}") from e

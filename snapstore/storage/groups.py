@@ -6,6 +6,8 @@ code that touches ``zarr``; zarr's private APIs are confined to ``_zarr.py``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import warnings
 from collections.abc import Iterator
@@ -14,7 +16,14 @@ from typing import Any
 
 import zarr
 
-from ..errors import CorruptionError, NotASnapshotError, RecordingError, SnapshotNotFoundError, UsageError
+from ..errors import (
+    CorruptionError,
+    NotASnapshotError,
+    RecordingError,
+    SnapshotNotFoundError,
+    SnapstoreError,
+    UsageError,
+)
 from . import _zarr
 
 Group = zarr.Group
@@ -43,14 +52,146 @@ def _fsspec_error(path: str, e: Exception) -> UsageError:
 #: the one fsspec caches for these options: it keeps its connections, not its listings.)
 FRESH_LISTINGS = {"use_listings_cache": False}
 
+#: A key absent (zarr reads it as such) or already there: answers from the store, never an access failure.
+_ANSWERS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+@functools.cache
+def _access_errors() -> tuple[type[BaseException], ...]:
+    """What a store raises when it cannot be reached or refuses access: connection failures and timeouts
+    (``OSError``, aiohttp's and botocore's own), credentials missing or refused (s3fs raises
+    ``PermissionError`` for a 403), and a ``TypeError`` for options the filesystem does not take."""
+    errors: tuple[type[BaseException], ...] = (OSError, TypeError)
+    try:
+        import botocore.exceptions
+
+        errors += (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+    except ImportError:  # pragma: no cover - no s3fs
+        pass
+    try:
+        import aiohttp
+
+        errors += (aiohttp.ClientError,)
+    except ImportError:  # pragma: no cover - no s3fs
+        pass
+    return errors
+
+
+def access_error(url: str, e: BaseException) -> UsageError:
+    """The ``SnapstoreError`` for store ``url`` being unreachable or refusing access; the cause is chained by
+    the caller (``raise access_error(url, e) from e``)."""
+    if isinstance(e, PermissionError):
+        what = "refused access: check the credentials (key, secret, token) in storage_options or the environment"
+    elif "credential" in type(e).__name__.lower():  # botocore's NoCredentialsError, PartialCredentialsError
+        what = "was given no usable credentials: pass key and secret in storage_options or set them in the environment"
+    elif isinstance(e, TypeError):
+        what = "cannot be opened with these storage_options: check their names"
+    else:
+        what = "cannot be reached: check endpoint_url in storage_options and that the server is up"
+    return UsageError(f"{url}: the object store {what} ({type(e).__name__}: {e})")
+
+
+@contextlib.contextmanager
+def _translating(url: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Turn ``errors`` raised inside into ``access_error(url, ...)``, except ``_ANSWERS`` and ``SnapstoreError``s."""
+    try:
+        yield
+    except (*_ANSWERS, SnapstoreError):
+        raise
+    except errors as e:
+        raise access_error(url, e) from e
+
+
+class RemoteStore(zarr.storage.WrapperStore[Any]):
+    """zarr's ``FsspecStore`` for ``url``, with every failure to reach the store or to be let in raised as
+    ``access_error`` naming the URL (the cause chained), so that no reader mistakes it for a missing key
+    or for damage."""
+
+    def __init__(self, store: Any, url: str = "") -> None:
+        super().__init__(store)
+        self.url = url
+        self._errors = _access_errors()
+
+    def _with_store(self, store: Any) -> RemoteStore:
+        return type(self)(store, self.url)
+
+    def _guard(self) -> Any:
+        return _translating(self.url, self._errors)
+
+    async def _open(self) -> None:
+        with self._guard():
+            await self._store._open()
+
+    async def _ensure_open(self) -> None:
+        with self._guard():
+            await self._store._ensure_open()
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        with self._guard():
+            return await self._store.get(key, prototype, byte_range)
+
+    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
+        with self._guard():
+            return await self._store.get_partial_values(prototype, key_ranges)
+
+    async def exists(self, key: str) -> bool:
+        with self._guard():
+            return bool(await self._store.exists(key))
+
+    async def is_empty(self, prefix: str) -> bool:
+        with self._guard():
+            return bool(await self._store.is_empty(prefix))
+
+    async def set(self, key: str, value: Any) -> None:
+        with self._guard():
+            await self._store.set(key, value)
+
+    async def set_if_not_exists(self, key: str, value: Any) -> None:
+        with self._guard():
+            await self._store.set_if_not_exists(key, value)
+
+    async def delete(self, key: str) -> None:
+        with self._guard():
+            await self._store.delete(key)
+
+    async def delete_dir(self, prefix: str) -> None:
+        with self._guard():
+            await self._store.delete_dir(prefix)
+
+    async def clear(self) -> None:
+        with self._guard():
+            await self._store.clear()
+
+    async def getsize(self, key: str) -> int:
+        with self._guard():
+            return int(await self._store.getsize(key))
+
+    async def list(self) -> Any:
+        with self._guard():
+            async for key in self._store.list():
+                yield key
+
+    async def list_prefix(self, prefix: str) -> Any:
+        with self._guard():
+            async for key in self._store.list_prefix(prefix):
+                yield key
+
+    async def list_dir(self, prefix: str) -> Any:
+        with self._guard():
+            async for key in self._store.list_dir(prefix):
+                yield key
+
 
 def _store(path: str, *, read_only: bool, storage_options: dict[str, Any] | None) -> Any:
     if _is_url(path):
+        options = {**FRESH_LISTINGS, **(storage_options or {})}
         try:
-            options = {**FRESH_LISTINGS, **(storage_options or {})}
-            return zarr.storage.FsspecStore.from_url(path, storage_options=options, read_only=read_only)
+            store = zarr.storage.FsspecStore.from_url(path, storage_options=options, read_only=read_only)
         except (ImportError, ValueError) as e:  # no s3fs (ImportError), an unknown protocol (ValueError)
             raise _fsspec_error(path, e) from e
+        except _access_errors() as e:
+            raise access_error(path, e) from e
+        return RemoteStore(store, path)
     if storage_options:
         raise UsageError(f"storage_options apply to URLs like s3://bucket/run.snap, not to the local path {path!r}")
     return zarr.storage.LocalStore(path, read_only=read_only)
@@ -67,7 +208,10 @@ def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
                                             **(storage_options or {})})
     except (ImportError, ValueError) as e:
         raise _fsspec_error(path, e) from e
-    return bool(fs.exists(root))
+    except _access_errors() as e:
+        raise access_error(path, e) from e
+    with _translating(path, _access_errors()):
+        return bool(fs.exists(root))
 
 
 def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None,
@@ -100,6 +244,8 @@ def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None =
             ) from e
         raise SnapshotNotFoundError(f"no snapshot at {path}; check the path, or record one with "
                                     "snapstore.Recorder") from e
+    except SnapstoreError:  # the store cannot be reached or refuses access (``RemoteStore``)
+        raise
     except zarr.errors.ContainsArrayError as e:
         raise NotASnapshotError(f"{path} is a Zarr array, not a snapshot; pass the path of a snapshot written "
                                 "by snapstore") from e
@@ -126,6 +272,8 @@ def child(group: Group, name: str) -> Any:
         return group[name]
     except KeyError:
         return None
+    except SnapstoreError:  # the store cannot be reached or refuses access: no damage
+        raise
     except (ValueError, TypeError) as e:
         raise _damaged(group, name, e) from e
 
@@ -172,6 +320,8 @@ def _children(group: Group, where: str) -> dict[str, Group | Array]:
         warnings.simplefilter("always")
         try:
             nodes = dict(group.members())
+        except SnapstoreError:  # the store cannot be reached or refuses access: no damage
+            raise
         except METADATA_ERRORS as e:
             raise damaged(f"{type(e).__name__}: {e}") from e
     for w in caught:
@@ -264,6 +414,8 @@ def children(group: Group) -> tuple[list[tuple[str, Group | Array]], list[tuple[
             nodes.append((name, group[name]))
         except KeyError:  # a directory that is no node (chunk keys of an array live in arrays, not groups)
             continue
+        except SnapstoreError:  # the store cannot be reached or refuses access: no node's fault
+            raise
         except (ValueError, TypeError, OSError) as e:
             errors.append((name, e))
     return nodes, errors
@@ -294,5 +446,7 @@ def array_nbytes_stored(group: Group, where: str = "the snapshot") -> int:
     try:
         return sum(int(a.nbytes_stored()) for a in members(group, where, recursive=True).values()
                    if isinstance(a, zarr.Array))
+    except SnapstoreError:
+        raise
     except OSError as e:
         raise CorruptionError(f"{where}: the stored size cannot be read: {e}") from e

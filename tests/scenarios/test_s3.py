@@ -21,10 +21,12 @@ from tests.support.recording import same, snapshot_batch
 
 pytest.importorskip("s3fs", reason="object storage needs s3fs: pip install 'snapstore[s3]'")
 pytest.importorskip("moto.server", reason="the S3 tests need moto[server]: pip install 'snapstore[test]'")
-from benchmarks.bench_s3 import CREDENTIALS, moto_server, record_throughput  # noqa: E402
+from benchmarks.bench_s3 import CREDENTIALS, _free_port, moto_server, record_throughput  # noqa: E402
 
 BUCKET = "snapstore-test"
 REPO = Path(__file__).resolve().parents[2]
+#: One attempt and short timeouts, so that a failing request fails at once instead of being retried.
+NO_RETRIES = {"config_kwargs": {"connect_timeout": 2, "read_timeout": 5, "retries": {"max_attempts": 1}}}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,20 @@ def record(url: str, so: dict[str, Any], epochs: int, **kw: Any) -> list[list[An
                 stream.log(loss=batch[0].double().sum((1, 2, 3)))
             seen.append(batches)
     return seen
+
+
+@pytest.fixture(scope="module")
+def s3_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Like ``s3``, on a moto server that checks credentials: no key is known to it, so every request
+    after the bucket's creation is refused (403), as with wrong credentials on a real store."""
+    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in CREDENTIALS.items():
+            mp.setenv(k, v)
+        mp.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "1")  # the server lets the bucket's creation through, no more
+        with moto_server(BUCKET, log=str(log)) as storage_options:
+            mp.delenv("INITIAL_NO_AUTH_ACTION_COUNT")
+            yield storage_options
 
 
 def test_record_a_real_loader_to_s3_and_replay_it_bitwise(s3):
@@ -179,3 +195,58 @@ def test_reopening_sees_epochs_another_process_appended(s3):
     assert again.epochs == [0, 1] and len(again.epoch(1)) == 40
     assert stream.epochs == [0, 1]  # the stream opened before lists its epochs again, as committed now
     assert len(stream.epoch(1)) == 40
+
+
+def test_a_dead_endpoint_is_a_snapstore_error_naming_the_url(s3):
+    url = f"s3://{BUCKET}/dead.snap"
+    dead = {**s3, **NO_RETRIES, "endpoint_url": f"http://127.0.0.1:{_free_port()}"}  # nothing listens there
+    with pytest.raises(snapstore.SnapstoreError, match="s3://snapstore-test/dead.snap.*cannot be reached") as caught:
+        snapstore.open(url, storage_options=dead)
+    assert not isinstance(caught.value, (FileNotFoundError, snapstore.CorruptionError))  # neither absent nor damaged
+    assert "Could not connect" in str(caught.value.__cause__)
+    with pytest.raises(snapstore.SnapstoreError, match="s3://snapstore-test/dead.snap") as caught:
+        snapstore.Recorder(url, storage_options=dead)
+    assert caught.value.__cause__ is not None
+
+
+def test_a_store_going_away_while_reading_is_a_snapstore_error(s3):  # s3: for the credentials it sets
+    url = "s3://gone/run.snap"
+    with moto_server("gone") as so:  # a server of its own, stopped while a stream read from it is open
+        record(url, so, epochs=1)
+        stream = snapstore.open(url, storage_options={**so, **NO_RETRIES})["train"]
+        epoch = stream.epoch(0)
+    with pytest.raises(snapstore.SnapstoreError, match="s3://gone/run.snap.*cannot be reached") as caught:
+        stream.epochs
+    assert caught.value.__cause__ is not None
+    with pytest.raises(snapstore.SnapstoreError, match="s3://gone/run.snap.*cannot be reached") as caught:
+        epoch.order  # a chunk read: not mistaken for a missing or damaged chunk
+    assert not isinstance(caught.value, snapstore.CorruptionError)
+
+
+def test_an_option_the_filesystem_does_not_take_is_a_usage_error(s3):
+    with pytest.raises(snapstore.UsageError, match="s3://snapstore-test/any.snap.*storage_options") as caught:
+        snapstore.open(f"s3://{BUCKET}/any.snap", storage_options={**s3, "retries": 1})  # not an s3fs option
+    assert isinstance(caught.value.__cause__, TypeError)
+
+
+def test_wrong_credentials_are_a_snapstore_error_naming_the_url(s3_with_auth):
+    url = f"s3://{BUCKET}/refused.snap"
+    wrong = {**s3_with_auth, **NO_RETRIES, "key": "wrong", "secret": "wrong"}
+    with pytest.raises(snapstore.SnapstoreError, match="s3://snapstore-test/refused.snap.*credentials") as caught:
+        snapstore.open(url, storage_options=wrong)
+    assert not isinstance(caught.value, (FileNotFoundError, snapstore.CorruptionError))
+    assert isinstance(caught.value.__cause__, PermissionError)
+    with pytest.raises(snapstore.SnapstoreError, match="s3://snapstore-test/refused.snap.*credentials"):
+        snapstore.Recorder(url, storage_options=wrong)
+
+
+def test_no_credentials_at_all_are_a_snapstore_error_naming_the_url(s3, monkeypatch, tmp_path):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+              "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(k, raising=False)
+    for k in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "BOTO_CONFIG"):  # botocore finds nothing on disk
+        monkeypatch.setenv(k, str(tmp_path / "none"))
+    bare = {k: v for k, v in s3.items() if k not in ("key", "secret")}
+    with pytest.raises(snapstore.SnapstoreError, match="s3://snapstore-test/anon.snap.*credentials") as caught:
+        snapstore.open(f"s3://{BUCKET}/anon.snap", storage_options={**bare, **NO_RETRIES})
+    assert caught.value.__cause__ is not None
