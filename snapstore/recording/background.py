@@ -31,16 +31,21 @@ class BackgroundWriter:
     Parameters
     ----------
     flush : callable
-        Called in the writer thread every ``interval`` seconds and at close.
+        Called in the writer thread every ``interval`` seconds (and at close, unless ``final`` is given).
     maxsize : int
         Jobs that may wait; ``submit`` blocks beyond that.
     interval : float
         Seconds between flushes.
+    max_bytes : int, optional
+        Byte budget of the rows waiting for the writer (see ``reserve``).
+    final : callable, optional
+        Called in the writer thread at close instead of ``flush`` (the durable commit).
     """
 
     def __init__(self, flush: Callable[[], None], *, maxsize: int, interval: float,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, final: Callable[[], None] | None = None) -> None:
         self._flush = flush
+        self._final = final or flush
         self._interval = interval
         self._queue: queue.Queue = queue.Queue(maxsize)
         self._max_bytes = max_bytes
@@ -59,7 +64,7 @@ class BackgroundWriter:
                 except queue.Empty:
                     job = None
                 if job is _STOP:
-                    self._flush()
+                    self._final()
                     return
                 if job is not None:
                     job, release = job
@@ -106,6 +111,15 @@ class BackgroundWriter:
                     raise RecordingError("the background writer stopped unexpectedly")
                 self._budget.wait(0.1)
             self._pending += nbytes
+
+    def drain(self) -> None:
+        """Return once every job submitted so far has run; raise ``RecordingError`` if the writer failed."""
+        done = threading.Event()
+        self.submit(done.set)
+        while not done.wait(0.1):
+            self.check()
+            if not self._thread.is_alive():
+                raise RecordingError("the background writer stopped unexpectedly")
 
     def submit(self, job: Callable[[], None], *, release: int = 0) -> None:
         """Queue ``job``; blocks while the queue is full. Raises ``RecordingError`` after a failure.

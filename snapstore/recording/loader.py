@@ -187,11 +187,16 @@ class RecordingLoader:
         self._session.epochs.append(cursor.sink)
 
     def end_epoch(self, *, complete: bool) -> None:
+        """End the epoch being iterated, if any: commit it durably and return once that is done (after a
+        writer failure there is nothing to commit: ``RecordingError``, or nothing with ``on_error="warn"``)."""
         cursor, self._epoch = self._epoch, None
         if cursor is not None and not self._session.failed:
             self._session.submit(self._close_sink, cursor, complete)
+            self._session.drain()
 
     def _close_sink(self, cursor: _EpochCursor, complete: bool) -> None:  # writer thread
+        for raw in self._session.raws:  # the raw samples its rows refer to, first
+            raw.commit(durable=True)
         cursor.sink.commit(complete=complete, final=True)
         self._session.epochs.remove(cursor.sink)
 

@@ -67,7 +67,9 @@ class Recorder:
     hashes rows and stages them into whole chunks; a thread per CPU
     compresses, checksums and stores each full chunk while the next are
     staged, and the epoch manifest is committed after the data every
-    ``config.DEFAULT_FLUSH_INTERVAL`` (2 s). The memory it adds is bounded,
+    ``config.DEFAULT_FLUSH_INTERVAL`` (2 s); the end of an epoch and ``close()``
+    return once their commit is durable (fsynced on a local disk; see the
+    guarantees in docs/FORMAT.md). The memory it adds is bounded,
     whatever the dataset size, by about ``max(DEFAULT_QUEUE_BYTES, one
     hand-off) + DEFAULT_QUEUE_BYTES of recycled buffers + arrays x chunk bytes x 3
     + CHUNKS_IN_FLIGHT x chunk bytes x 2`` (see ``config.DEFAULT_QUEUE_BYTES``);

@@ -54,7 +54,8 @@ class WriteSession:
         self._stopped = False  # recording failed and on_error="warn": the loop goes on unrecorded
         self._reported = False  # a writer failure was raised in the loop
         self._writer = BackgroundWriter(self._flush, maxsize=config.DEFAULT_QUEUE_BATCHES,
-                                        interval=config.DEFAULT_FLUSH_INTERVAL, max_bytes=config.DEFAULT_QUEUE_BYTES)
+                                        interval=config.DEFAULT_FLUSH_INTERVAL, max_bytes=config.DEFAULT_QUEUE_BYTES,
+                                        final=functools.partial(self._flush, durable=True))
 
     @property
     def failed(self) -> bool:
@@ -114,12 +115,22 @@ class WriteSession:
             storage.check_exists(self.root, self.path)
         fn(*args)
 
-    def _flush(self) -> None:  # writer thread
+    def drain(self) -> None:
+        """Return once every job submitted so far has run (the training thread waits for a durable commit);
+        raises or warns as ``submit`` does after a writer failure."""
+        if self.recording():
+            try:
+                self._writer.drain()
+            except RecordingError:
+                if self.recording():  # the writer failed while we waited: raise or warn now
+                    raise
+
+    def _flush(self, *, durable: bool = False) -> None:  # writer thread
         storage.check_exists(self.root, self.path)
+        for raw in self.raws:  # the raw samples first: an epoch's rows refer to them
+            raw.commit(durable=durable)
         for epoch in self.epochs:
-            epoch.commit()
-        for raw in self.raws:
-            raw.commit()
+            epoch.commit(durable=durable)
 
     def close(self) -> None:
         """Run the queued jobs, commit, stop the writer; raise its failure unless already raised or warned."""

@@ -64,7 +64,11 @@ class EpochSink:
         for name, (info, rows) in hashing.hash_fields(outputs).items():
             self.hashes.put(pos, layout.output_hashes_path(name), info, rows)
 
-    def commit(self, *, complete: bool = False, final: bool = False) -> None:
+    def commit(self, *, complete: bool = False, final: bool = False, durable: bool | None = None) -> None:
+        """Commit the rows staged so far: their chunks, then the manifest that covers them. A ``durable``
+        commit (by default the ``final`` one, at the end of the epoch) is fsynced on a local disk before
+        it returns."""
+        durable = final if durable is None else durable
         for sinks in (self.positions, self.batch_sizes, self.seen, self.outputs, self.hashes):
             sinks.flush()
         self.manifest = dataclasses.replace(
@@ -75,8 +79,13 @@ class EpochSink:
             ended=utc_now() if final else None,
             ragged=list(self.seen.ragged),
         )
-        self.chunks.wait()  # the data first, then the commit record that covers it
+        if durable:  # the data first (durably), then the commit record that covers it
+            self.chunks.sync()
+        else:
+            self.chunks.wait()
         storage.write_attr(self.group, layout.EPOCH_ATTR, self.manifest.to_dict())
+        if durable:
+            storage.sync_node(self.group)
         self.seen.after_commit()
 
 
@@ -92,6 +101,7 @@ class RawSink:
         self.hashes = storage.FieldSinks(group, "", capacity, chunks, rows=rows)
         self.chunks = chunks
         self.dirty = False
+        self.unsynced = False  # a commit since the last durable one
 
     def put(self, block: RawBlock) -> None:
         self.index.put(self.rows, layout.RAW_INDEX, _INT64, block.indices)
@@ -102,12 +112,23 @@ class RawSink:
         self.rows += len(block.indices)
         self.dirty = True
 
-    def commit(self) -> None:
+    def commit(self, *, durable: bool = False) -> None:
+        """Commit the raw samples staged so far (fsynced before it returns when ``durable``)."""
+        if durable and not self.dirty and self.unsynced:  # committed, not yet durably
+            self.chunks.sync()
+            storage.sync_node(self.group)
+            self.unsynced = False
         if self.dirty:
             self.index.flush()
             self.fields.flush()
             self.hashes.flush()
-            self.chunks.wait()
+            if durable:
+                self.chunks.sync()
+            else:
+                self.chunks.wait()
             storage.write_attr(self.group, layout.RAW_ATTR, RawManifest(self.rows, list(self.fields.ragged)).to_dict())
+            if durable:
+                storage.sync_node(self.group)
             self.fields.after_commit()
             self.dirty = False
+            self.unsynced = not durable

@@ -27,7 +27,7 @@ from .groups import (
 )
 from .lock import SnapshotLock
 from .readers import ChunkReader, Cursor, RaggedReader
-from .writers import Buffers, ChunkWriter, FieldSinks, RowSink, root_gone
+from .writers import Buffers, ChunkWriter, FieldSinks, RowSink, root_gone, sync_node
 
 __all__ = [
     "COMPRESSORS",
@@ -55,6 +55,7 @@ __all__ = [
     "reread",
     "root_gone",
     "stored_chunks",
+    "sync_node",
     "walk_arrays",
     "write_attr",
 ]

@@ -36,6 +36,41 @@ def root_gone(root: Group) -> bool:
     return isinstance(store, zarr.storage.LocalStore) and not (Path(store.root) / root.path / "zarr.json").exists()
 
 
+def sync_node(node: Group | Array) -> None:
+    """On a local disk, fsync the ``zarr.json`` of ``node`` (a commit record just written) and of each
+    group above it, and their directories up to the snapshot root; nothing on object stores."""
+    store = node.store
+    if not isinstance(store, zarr.storage.LocalStore):
+        return
+    root = Path(store.root)
+    parts = node.path.split("/") if node.path else []
+    _fsync_all({root.joinpath(*parts[:k], "zarr.json") for k in range(len(parts) + 1)}, root)
+
+
+def _fsync_all(files: set[Path], root: Path | None) -> None:
+    """fsync ``files`` (those that still exist), then each directory holding one, up to ``root``."""
+    dirs: set[Path] = set()
+    for path in files:
+        _fsync(path)
+        for parent in path.parents:
+            dirs.add(parent)
+            if parent == root or root is None:
+                break
+    for path in dirs:
+        _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # a fixed array replaced by its ragged copy, deleted after its commit
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Buffers:
     """Recycled host buffers: the rows the training thread hands over, and chunk staging buffers.
 
@@ -107,6 +142,8 @@ class ChunkWriter:
         self._pool = ThreadPoolExecutor(min(config.MAX_CODEC_THREADS, os.cpu_count() or 1),
                                         thread_name_prefix="snapstore-encode")
         self.buffers = Buffers(keep=2, max_bytes=config.DEFAULT_QUEUE_BYTES)  # chunk staging buffers
+        self._unsynced: set[Path] = set()  # local files stored since the last sync
+        self._root: Path | None = None  # the local store's root, once a chunk was written there
 
     def write(self, array: Array, c: int, block: np.ndarray) -> None:
         """Hand over ``block``, shape ``array.chunks``, to be stored as row-chunk ``c`` of ``array``."""
@@ -118,6 +155,10 @@ class ChunkWriter:
             self._pending.popleft()[1].result()
         job = self._pool.submit(self._encode_and_store, where, chunk_codecs(array, c), block)
         self._pending.append((where.path, job))
+        path = local_file(where)
+        if path is not None:  # to fsync at the next durable commit: the chunk and its array's metadata
+            self._root = Path(where.store.root)
+            self._unsynced.update((path, self._root / array.path / "zarr.json"))
 
     def _encode_and_store(self, where: Any, codecs: list[tuple[Any, Any]], block: np.ndarray) -> None:
         data = _zarr.encode(codecs, block)
@@ -133,6 +174,15 @@ class ChunkWriter:
         """Return once every chunk handed over so far is stored; raise the first failure."""
         while self._pending:
             self._pending.popleft()[1].result()
+
+    def sync(self) -> None:
+        """Make every chunk handed over so far durable: ``wait``, then, on a local disk, fsync each chunk
+        file stored since the last ``sync``, its array's ``zarr.json`` (shape) and every directory from
+        theirs up to the snapshot root (new entries); nothing to do on object stores (a PUT that returned
+        is stored). A commit record that must survive power loss follows this, then ``sync_node``."""
+        self.wait()
+        files, self._unsynced = self._unsynced, set()
+        _fsync_all(files, self._root)
 
     def close(self) -> None:
         """Stop the pool after the queued writes (their failures are not raised: see ``wait``)."""
