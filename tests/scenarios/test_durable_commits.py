@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -85,3 +86,80 @@ def test_a_reader_sees_the_epoch_committed_as_soon_as_its_iteration_returns(tmp_
             stream = snapstore.open(path)["train"]  # no waiting: the commit is done
             assert stream.epochs == list(range(e + 1))
             check_epoch(stream.epoch(e))
+
+
+STAGES = textwrap.dedent('''
+    import sys, torch, snapstore
+    from torch.utils.data import DataLoader, Dataset
+
+    class Rows(Dataset):
+        def __len__(self): return 400
+        def __getitem__(self, i): return torch.full((64,), float(i)), i
+
+    rec = snapstore.Recorder(sys.argv[1], mode=sys.argv[2])
+    print("opened", flush=True)
+    stream = rec.wrap(DataLoader(Rows(), batch_size=16, shuffle=True), name="train")
+    print("wrapped", flush=True)
+    for e in range(2):
+        for b, (x, i) in enumerate(stream):
+            stream.log(loss=x[:, 0] * 2)
+            print(f"batch {e} {b}", flush=True)
+        print(f"epoch {e} returned", flush=True)
+    print("closing", flush=True)
+    rec.close()
+    print("closed", flush=True)
+    sys.stdin.readline()
+''')
+
+
+def kill_at(path, mode: str, marker: str) -> list[str]:
+    """Run STAGES, SIGKILL it as soon as it prints ``marker``; the lines it printed."""
+    proc = subprocess.Popen([sys.executable, "-c", STAGES, str(path), mode], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if lines[-1] == marker:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+    assert lines[-1] == marker
+    return lines
+
+
+#: Epochs of the second run whose loop had returned when it was killed at each stage: those are whole.
+RETURNED = {"opened": 0, "wrapped": 0, "batch 0 3": 0, "epoch 0 returned": 1, "batch 1 20": 1, "closing": 2,
+            "closed": 2}
+
+
+@pytest.mark.parametrize("marker", list(RETURNED))
+def test_a_run_killed_at_any_stage_continues_with_mode_a(tmp_path, marker):
+    path = tmp_path / "run.snap"
+    kill_at(path, "w", "closed")  # a first run of two whole epochs, then a resumed one killed at the stage
+    kill_at(path, "a", marker)
+    before = list(snapstore.open(path)["train"].epochs)
+    assert before[: 2 + RETURNED[marker]] == list(range(2 + RETURNED[marker]))
+    stream = snapstore.open(path)["train"]
+    for e in range(2 + RETURNED[marker]):
+        check_epoch(stream.epoch(e))
+    for e in before[2 + RETURNED[marker]:]:  # the epoch the kill cut: incomplete, its committed rows readable
+        ep = stream.epoch(e)
+        assert not ep.complete
+        np.testing.assert_array_equal(ep.to_numpy()["0"][:, 0], ep.order.astype(np.float32))
+    with snapstore.Recorder(path, mode="a") as rec:
+        train = rec.wrap(DataLoader(Rows(), batch_size=16, shuffle=True), name="train")
+        for x, _ in train:
+            train.log(loss=x[:, 0] * 2)
+    after = snapstore.open(path)["train"]
+    assert after.epochs == [*before, len(before)]
+    check_epoch(after.epoch(len(before)))
+    findings = snapstore.audit(path).findings  # nothing but the epoch the kill cut, reported as incomplete
+    assert [(f.check, f"epoch {e} is incomplete" in str(f)) for f, e in zip(findings, before[2 + RETURNED[marker]:])] == [
+        ("completeness", True)] * len(findings) and len(findings) == len(before) - 2 - RETURNED[marker]
