@@ -26,6 +26,7 @@ from .errors import (
     SnapshotNotFoundError,
     SnapstoreError,
     SnapstoreWarning,
+    StoreAccessError,
     StreamNotFoundError,
     UsageError,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "SnapshotNotFoundError",
     "SnapstoreError",
     "SnapstoreWarning",
+    "StoreAccessError",
     "Stream",
     "StreamNotFoundError",
     "UsageError",

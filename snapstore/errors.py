@@ -14,6 +14,7 @@ matching builtin so ``except FileNotFoundError`` keeps working::
     ├── CorruptionError         (+ ValueError)         a chunk that fails to decode or checksum
     ├── RecordingError          (+ RuntimeError)       the background writer failed
     ├── SnapshotLockedError     (+ RuntimeError)       another Recorder is writing the snapshot
+    ├── StoreAccessError        (+ OSError)            the object store cannot be reached or refuses access
     └── UsageError              (+ ValueError)         an argument snapstore cannot act on
 
 :class:`SnapstoreWarning` is the one warning category.
@@ -33,6 +34,7 @@ __all__ = [
     "SnapshotNotFoundError",
     "SnapstoreError",
     "SnapstoreWarning",
+    "StoreAccessError",
     "StreamNotFoundError",
     "UsageError",
 ]
@@ -89,6 +91,10 @@ class CorruptionError(SnapstoreError, ValueError):
 
 class RecordingError(SnapstoreError, RuntimeError):
     """The background writer failed; the cause is chained."""
+
+
+class StoreAccessError(SnapstoreError, OSError):
+    """The object store behind a URL cannot be reached, or refuses access (credentials); the cause is chained."""
 
 
 class SnapshotLockedError(SnapstoreError, RuntimeError):

@@ -31,6 +31,7 @@ PUBLIC = [
     "SnapshotNotFoundError",
     "SnapstoreError",
     "SnapstoreWarning",
+    "StoreAccessError",
     "Stream",
     "StreamNotFoundError",
     "UsageError",

@@ -22,6 +22,7 @@ from ..errors import (
     RecordingError,
     SnapshotNotFoundError,
     SnapstoreError,
+    StoreAccessError,
     UsageError,
 )
 from . import _zarr
@@ -77,18 +78,20 @@ def _access_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def access_error(url: str, e: BaseException) -> UsageError:
-    """The ``SnapstoreError`` for store ``url`` being unreachable or refusing access; the cause is chained by
-    the caller (``raise access_error(url, e) from e``)."""
+def access_error(url: str, e: BaseException) -> SnapstoreError:
+    """The ``SnapstoreError`` for store ``url`` being unreachable or refusing access (``StoreAccessError``), or
+    not taking the ``storage_options`` given (``UsageError``); the caller chains the cause
+    (``raise access_error(url, e) from e``)."""
     if isinstance(e, PermissionError):
         what = "refused access: check the credentials (key, secret, token) in storage_options or the environment"
     elif "credential" in type(e).__name__.lower():  # botocore's NoCredentialsError, PartialCredentialsError
         what = "was given no usable credentials: pass key and secret in storage_options or set them in the environment"
     elif isinstance(e, TypeError):
-        what = "cannot be opened with these storage_options: check their names"
+        return UsageError(f"{url}: the object store cannot be opened with these storage_options: check their names "
+                          f"({type(e).__name__}: {e})")
     else:
         what = "cannot be reached: check endpoint_url in storage_options and that the server is up"
-    return UsageError(f"{url}: the object store {what} ({type(e).__name__}: {e})")
+    return StoreAccessError(f"{url}: the object store {what} ({type(e).__name__}: {e})")
 
 
 @contextlib.contextmanager

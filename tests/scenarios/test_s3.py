@@ -200,11 +200,11 @@ def test_reopening_sees_epochs_another_process_appended(s3):
 def test_a_dead_endpoint_is_a_snapstore_error_naming_the_url(s3):
     url = f"s3://{BUCKET}/dead.snap"
     dead = {**s3, **NO_RETRIES, "endpoint_url": f"http://127.0.0.1:{_free_port()}"}  # nothing listens there
-    with pytest.raises(snapstore.SnapstoreError, match="s3://snapstore-test/dead.snap.*cannot be reached") as caught:
+    with pytest.raises(snapstore.StoreAccessError, match="s3://snapstore-test/dead.snap.*cannot be reached") as caught:
         snapstore.open(url, storage_options=dead)
     assert not isinstance(caught.value, (FileNotFoundError, snapstore.CorruptionError))  # neither absent nor damaged
     assert "Could not connect" in str(caught.value.__cause__)
-    with pytest.raises(snapstore.SnapstoreError, match="s3://snapstore-test/dead.snap") as caught:
+    with pytest.raises(snapstore.StoreAccessError, match="s3://snapstore-test/dead.snap") as caught:
         snapstore.Recorder(url, storage_options=dead)
     assert caught.value.__cause__ is not None
 
@@ -215,10 +215,10 @@ def test_a_store_going_away_while_reading_is_a_snapstore_error(s3):  # s3: for t
         record(url, so, epochs=1)
         stream = snapstore.open(url, storage_options={**so, **NO_RETRIES})["train"]
         epoch = stream.epoch(0)
-    with pytest.raises(snapstore.SnapstoreError, match="s3://gone/run.snap.*cannot be reached") as caught:
+    with pytest.raises(snapstore.StoreAccessError, match="s3://gone/run.snap.*cannot be reached") as caught:
         stream.epochs
     assert caught.value.__cause__ is not None
-    with pytest.raises(snapstore.SnapstoreError, match="s3://gone/run.snap.*cannot be reached") as caught:
+    with pytest.raises(snapstore.StoreAccessError, match="s3://gone/run.snap.*cannot be reached") as caught:
         epoch.order  # a chunk read: not mistaken for a missing or damaged chunk
     assert not isinstance(caught.value, snapstore.CorruptionError)
 
@@ -232,11 +232,11 @@ def test_an_option_the_filesystem_does_not_take_is_a_usage_error(s3):
 def test_wrong_credentials_are_a_snapstore_error_naming_the_url(s3_with_auth):
     url = f"s3://{BUCKET}/refused.snap"
     wrong = {**s3_with_auth, **NO_RETRIES, "key": "wrong", "secret": "wrong"}
-    with pytest.raises(snapstore.SnapstoreError, match="s3://snapstore-test/refused.snap.*credentials") as caught:
+    with pytest.raises(snapstore.StoreAccessError, match="s3://snapstore-test/refused.snap.*credentials") as caught:
         snapstore.open(url, storage_options=wrong)
     assert not isinstance(caught.value, (FileNotFoundError, snapstore.CorruptionError))
     assert isinstance(caught.value.__cause__, PermissionError)
-    with pytest.raises(snapstore.SnapstoreError, match="s3://snapstore-test/refused.snap.*credentials"):
+    with pytest.raises(snapstore.StoreAccessError, match="s3://snapstore-test/refused.snap.*credentials"):
         snapstore.Recorder(url, storage_options=wrong)
 
 
@@ -247,6 +247,6 @@ def test_no_credentials_at_all_are_a_snapstore_error_naming_the_url(s3, monkeypa
     for k in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "BOTO_CONFIG"):  # botocore finds nothing on disk
         monkeypatch.setenv(k, str(tmp_path / "none"))
     bare = {k: v for k, v in s3.items() if k not in ("key", "secret")}
-    with pytest.raises(snapstore.SnapstoreError, match="s3://snapstore-test/anon.snap.*credentials") as caught:
+    with pytest.raises(snapstore.StoreAccessError, match="s3://snapstore-test/anon.snap.*credentials") as caught:
         snapstore.open(f"s3://{BUCKET}/anon.snap", storage_options={**bare, **NO_RETRIES})
     assert caught.value.__cause__ is not None
