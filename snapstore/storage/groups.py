@@ -344,8 +344,17 @@ def _being_written(group: Group, name: str) -> bool:
     progress (or of a writer killed in it): a node being created, not a damaged one."""
     if not isinstance(group.store, zarr.storage.LocalStore):
         return False
-    folder = Path(group.store.root) / group.path / name.rsplit("/", 1)[-1]
+    base = name.rsplit("/", 1)[-1]
+    folder = Path(group.store.root) / group.path / base
     if not folder.is_dir():  # gone since zarr listed it (a replaced array being deleted)
+        return True
+    if (folder / "zarr.json").is_file():  # written since zarr listed the folder, or damaged: read it again
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                group[base]
+            except (*METADATA_ERRORS, OSError):
+                return False
         return True
     return all(p.is_dir() or _ignorable(p.name) for p in folder.rglob("*"))
 

@@ -139,12 +139,13 @@ def test_concurrent_reader_sees_committed_prefix_never_torn_rows(tmp_path):
         seen_rows, deadline = [], time.monotonic() + 5
         while time.monotonic() < deadline:
             stream = snapstore.open(path)["train"]  # this test process is the second, reading process
-            if not stream.epochs:
+            epochs = stream.epochs  # listed now: a later listing may hold the next epoch already
+            if not epochs:
                 continue
             total = 0
-            for e in stream.epochs:
+            for e in epochs:
                 ep = stream.epoch(e)
-                assert ep.complete or e == stream.epochs[-1]
+                assert ep.complete or e == epochs[-1]
                 if len(ep) == 0:  # just started: nothing committed, perhaps not even the schema
                     continue
                 x = ep.to_numpy()
