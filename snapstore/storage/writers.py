@@ -169,6 +169,8 @@ class ChunkWriter:
             raise RecordingError(f"the snapshot at {where.store.root} vanished while recording (its root "
                                  "zarr.json is gone); check what deleted it, then record again")
         store_chunk(where, data)
+        if path is not None:  # written back now, on this thread, while the loop runs: sync() then finds it clean
+            _fsync(path)
 
     def wait(self) -> None:
         """Return once every chunk handed over so far is stored; raise the first failure."""
