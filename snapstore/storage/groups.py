@@ -262,8 +262,13 @@ def check_exists(root: Group, path: str) -> None:
     try:
         zarr.open_group(root.store, mode="r", zarr_format=3, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
-        raise RecordingError(f"the snapshot at {path} vanished while recording (its root zarr.json is gone); "
-                             "check what deleted it, then record again") from e
+        raise vanished(path) from e
+
+
+def vanished(path: Any) -> RecordingError:
+    """The error for the snapshot at ``path`` deleted under the writer (its root ``zarr.json`` gone)."""
+    return RecordingError(f"the snapshot at {path} vanished while recording (its root zarr.json is gone); "
+                          "check what deleted it, then record again")
 
 
 def child(group: Group, name: str) -> Any:

@@ -20,10 +20,10 @@ from .. import config
 from ..core import layout
 from ..core.manifest import FieldInfo, numpy_dtype
 from ..core.rows import Ragged
-from ..errors import RecordingError, UsageError
+from ..errors import UsageError
 from . import _zarr
 from .chunks import COMPRESSORS, chunk_codecs, chunk_path, create_rows_array, local_file, store_chunk
-from .groups import Array, Group, child, require_group
+from .groups import Array, Group, child, require_group, vanished
 from .readers import ChunkReader
 
 
@@ -165,9 +165,7 @@ class ChunkWriter:
         self.buffers.give_back([block])  # the encoded bytes never alias it (always checksummed)
         path = local_file(where)
         if path is not None and not (Path(where.store.root) / "zarr.json").exists():
-            # the snapshot was deleted: storing would recreate its folders around a stray chunk
-            raise RecordingError(f"the snapshot at {where.store.root} vanished while recording (its root "
-                                 "zarr.json is gone); check what deleted it, then record again")
+            raise vanished(where.store.root)  # storing would recreate its folders around a stray chunk
         store_chunk(where, data)
         if path is not None:  # written back now, on this thread, while the loop runs: sync() then finds it clean
             _fsync(path)
