@@ -54,8 +54,9 @@ class RecordingLoader:
     """
 
     def __init__(self, session: WriteSession, loader: DataLoader, name: str, path: str, raw: Any,
-                 resume_epoch: bool) -> None:
+                 resume_epoch: bool, *, seen: Any = "full") -> None:
         self._session = session
+        self._seen = seen
         self._loader = loader
         self._name = name
         iterable = isinstance(loader.dataset, IterableDataset)
@@ -183,7 +184,7 @@ class RecordingLoader:
         group = storage.child(epochs, name)
         if group is None or not _unfinished(group, layout.EPOCH_ATTR):  # (an unfinished one is taken over)
             group = storage.create_group(epochs, name)
-        cursor.sink = EpochSink(group, manifest, capacity, self._session.chunks)
+        cursor.sink = EpochSink(group, manifest, capacity, self._session.chunks, seen=self._seen)
         self._session.epochs.append(cursor.sink)
 
     def end_epoch(self, *, complete: bool) -> None:

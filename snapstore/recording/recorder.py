@@ -185,7 +185,7 @@ class Recorder:
             raise SnapshotExistsError(f"{self.path} exists; pass overwrite=True or mode='a', or choose a new path")
 
     # -- public API -------------------------------------------------------
-    def wrap(self, loader: DataLoader, *, name: str, raw: RawSource = "auto",
+    def wrap(self, loader: DataLoader, *, name: str, raw: RawSource = "auto", seen: Any = "full",
              resume_epoch: bool = False) -> RecordingLoader:
         """Record ``loader`` as stream ``name``; iterate the result instead of the loader.
 
@@ -203,6 +203,8 @@ class Recorder:
             dataset under ``loader.dataset`` sets them, and otherwise takes the
             item itself (no second fetch); a ``Dataset`` or ``index -> sample``
             callable gives raw samples explicitly; ``None`` records none.
+        seen : "full", default "full"
+            What each epoch stores of the seen rows: ``"full"`` stores them all.
         resume_epoch : bool, default False
             With ``mode="a"`` after a crash: the first iteration continues the
             stream's last, incomplete epoch (a training job resumed from a
@@ -243,7 +245,7 @@ class Recorder:
                     storage.write_attr(group, layout.RANKS_ATTR, ranks[layout.RANKS_ATTR])  # left by a killed writer
             dist.barrier()
             group = f"{name}/{layout.rank_name(self.rank)}"
-        rl = RecordingLoader(self._session, loader, name, group, raw, resume_epoch)
+        rl = RecordingLoader(self._session, loader, name, group, raw, resume_epoch, seen=seen)
         self._loaders[name] = rl
         return rl
 

@@ -27,7 +27,7 @@ class EpochSink:
     """Writer-thread state of one epoch: its group, field sinks and commit record."""
 
     def __init__(self, group: storage.Group, manifest: EpochManifest, capacity: int,
-                 chunks: storage.ChunkWriter) -> None:
+                 chunks: storage.ChunkWriter, *, seen: Any = "full") -> None:
         self.group = group
         self.manifest = manifest
         self.positions = storage.FieldSinks(group, "", capacity, chunks)  # order, worker, base_*
@@ -93,7 +93,7 @@ class RawSink:
     """Writer-thread state of a stream's raw samples: appended in order of first capture."""
 
     def __init__(self, group: storage.Group, rows: int, ragged: list[str], capacity: int,
-                 chunks: storage.ChunkWriter) -> None:
+                 chunks: storage.ChunkWriter, *, seen: Any = "full") -> None:
         self.group = group
         self.rows = rows
         self.index = storage.FieldSinks(group, "", capacity, chunks, rows=rows)
