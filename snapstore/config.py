@@ -98,3 +98,12 @@ OUTLIER_MIN_ROWS = 20
 #: Bytes of differing rows ``snapstore.diff`` reads per field and epoch to
 #: measure the largest absolute difference (hashes locate every difference).
 DIFF_LOCATE_BYTES = 256 * 1024 * 1024
+
+#: Most bytes of one ``zarr.json`` a reader accepts; a manifest of thousands
+#: of fields takes a few hundred KB.
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+
+#: Deepest nesting of lists and objects in one ``zarr.json`` a reader
+#: accepts: a batch structure nested to ``core.manifest.MAX_DEPTH`` takes
+#: about 135 levels.
+MAX_METADATA_DEPTH = 256

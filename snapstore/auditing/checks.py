@@ -8,6 +8,7 @@ epochs' ``order`` and the per-row content hashes to the checks below.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -244,24 +245,31 @@ def check_coverage(order: Index, dataset_len: int, expect: Expectation, *, strea
         findings.append(Finding.make(
             "coverage", f"{plural(len(bad), 'position')} hold indices outside the dataset (0..{dataset_len - 1})",
             stream=stream, epoch=epoch, indices=bad))
-    counts = np.bincount(order[inside], minlength=dataset_len)
+    seen, counts = np.unique(order[inside], return_counts=True)  # memory by rows, never by dataset_len
     if expect.max_count is not None:
-        over = np.nonzero(counts > expect.max_count)[0]
+        over = seen[counts > expect.max_count]
         if len(over):
             findings.append(Finding.make(
                 "coverage", f"{plural(len(over), 'index')} seen more often than the sampler explains "
                 f"(up to {int(counts.max())} times; {expect.description})",
                 stream=stream, epoch=epoch, indices=over))
     if complete and expect.min_count > 0:
-        under = np.nonzero(counts < expect.min_count)[0]
-        if len(under) > expect.missing_allowed:
-            never = int((counts[under] == 0).sum())
+        few, never = seen[counts < expect.min_count], dataset_len - len(seen)
+        under = len(few) + never
+        if under > expect.missing_allowed:
             allowed = f"; drop_last explains {expect.missing_allowed}" if expect.missing_allowed else ""
-            findings.append(Finding.make(
-                "coverage", f"{plural(len(under), 'index')} seen fewer times than the sampler explains, "
+            first = Finding.make(
+                "coverage", f"{plural(under, 'index')} seen fewer times than the sampler explains, "
                 f"{never} never seen ({expect.description}{allowed})",
-                stream=stream, epoch=epoch, indices=under))
+                stream=stream, epoch=epoch, indices=np.union1d(few, _first_unseen(seen, dataset_len)))
+            findings.append(dataclasses.replace(first, count=under))
     return findings
+
+
+def _first_unseen(seen: Index, dataset_len: int) -> Index:
+    """The smallest ``config.MAX_FINDING_INDICES`` indices below ``dataset_len`` not in ``seen`` (sorted, unique)."""
+    candidates = np.arange(min(dataset_len, len(seen) + config.MAX_FINDING_INDICES), dtype=np.int64)
+    return candidates[~np.isin(candidates, seen)][: config.MAX_FINDING_INDICES]
 
 
 def outlier_rows(summary: RowSummary) -> tuple[npt.NDArray[np.bool_], float, float]:
@@ -351,18 +359,21 @@ def check_stability(epochs: Sequence[tuple[int, Index, npt.NDArray[np.uint64]]],
     if len(epochs) < 2:
         return []
     n = dataset_len
-    ref = np.zeros(n, np.uint64)
-    ref_epoch = np.full(n, -1, np.int64)
-    compared = np.zeros(n, np.int64)
-    disagree = np.zeros(n, np.int64)
+    # Per index seen, at its place in ``universe`` (memory by rows, never by dataset_len): the hash it had
+    # when first seen and in which epoch, how many later epochs saw it, and how many of those disagreed.
+    universe = np.unique(np.concatenate([order[(order >= 0) & (order < n)] for _, order, _ in epochs]))
+    ref = np.zeros(len(universe), np.uint64)
+    ref_epoch = np.full(len(universe), -1, np.int64)
+    compared = np.zeros(len(universe), np.int64)
+    disagree = np.zeros(len(universe), np.int64)
     diffs: list[tuple[int, Index]] = []
     for k, (_, order, hashes) in enumerate(epochs):
         idx, first = np.unique(order, return_index=True)
         keep = (idx >= 0) & (idx < n)
-        idx, h = idx[keep], hashes[first[keep]]
-        fresh = ref_epoch[idx] < 0
-        ref[idx[fresh]], ref_epoch[idx[fresh]] = h[fresh], k
-        old = idx[~fresh]
+        at, h = np.searchsorted(universe, idx[keep]), hashes[first[keep]]
+        fresh = ref_epoch[at] < 0
+        ref[at[fresh]], ref_epoch[at[fresh]] = h[fresh], k
+        old = at[~fresh]
         differ = ref[old] != h[~fresh]
         compared[old] += 1
         disagree[old[differ]] += 1
@@ -371,22 +382,22 @@ def check_stability(epochs: Sequence[tuple[int, Index, npt.NDArray[np.uint64]]],
         if unstable > max(1.0, config.UNSTABLE_MAX_FRACTION * int((ref_epoch >= 0).sum())):
             return []  # differs for many indices: a varying field (an augmented input)
     seen_twice = int((compared > 0).sum())
-    unstable_idx = np.nonzero(disagree > 0)[0]
-    if not _few(len(unstable_idx), seen_twice):
+    unstable_at = np.nonzero(disagree > 0)[0]
+    if not _few(len(unstable_at), seen_twice):
         return []
     ref_is_odd = disagree > (compared + 1) / 2  # the first epoch that saw it is the one out
     report: dict[int, list[Index]] = {}
-    for k, idx in diffs:
-        report.setdefault(k, []).append(idx[~ref_is_odd[idx]])
+    for k, at in diffs:
+        report.setdefault(k, []).append(at[~ref_is_odd[at]])
     for i in np.nonzero(ref_is_odd)[0]:
         report.setdefault(int(ref_epoch[i]), []).append(np.array([i]))
     findings = []
     for k in sorted(report):
-        idx = np.concatenate(report[k]) if report[k] else np.empty(0, np.int64)
+        idx = universe[np.concatenate(report[k])] if report[k] else np.empty(0, np.int64)
         if len(idx):
             findings.append(Finding.make(
                 "stability", f"{plural(len(np.unique(idx)), 'index')} whose {field!r} differs from what the other "
-                f"epochs saw, while it is identical across epochs for {seen_twice - len(unstable_idx)} of {seen_twice} "
+                f"epochs saw, while it is identical across epochs for {seen_twice - len(unstable_at)} of {seen_twice} "
                 "indices (a race in a worker, a corrupt file, a non-deterministic dataset)",
                 stream=stream, epoch=epochs[k][0], field=field, indices=idx))
     return findings

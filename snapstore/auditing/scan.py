@@ -28,8 +28,9 @@ from tqdm import tqdm
 from .. import storage
 from ..core import layout
 from ..core.hashing import NO_HASH, row_hashes
-from ..core.manifest import EpochManifest, RawManifest, StreamManifest
+from ..core.manifest import EpochManifest, FieldInfo, RawManifest, StreamManifest, numpy_dtype
 from ..errors import CorruptionError
+from ..read.fields import row_shape
 from ..storage.tree import epoch_groups, epoch_pieces, stream_ranks
 from .checks import Moments, RowSummary, summarise
 
@@ -238,7 +239,7 @@ def _target(name: str, rank: int, rel: str, array: Any, manifest: StreamManifest
             wanted: set[int] | None, result: ScanResult) -> list[Target]:
     where = _classify(rel)
     if where is None:
-        return [Target(name, None, (rank, 0), "other", rel, array, None, False)]
+        return _checked(Target(name, None, (rank, 0), "other", rel, array, None, False), None, result)
     epoch, k, role, field_name = where
     if epoch is not None and wanted is not None and epoch not in wanted:
         return []
@@ -247,15 +248,34 @@ def _target(name: str, rank: int, rel: str, array: Any, manifest: StreamManifest
     dtype = info.dtype if info is not None else None
     part = (rank, k)
     if role in ("other", "ragged"):  # integrity only: no committed row count to hold them to
-        return [Target(name, epoch, part, role, field_name, array, None, False, dtype)]
-    if epoch is None:
-        return [Target(name, None, part, role, field_name, array, raw_rows, True, dtype)]
-    em = result.epochs.get((name, epoch), {}).get(part)
-    if em is None:
-        return [Target(name, epoch, part, role, field_name, array, None, False, dtype)]
-    rows = em.batches if role == "batch_sizes" else em.rows
-    required = role not in ("outputs", "output_hashes")  # outputs may be logged for some batches only
-    return [Target(name, epoch, part, role, field_name, array, rows, required, dtype)]
+        target = Target(name, epoch, part, role, field_name, array, None, False, dtype)
+    elif epoch is None:
+        target = Target(name, None, part, role, field_name, array, raw_rows, True, dtype)
+    elif (em := result.epochs.get((name, epoch), {}).get(part)) is None:
+        target = Target(name, epoch, part, role, field_name, array, None, False, dtype)
+    else:
+        rows = em.batches if role == "batch_sizes" else em.rows
+        required = role not in ("outputs", "output_hashes")  # outputs may be logged for some batches only
+        target = Target(name, epoch, part, role, field_name, array, rows, required, dtype)
+    return _checked(target, info, result)
+
+
+def _checked(target: Target, info: FieldInfo | None, result: ScanResult) -> list[Target]:
+    """``[target]``, or ``[]`` with its array's problem in ``result.unreadable``: chunks larger than snapstore
+    writes them or another codec chain (any array), a dtype or row shape other than the manifest's (fixed
+    fields), so that no chunk of it is read."""
+    fixed = info is not None and not info.ragged and target.role in _FIELDS + _HASHED
+    try:
+        storage.check_array(target.array, f"stream {target.stream!r}",
+                            dtype=numpy_dtype(info.dtype) if fixed and info is not None else None,
+                            row_shape=row_shape(info) if fixed and info is not None else None)
+    except CorruptionError as e:
+        field_name = target.name if target.role in _FIELDS + _HASHED else None
+        result.unreadable.append((target.stream, target.epoch, field_name, str(e)))
+        return []
+    return [target]
+
+
 
 
 def _read(array: Any, c: int, keep: int, role: str, dtype: str | None) -> ChunkResult:
@@ -344,8 +364,9 @@ def scan(snapshot: Any, streams: Sequence[str], epochs: Iterable[int] | None, *,
     tasks, owners, decoded = [], [], 0
     for t in targets:
         cr = t.array.chunks[0]
-        rows = t.array.shape[0] if t.rows is None else min(t.rows, t.array.shape[0])
         stored = storage.stored_chunks(t.array)
+        held = (max(stored) + 1) * cr if stored else 0  # rows of no manifest: those the stored chunks hold
+        rows = min(t.array.shape[0], held if t.rows is None else t.rows)
         needed = math.ceil(rows / cr) if t.required else 0
         scan_ = ArrayScan(t, t.array.path, cr, rows, np.zeros(rows, bool))
         scan_.missing = [c for c in range(needed) if c not in stored]

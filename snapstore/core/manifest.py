@@ -48,8 +48,9 @@ _NUMPY_KINDS = "biufc"  # bool, ints, unsigned ints, floats, complex: never obje
 MAX_DEPTH = 64
 """Deepest structure tree accepted (a batch nests a few levels; junk may nest thousands)."""
 
-MAX_COUNT = 2**62
-"""Largest row, batch or dataset count accepted (counts are int64 on disk and index sizes in Python)."""
+MAX_COUNT = 2**48
+"""Largest row, batch or dataset count accepted: 281 trillion, far beyond any dataset, and far below what
+int64 offsets and byte counts (a count times a row's bytes) hold."""
 
 MAX_RANKS = 2**20
 """Largest world size accepted for a stream recorded by several ranks."""

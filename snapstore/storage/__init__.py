@@ -8,7 +8,7 @@ to ``_zarr``.
 
 from __future__ import annotations
 
-from .chunks import COMPRESSORS, create_rows_array, read_chunk, stored_chunks
+from .chunks import COMPRESSORS, check_array, create_rows_array, read_chunk, stored_chunks
 from .groups import (
     Array,
     Group,
@@ -42,6 +42,7 @@ __all__ = [
     "RowSink",
     "SnapshotLock",
     "array_nbytes_stored",
+    "check_array",
     "check_exists",
     "child",
     "children",

@@ -20,9 +20,9 @@ from zarr.core.array_spec import ArrayConfig
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
-from zarr.storage._local import _get, _put
+from zarr.storage._local import _put
 
-__all__ = ["chunk_codecs", "decode", "encode", "list_dir", "list_prefix", "local_get", "local_put", "run"]
+__all__ = ["as_buffer", "chunk_codecs", "decode", "encode", "list_dir", "list_prefix", "local_put", "run"]
 
 T = TypeVar("T")
 
@@ -66,9 +66,9 @@ def get(where: Any) -> Any:
     return sync(where.get(default_buffer_prototype()))
 
 
-def local_get(path: Path) -> Any:
-    """The bytes of a local file as a zarr ``Buffer`` (zarr's own read, minus its event loop and thread)."""
-    return _get(path, default_buffer_prototype(), None)
+def as_buffer(data: bytes, prototype: Any = None) -> Any:
+    """``data`` as the zarr ``Buffer`` a store's ``get`` returns (of ``prototype``, by default zarr's default)."""
+    return (prototype or default_buffer_prototype()).buffer.from_bytes(data)
 
 
 def local_put(path: Path, data: Any) -> None:

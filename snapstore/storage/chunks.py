@@ -9,6 +9,7 @@ written.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -19,7 +20,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from .. import config
 from ..core.manifest import FieldInfo, numpy_dtype
 from ..errors import CorruptionError, SnapstoreError
-from . import _zarr
+from . import _zarr, files
 from .groups import Array, Group, require_group
 
 Compressor = Literal["lz4", "zstd", "none"]
@@ -77,7 +78,6 @@ def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, c
 
 _SERIALIZERS = (zarr.codecs.BytesCodec, zarr.codecs.VLenUTF8Codec)
 
-_BYTES_CODECS = (BloscCodec, zarr.codecs.ZstdCodec, zarr.codecs.GzipCodec)
 
 
 def check_array(array: Array, where: str, *, dtype: np.dtype | None = None, row_shape: tuple[int, ...] | None = None,
@@ -86,11 +86,12 @@ def check_array(array: Array, where: str, *, dtype: np.dtype | None = None, row_
 
     The metadata is not checksummed, so it is checked against what the
     manifests say: rows chunked along axis 0 only, ``dtype`` and ``row_shape``
-    as recorded, at least ``rows`` rows, and the codec chain snapstore writes
-    (little-endian bytes or vlen-utf8, then an optional blosc/zstd/gzip,
-    then crc32c last). Anything else, a transpose, a missing checksum, a
-    codec outside the Zarr spec, could turn stored bytes into wrong values
-    without an error, so it raises ``CorruptionError``.
+    as recorded, at least ``rows`` rows, and chunks stored as snapstore
+    stores them (``check_chunks``: their size, and the codec chain
+    little-endian bytes or vlen-utf8, an optional blosc, crc32c last).
+    Anything else, a transpose, a missing checksum, a codec outside
+    the Zarr spec, could turn stored bytes into wrong values without an
+    error, so it raises ``CorruptionError``.
     """
     def bad(what: str) -> CorruptionError:
         return CorruptionError.damaged(f"array {array.path!r} of {where}: {what} (its metadata was altered)")
@@ -106,18 +107,38 @@ def check_array(array: Array, where: str, *, dtype: np.dtype | None = None, row_
         raise bad(f"dtype {array.dtype}, but the manifest records {dtype}")
     if row_shape is not None and tuple(array.shape[1:]) != tuple(row_shape):
         raise bad(f"rows of shape {tuple(array.shape[1:])}, but the manifest records {tuple(row_shape)}")
-    codecs = list(md.codecs)
+    check_chunks(array, where)
+
+
+def chunk_bytes(array: Array) -> int:
+    """Bytes one whole row-chunk of ``array`` holds decoded; string rows count 16 bytes, as in ``chunk_rows``."""
+    itemsize = 16 if array.dtype.kind in "OTU" else array.dtype.itemsize
+    return math.prod(array.chunks) * itemsize
+
+
+def check_chunks(array: Array, where: str) -> None:
+    """Refuse ``array`` (of ``where``) whose chunks are not stored as snapstore stores them, before a chunk
+    is read: chunks larger than one row or ``config.DEFAULT_CHUNK_BYTES`` decoded (a ragged field's
+    ``values`` hold up to that many one-byte elements), or codecs other than little-endian bytes or
+    vlen-utf8, an optional blosc (whose header declares the decoded size), and crc32c last."""
+    def bad(what: str) -> CorruptionError:
+        return CorruptionError.damaged(f"array {array.path!r} of {where}: {what} (its metadata was altered)")
+
+    rows = array.chunks[0]
+    if rows > 1 and max(rows, chunk_bytes(array)) > config.DEFAULT_CHUNK_BYTES:
+        raise bad(f"chunks of {rows} rows ({chunk_bytes(array)} bytes decoded), larger than snapstore writes (at "
+                  f"most {config.DEFAULT_CHUNK_BYTES} bytes, or one row)")
+    codecs = list(getattr(array.metadata, "codecs", ()))  # a v2 array has none: refused
     ok = (
-        len(codecs) >= 2
+        len(codecs) in (2, 3)
         and isinstance(codecs[0], _SERIALIZERS)
         and getattr(codecs[0], "endian", None) in (None, zarr.codecs.Endian.little)
-        and all(isinstance(c, _BYTES_CODECS) for c in codecs[1:-1])
+        and all(isinstance(c, BloscCodec) for c in codecs[1:-1])
         and isinstance(codecs[-1], Crc32cCodec)
     )
     if not ok:
         raise bad(f"codecs {[type(c).__name__ for c in codecs]} are not the chain snapstore writes "
-                  "(bytes or vlen-utf8, an optional compressor, crc32c)")
-
+                  "(bytes or vlen-utf8, an optional blosc, crc32c)")
 
 
 def _coords(array: Array, c: int) -> tuple[int, ...]:
@@ -162,9 +183,11 @@ def read_chunk(array: Array, c: int, committed_in: str | None = None) -> np.ndar
     rows = array.chunks[0]
     lo = c * rows
     n = min(rows, array.shape[0] - lo)
+    check_chunks(array, "the snapshot")
     try:
-        data = _get_chunk(chunk_path(array, c))
+        data = _get_chunk(chunk_path(array, c), _largest_stored(array))
         if data is not None:
+            _check_decoded_size(array, c, data)
             return _zarr.decode(chunk_codecs(array, c), data)[:n]
     except SnapstoreError:  # the store cannot be reached or refuses access (``groups.RemoteStore``): no damage
         raise
@@ -182,25 +205,67 @@ def _missing(array: Array, c: int, where: str) -> str:
             "the store although the manifest says its rows were committed")
 
 
-def _get_chunk(where: Any) -> Any:
-    """The bytes of one key (a ``StorePath``), ``None`` if absent: a plain file read on a local disk
-    (zarr's own ``_get``, minus the hops through its event loop and a thread), else zarr's get."""
+def _get_chunk(where: Any, limit: int) -> Any:
+    """The bytes of one key (a ``StorePath``), ``None`` if absent: on a local disk a read of a regular file
+    of at most ``limit`` bytes inside the snapshot (``files.read_local``, without the hops through zarr's
+    event loop and a thread), else zarr's get."""
     path = local_file(where)
     if path is None:
         return _zarr.get(where)
-    try:
-        return _zarr.local_get(path)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
+    data = files.read_local(Path(where.store.root), path, limit)
+    return None if data is None else _zarr.as_buffer(data)
+
+
+#: Decoded bytes of one chunk of strings a reader accepts (vlen-utf8: a 4-byte length and the UTF-8 bytes a
+#: row); 65536 rows of up to 4 KiB each.
+_LARGEST_STRINGS = 256 * 1024 * 1024
+
+#: What Blosc adds to a chunk at most (its header), plus the CRC32C.
+_OVERHEAD = 16 + 4
+
+
+def _largest_decoded(array: Array) -> int:
+    return _LARGEST_STRINGS if array.dtype.kind in "OTU" else chunk_bytes(array)
+
+
+def _largest_stored(array: Array) -> int:
+    """Most bytes a stored chunk of ``array`` can hold: Blosc never stores more than its input plus its header."""
+    return _largest_decoded(array) + _OVERHEAD
+
+
+def _check_decoded_size(array: Array, c: int, data: Any) -> None:
+    """Refuse chunk ``c`` of ``array`` whose Blosc header (bytes 4-8: the decoded size) declares other than
+    a whole chunk (at most ``_LARGEST_STRINGS`` for strings), before decoding it."""
+    if not isinstance(array.metadata.codecs[1], BloscCodec):  # type: ignore[union-attr]  # always v3 here
+        return  # no compressor: the stored size, already bounded, is the decoded size
+    raw = data.as_numpy_array()
+    declared = int.from_bytes(raw[4:8].tobytes(), "little") if len(raw) >= 16 else -1
+    expected = _largest_decoded(array)
+    strings = array.dtype.kind in "OTU"
+    if declared < 0 or declared > expected or (not strings and declared != expected):
+        what = f"at most {expected}" if strings else f"{expected}"
+        raise CorruptionError.damaged(f"chunk {c} of array {array.path!r} declares {declared} bytes decoded, "
+                                      f"but a whole chunk holds {what} bytes: it is not a chunk of this array")
 
 
 def stored_chunks(array: Array) -> set[int]:
-    """Row-chunk numbers of ``array`` that have a key (a file, an object) in the store."""
+    """Row-chunk numbers of ``array`` that have a key (a file, an object) in the store.
+
+    Found from the keys listed, never by walking the chunk grid, which a
+    hostile shape can make astronomically long: the work is one pass over
+    the keys that exist.
+    """
     base = array.store_path.path
     prefix = f"{base}/" if base else ""
-    keys = set(_zarr.list_prefix(array.store_path.store, prefix))
     encode = array.metadata.chunk_key_encoding.encode_chunk_key  # type: ignore[union-attr]  # always v3 here
-    return {c for c in range(array.cdata_shape[0]) if prefix + encode(_coords(array, c)) in keys}
+    found = set()
+    for key in _zarr.list_prefix(array.store_path.store, prefix):
+        name = key[len(prefix):]
+        number = re.search(r"\d{1,18}", name)  # the row-chunk number comes first: c.<c>.0.0
+        if number is not None and int(number[0]) < array.cdata_shape[0] and encode(
+                _coords(array, int(number[0]))) == name:
+            found.add(int(number[0]))
+    return found
 
 
 def store_chunk(where: Any, data: Any) -> None:

@@ -6,6 +6,7 @@ code that touches ``zarr``; zarr's private APIs are confined to ``_zarr.py``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 import zarr
 
+from .. import config
 from ..errors import (
     CorruptionError,
     NotASnapshotError,
@@ -25,7 +27,7 @@ from ..errors import (
     StoreAccessError,
     UsageError,
 )
-from . import _zarr
+from . import _zarr, files
 
 Group = zarr.Group
 
@@ -185,6 +187,49 @@ class RemoteStore(zarr.storage.WrapperStore[Any]):
                 yield key
 
 
+class SnapshotStore(zarr.storage.LocalStore):
+    """zarr's ``LocalStore`` for a snapshot on a local disk, reading every key through ``files.read_local``
+    (regular files inside the snapshot only) and checking each ``zarr.json`` with ``files.check_metadata``
+    before zarr parses it: a hostile file is a ``CorruptionError`` naming it, never a hang or a read that
+    does not end. Chunks are read by ``chunks.read_chunk`` the same way, with their own size limit."""
+
+    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+        if not self._is_open:
+            await self._open()
+        data = await asyncio.to_thread(self.read, key)
+        if data is None:
+            return None
+        if byte_range is not None:  # zarr asks for ranges of sharded chunks only, which snapstore refuses
+            raise CorruptionError.damaged(f"{self.root / key}: zarr asked for a byte range of it; snapstore "
+                                          "reads whole keys only")
+        return _zarr.as_buffer(data, prototype)
+
+    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list[Any]:
+        return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
+
+    async def list_prefix(self, prefix: str) -> Any:
+        """Every key under ``prefix`` that is not a folder (zarr lists regular files only): a named pipe or a
+        symlink where a chunk belongs is found, and ``read`` says what it is. Symlinked folders are not entered."""
+        for folder, _, names in os.walk(self.root / prefix.rstrip("/")):
+            for name in names:
+                yield Path(folder, name).relative_to(self.root).as_posix()
+
+    def read(self, key: str) -> bytes | None:
+        """The bytes of ``key``; a ``zarr.json`` checked for size and depth, any other key at most 2 GiB
+        (Blosc's largest buffer; ``read_chunk`` holds chunks to their own, smaller, limit)."""
+        path = self.root / key
+        if key.rsplit("/", 1)[-1] != "zarr.json":
+            return files.read_local(self.root, path, _LARGEST_KEY)
+        data = files.read_local(self.root, path, config.MAX_METADATA_BYTES)
+        if data is not None:
+            files.check_metadata(data, str(path))
+        return data
+
+
+#: Most bytes ``SnapshotStore`` reads of a key other than a ``zarr.json``.
+_LARGEST_KEY = 2**31
+
+
 def _store(path: str, *, read_only: bool, storage_options: dict[str, Any] | None) -> Any:
     if _is_url(path):
         options = {**FRESH_LISTINGS, **(storage_options or {})}
@@ -197,7 +242,7 @@ def _store(path: str, *, read_only: bool, storage_options: dict[str, Any] | None
         return RemoteStore(store, path)
     if storage_options:
         raise UsageError(f"storage_options apply to URLs like s3://bucket/run.snap, not to the local path {path!r}")
-    return zarr.storage.LocalStore(path, read_only=read_only)
+    return SnapshotStore(path, read_only=read_only)
 
 
 def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:

@@ -24,11 +24,10 @@ def test_the_private_apis_exist_with_the_signatures_used():
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.metadata import ArrayV3Metadata
     from zarr.core.sync import sync
-    from zarr.storage._local import _get, _put
+    from zarr.storage._local import _put
 
     assert _parameters(ArrayConfig)[:2] == ["order", "write_empty_chunks"]
     assert callable(default_buffer_prototype) and callable(sync)
-    assert _parameters(_get)[:3] == ["path", "prototype", "byte_range"]
     assert _parameters(_put)[:2] == ["path", "value"]
     assert _parameters(ArrayV3Metadata.get_chunk_spec)[1:4] == ["_chunk_coords", "array_config", "prototype"]
     codecs = (BloscCodec(cname="lz4"), Crc32cCodec(), zarr.codecs.BytesCodec(), zarr.codecs.VLenUTF8Codec())
