@@ -16,6 +16,7 @@ matching builtin so ``except FileNotFoundError`` keeps working::
     ├── SnapshotLockedError     (+ RuntimeError)       another Recorder is writing the snapshot
     ├── StoreAccessError        (+ OSError)            the object store cannot be reached or refuses access
     └── UsageError              (+ ValueError)         an argument snapstore cannot act on
+        └── NotStoredError                             seen rows recorded as content hashes only
 
 :class:`SnapstoreWarning` is the one warning category.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "FieldNotFoundError",
     "FormatVersionError",
     "NotASnapshotError",
+    "NotStoredError",
     "RecordingError",
     "SchemaError",
     "SnapshotExistsError",
@@ -103,6 +105,11 @@ class SnapshotLockedError(SnapstoreError, RuntimeError):
 
 class UsageError(SnapstoreError, ValueError):
     """An argument or a call that snapstore cannot act on."""
+
+
+class NotStoredError(UsageError):
+    """Seen rows asked for were recorded as content hashes only (``Recorder.wrap(seen="hash")`` or a
+    sampling policy), not in full."""
 
 
 class SnapstoreWarning(UserWarning):

@@ -21,6 +21,9 @@ for someone reading it with plain ``zarr``::
           outputs/<name>            (rows, *shape): values passed to log()
           hashes/seen/<field path>  uint64 (rows,): xxh3_64 of each seen row
           hashes/outputs/<name>     uint64 (rows,): xxh3_64 of each output row
+          full                      uint8 (rows,): 1 where the seen row is stored in full (sampled epochs only)
+          where/offsets             int64 (max index + 2,): index i was seen at where/positions[offsets[i]:offsets[i+1]]
+          where/positions           int64 (rows,): positions sorted by dataset index (inverse of ``order``)
           continued/<k>/            rows recorded after a resume, continuing this epoch (same layout)
 
 A stream recorded by several ranks (torch.distributed) is a group with
@@ -87,6 +90,13 @@ OFFSETS = "offsets"
 SHAPES = "shapes"
 
 HASHES_GROUP = "hashes"
+
+FULL = "full"
+"""Per-row marker of a sampled epoch (``seen.py``): 1 where the seen row's bytes are stored."""
+
+WHERE_OFFSETS = "where/offsets"
+
+WHERE_POSITIONS = "where/positions"
 
 ROOT_FIELD = "value"
 """Field name of a batch (or sample) that is a single leaf, e.g. a bare tensor."""

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import CorruptionError, FormatVersionError, NotASnapshotError
 from . import layout
 from .layout import FORMAT_VERSION, ROOT_FIELD, SNAPSHOT_ATTR
+from .seen import FULL, SeenPolicy
 
 STR = np.dtypes.StringDType()
 """NumPy dtype of string fields (``FieldInfo.dtype`` ``"str"``)."""
@@ -165,7 +166,7 @@ class StreamManifest:
 
     ``structure`` and ``raw_structure`` are JSON trees (see ``schema.py``) that
     rebuild a batch or a raw sample from its fields; ``None`` until the first
-    batch (raw sample) was recorded.
+    batch (raw sample) was recorded. ``seen`` is the policy of ``Recorder.wrap(seen=...)`` (``seen.py``).
     """
 
     name: str
@@ -178,9 +179,11 @@ class StreamManifest:
     raw_fields: dict[str, FieldInfo] = field(default_factory=dict)
     outputs: dict[str, FieldInfo] = field(default_factory=dict)
     base_datasets: list[str] = field(default_factory=list)
+    seen: SeenPolicy = FULL
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["seen"] = self.seen.to_dict()
         d["fields"] = _fields_to_dict(self.fields)
         d["raw_fields"] = _fields_to_dict(self.raw_fields)
         d["outputs"] = _fields_to_dict(self.outputs)
@@ -207,10 +210,11 @@ class StreamManifest:
             _require(all(not f.ragged or f.kind in ("tensor", "ndarray") for f in outputs.values()),
                      "an output is ragged")
             base_datasets = _str_list(d.get("base_datasets", []), "base_datasets")
+            seen = _seen(d)
         except _Bad as e:
             raise _fail(what, str(e)) from None
         return cls(d["name"], d["iterable"], d["batched"], n, d.get("structure"), fields, d.get("raw_structure"),
-                   raw_fields, outputs, base_datasets)
+                   raw_fields, outputs, base_datasets, seen)
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,9 @@ class EpochManifest:
     is True only once the loader was exhausted. ``ragged`` lists the seen
     fields stored under ``ragged/``. ``part`` is 0 for the epoch's own group
     and k for ``continued/<k>`` (rows recorded after a resume). ``provenance``
-    holds the sampler state at epoch start, seeds, versions and host.
+    holds the sampler state at epoch start, seeds, versions and host. ``seen`` is the policy the
+    epoch was recorded under (``seen.py``); ``where`` is True once its inverse index (``where/``)
+    covers its ``rows``.
     """
 
     number: int
@@ -233,9 +239,13 @@ class EpochManifest:
     provenance: dict[str, Any]
     ragged: list[str] = field(default_factory=list)
     part: int = 0
+    seen: SeenPolicy = FULL
+    where: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["seen"] = self.seen.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, *, where: str, number: int | None = None, part: int | None = None,
@@ -260,10 +270,12 @@ class EpochManifest:
             ragged = _str_list(d.get("ragged", []), "'ragged'")
             _require(stream is None or set(ragged) <= set(stream.fields),
                      f"'ragged' names fields {ragged!r:.80} the stream does not record")
+            seen = _seen(d)
+            _require(isinstance(d.get("where", False), bool), f"'where' is {d.get('where')!r:.80}, not a bool")
         except _Bad as e:
             raise _fail(f"{where} (commit record of epoch {number if number is not None else '?'})", str(e)) from None
         return cls(got, d["rows"], d["batches"], d["complete"], d["started"], d.get("ended"),
-                   dict(d.get("provenance", {})), ragged, got_part)
+                   dict(d.get("provenance", {})), ragged, got_part, seen, d.get("where", False))
 
 
 @dataclass(frozen=True)
@@ -344,6 +356,14 @@ def _str_list(v: Any, what: str) -> list[str]:
     return list(v)
 
 
+def _seen(d: dict[str, Any]) -> SeenPolicy:
+    """The ``seen`` policy of a manifest; manifests written before policies existed stored every row."""
+    try:
+        return SeenPolicy.from_dict(d.get("seen", FULL.to_dict()))
+    except ValueError as e:
+        raise _Bad(str(e)) from None
+
+
 def _identifier(name: Any, what: str, *, field: bool) -> None:
     _require(
         isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
@@ -409,4 +429,4 @@ def merge_ranks(manifests: list[StreamManifest]) -> StreamManifest:
     structure = next((m.structure for m in manifests if m.structure is not None), None)
     raw_structure = next((m.raw_structure for m in manifests if m.raw_structure is not None), None)
     return StreamManifest(first.name, first.iterable, first.batched, first.dataset_len, structure, fields,
-                          raw_structure, raw_fields, outputs, first.base_datasets)
+                          raw_structure, raw_fields, outputs, first.base_datasets, first.seen)

@@ -14,7 +14,7 @@ from ..core import hashing, layout
 from ..core.manifest import EpochManifest, numpy_dtype
 from ..core.rows import join, no_rows, place
 from ..core.schema import rebuild_leaf, unflatten
-from ..errors import CorruptionError, FieldNotFoundError
+from ..errors import CorruptionError, FieldNotFoundError, NotStoredError
 from ..storage.tree import array_at
 from .fields import FieldReaders, check_indices, fill_hashes, row_shape
 from .numpy import to_numpy
@@ -39,8 +39,35 @@ class Piece:
         # the nodes listed after the commit record was read: every array it covers is there
         self.nodes = (storage.members(group, what, recursive=True, exclude=(layout.CONTINUED_GROUP,))
                       if self.rows or self.manifest.batches else {})
+        policy = self.manifest.seen
+        self.full: np.ndarray | None = None  # where the seen row is stored in full; None: every row
+        if policy.mode == "hash":
+            self.full = np.zeros(self.rows, dtype=bool)
+        elif policy.mode == "sampled":
+            self.full = self.array(layout.FULL, self.rows, np.uint8, 0).astype(bool)
+        stored = self.full is None or bool(self.full.any())
         self.seen = (FieldReaders(self.nodes, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged,
-                                  self.rows, what) if self.rows else None)
+                                  self.rows, what) if self.rows and stored else None)
+
+    def where(self, index: int) -> np.ndarray:
+        """Positions of this piece (int64, ascending) where dataset ``index`` was seen: from the inverse
+        index (a chunk or two of ``where/offsets`` and ``where/positions``), or by scanning ``order`` for a
+        piece without one (cut short, or written before inverse indexes existed)."""
+        if not self.rows:
+            return np.empty(0, dtype=np.int64)
+        if not self.manifest.where:
+            return np.flatnonzero(self.array(layout.ORDER, self.rows) == index)
+        offsets = array_at(self.nodes, layout.WHERE_OFFSETS, self.what)
+        if not 0 <= index < offsets.shape[0] - 1:
+            return np.empty(0, dtype=np.int64)
+        lo, hi = storage.ChunkReader(offsets, self.what, dtype=np.dtype(np.int64), row_shape=()).read(index, index + 2)
+        positions = array_at(self.nodes, layout.WHERE_POSITIONS, self.what)
+        found = storage.ChunkReader(positions, self.what, rows=self.rows, dtype=np.dtype(np.int64),
+                                    row_shape=()).read(int(lo), int(hi)) if hi > lo else np.empty(0, np.int64)
+        if lo < 0 or hi < lo or hi > self.rows or ((found < 0) | (found >= self.rows)).any():
+            raise CorruptionError.damaged(f"{self.what}/{layout.WHERE_OFFSETS}: the inverse index points outside "
+                                          f"the epoch's {self.rows} rows")
+        return found
 
     def array(self, name: str, n: int, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
         """The first ``n`` entries of a per-position (or per-batch) array; ``fill`` when it does not exist."""
@@ -138,6 +165,32 @@ class Epoch:
         return np.concatenate(arrays)[offsets[part] + local]
 
     @cached_property
+    def full(self) -> np.ndarray:
+        """Whether the seen row at each position is stored in full (bool, (rows,)); rows recorded with
+        ``seen="hash"``, or left out by a sampling policy, have content hashes only."""
+        if all(p.full is None for p in self._pieces):
+            return np.ones(len(self), dtype=bool)
+        return self._in_position_order([np.ones(p.rows, dtype=bool) if p.full is None else p.full
+                                        for p in self._pieces])
+
+    def _require_full(self, positions: np.ndarray | slice, what: str) -> None:
+        """``NotStoredError`` unless every seen row at ``positions`` is stored in full."""
+        if all(p.full is None for p in self._pieces):
+            return
+        missing = np.flatnonzero(~self.full[positions])
+        if len(missing) == 0:
+            return
+        first = int(missing[0] + (positions.start or 0) if isinstance(positions, slice) else positions[missing[0]])
+        policies = sorted({p.manifest.seen.describe() for p in self._pieces})
+        stored = int(self.full.sum())
+        raise NotStoredError(
+            f"{what} of epoch {self.number} of stream {self.stream.name!r}: the seen row at position {first} (and "
+            f"{len(missing) - 1} more) was recorded with {' and '.join(policies)} and is stored as content hashes "
+            f"only ({stored} of {len(self)} rows of this epoch are stored in full: epoch.full); order, batch_sizes, "
+            "hashes(), outputs and stream.where() work for every row, and snapstore.verify(epoch, loader) checks "
+            "a rerun against the hashes")
+
+    @cached_property
     def order(self) -> np.ndarray:
         """Dataset index at each position, in the order the model saw them (int64, (rows,))."""
         return check_indices(self._per_position(layout.ORDER), self.stream.manifest,
@@ -182,6 +235,7 @@ class Epoch:
 
     def _rows(self, start: int, stop: int) -> dict[str, Any]:
         """Seen rows of positions ``start:stop``, field by field."""
+        self._require_full(slice(start, stop), "reading seen rows")
         if len(self._pieces) == 1:
             return self._pieces[0].seen.read(start, stop)  # type: ignore[union-attr]
         part, local = self._map
@@ -196,6 +250,7 @@ class Epoch:
 
     def row_plan(self) -> RowPlan:
         """Where each seen row of this epoch is stored, in seen order: what exports and replay read."""
+        self._require_full(slice(0, len(self)), "exporting or replaying the seen rows")
         m = self.stream.manifest
         single = len(self._pieces) == 1
         segments = [Segment(p.rows, p.seen.readers if p.seen is not None else {},
@@ -221,8 +276,13 @@ class Epoch:
         """Every position where dataset ``index`` was seen in this epoch (int64, ascending).
 
         Several with a sampler that draws with replacement; none if never seen.
+        Read from the epoch's inverse index (``Stream.where``), without the order.
         """
-        return np.nonzero(self.order == index)[0]
+        if len(self._pieces) == 1:
+            return self._pieces[0].where(index)
+        part, _ = self._map
+        found = [np.flatnonzero(part == k)[p.where(index)] for k, p in enumerate(self._pieces)]
+        return np.sort(np.concatenate(found))
 
     def sample(self, *, index: int) -> Any:
         """The seen sample of dataset ``index`` (its first occurrence). ``KeyError`` if never seen."""
@@ -237,6 +297,8 @@ class Epoch:
         if not -nb <= j < nb:
             raise IndexError(f"batch {j} is outside epoch {self.number} of stream {self.stream.name!r} ({nb} batches)")
         k, lo, hi = self._batches[j % nb]
+        start = int(np.sum(self.batch_sizes[: j % nb]))
+        self._require_full(slice(start, start + hi - lo), f"batch {j % nb}")
         return self._build(self._pieces[k].seen.read(lo, hi), batched=self.stream.manifest.batched)  # type: ignore[union-attr]
 
     def batches(self) -> Iterator[Any]:
@@ -413,6 +475,7 @@ class Epoch:
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
             raise IndexError(f"positions outside epoch {self.number} of stream {self.stream.name!r} ({len(self)} rows)")
+        self._require_full(positions, f"rows of field {field!r}")
         part, local = self._map
         parts, where = [], []
         for k in np.unique(part[positions]):

@@ -20,6 +20,7 @@ from .. import config, storage
 from ..core import layout
 from ..core.datasets import RawSource
 from ..core.manifest import RanksManifest, SnapshotManifest
+from ..core.seen import SeenPolicy
 from ..errors import RecordingError, SnapshotExistsError, SnapstoreError, UsageError
 from ..storage.chunks import Compressor
 from .loader import RecordingLoader
@@ -203,8 +204,19 @@ class Recorder:
             dataset under ``loader.dataset`` sets them, and otherwise takes the
             item itself (no second fetch); a ``Dataset`` or ``index -> sample``
             callable gives raw samples explicitly; ``None`` records none.
-        seen : "full", default "full"
-            What each epoch stores of the seen rows: ``"full"`` stores them all.
+        seen : "full", "hash" or dict, default "full"
+            What each epoch stores of the seen rows. Every epoch stores its
+            order, batch sizes, workers and the content hash (xxh3_64) of
+            every seen row and output, and its inverse index for
+            ``Stream.where``. ``"full"`` also stores every seen row;
+            ``"hash"`` none (about 20 bytes a row in all; reading rows then
+            raises ``UsageError``, ``snapstore.verify`` checks a rerun);
+            a dict samples: ``{"every": N}`` every row of epochs 0, N, 2N ...,
+            ``{"batches": f}`` a fraction ``0 < f <= 1`` of each epoch's
+            batches (every ``1/f``-th), ``{"indices": [...]}`` the rows of
+            these dataset indices (a probe set); keys combine (a row is
+            stored when one of them selects it). The policy is stored in the
+            stream's and each epoch's manifest.
         resume_epoch : bool, default False
             With ``mode="a"`` after a crash: the first iteration continues the
             stream's last, incomplete epoch (a training job resumed from a
@@ -224,9 +236,11 @@ class Recorder:
         ------
         UsageError
             ``name`` is already wrapped or not a usable name, ``loader`` is not
-            a DataLoader, or the stream exists with another kind of loader.
+            a DataLoader, ``seen`` is not a policy, or the stream exists with
+            another kind of loader.
         """
         self._session.check_open()
+        policy = SeenPolicy.parse(seen)
         if not isinstance(loader, DataLoader):
             raise UsageError(f"wrap() takes a torch.utils.data.DataLoader, got {type(loader).__name__}")
         if not isinstance(name, str) or not name or "/" in name or name in (".", "..", "zarr.json"):
@@ -245,7 +259,9 @@ class Recorder:
                     storage.write_attr(group, layout.RANKS_ATTR, ranks[layout.RANKS_ATTR])  # left by a killed writer
             dist.barrier()
             group = f"{name}/{layout.rank_name(self.rank)}"
-        rl = RecordingLoader(self._session, loader, name, group, raw, resume_epoch, seen=seen)
+        rl = RecordingLoader(self._session, loader, name, group, raw, resume_epoch, seen=policy)
+        if rl._manifest.seen != policy:  # the stream's manifest names the policy it is recorded under now
+            rl._update_manifest(seen=policy)
         self._loaders[name] = rl
         return rl
 

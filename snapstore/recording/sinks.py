@@ -14,7 +14,8 @@ import numpy as np
 from .. import storage
 from ..core import hashing, layout
 from ..core.manifest import EpochManifest, FieldInfo, RawManifest
-from ..core.rows import host_rows
+from ..core.rows import Ragged, host_rows
+from ..core.seen import SeenPolicy
 from .capture import RawBlock, Tags
 from .provenance import utc_now
 
@@ -22,14 +23,27 @@ _INT64 = FieldInfo("ndarray", "int64", ())
 
 _INT32 = FieldInfo("ndarray", "int32", ())
 
+_UINT8 = FieldInfo("ndarray", "uint8", ())
+
+#: Rows per chunk of an epoch's inverse index (``where/offsets``, ``where/positions``: int64, 32 KiB a
+#: chunk): ``Stream.where`` decodes a chunk or two of each per epoch, so small chunks keep a lookup fast.
+WHERE_CHUNK_ROWS = 4096
+
 
 class EpochSink:
-    """Writer-thread state of one epoch: its group, field sinks and commit record."""
+    """Writer-thread state of one epoch: its group, field sinks and commit record.
+
+    ``seen`` (a ``SeenPolicy`` or what ``Recorder.wrap(seen=...)`` takes) says which seen rows are
+    stored in full; order, workers, batch sizes and content hashes are stored for every row. The
+    epoch's order is kept in memory (8 bytes a row) to write its inverse index (``where/``) at the
+    end of the epoch.
+    """
 
     def __init__(self, group: storage.Group, manifest: EpochManifest, capacity: int,
                  chunks: storage.ChunkWriter, *, seen: Any = "full") -> None:
         self.group = group
-        self.manifest = manifest
+        self.policy = SeenPolicy.parse(seen)
+        self.manifest = dataclasses.replace(manifest, seen=self.policy)
         self.positions = storage.FieldSinks(group, "", capacity, chunks)  # order, worker, base_*
         self.batch_sizes = storage.FieldSinks(group, "", capacity, chunks)
         self.seen = storage.FieldSinks(group, layout.SEEN_GROUP, capacity, chunks)
@@ -38,7 +52,8 @@ class EpochSink:
         self.chunks = chunks
         self.rows = 0
         self.batches = 0
-        storage.write_attr(group, layout.EPOCH_ATTR, manifest.to_dict())
+        self.order: list[np.ndarray] = []  # the order, block by block, for the inverse index
+        storage.write_attr(group, layout.EPOCH_ATTR, self.manifest.to_dict())
 
     def put_rows(self, pos: int, tags: Tags, fields: dict[str, tuple[FieldInfo, Any]], batch: int | None) -> None:
         """Stage rows ``pos ..`` of the epoch: a whole batch, or a slice of one. ``batch`` (the
@@ -49,14 +64,49 @@ class EpochSink:
         if tags.base is not None:
             self.positions.put(pos, layout.BASE_DATASET, _INT32, tags.base[0])
             self.positions.put(pos, layout.BASE_ORDER, _INT64, tags.base[1])
-        for path, (info, rows) in fields.items():
-            self.seen.put(pos, path, info, host_rows(rows))
+        self.order.append(np.array(tags.indices, dtype=np.int64))
+        full = self.policy.full_rows(self.manifest.number, self.batches, tags.indices)
+        if self.policy.mode == "sampled":
+            self.positions.put(pos, layout.FULL, _UINT8, full.astype(np.uint8))
+        if full.any():
+            for path, (info, rows) in fields.items():
+                self._put_seen(pos, path, info, host_rows(rows), full)
         for path, (info, rows) in hashing.hash_fields(fields).items():
             self.hashes.put(pos, layout.seen_hashes_path(path), info, rows)
         if batch is not None:
             self.batch_sizes.put(self.batches, layout.BATCH_SIZES, _INT64, np.array([batch], dtype=np.int64))
             self.batches += 1
             self.rows = pos + n
+
+    def _put_seen(self, pos: int, path: str, info: FieldInfo, rows: Any, full: np.ndarray) -> None:
+        """Stage the rows of one field that ``full`` selects; the others keep the fill value (a ragged
+        field stores them as empty rows)."""
+        if full.all():
+            self.seen.put(pos, path, info, rows)
+        elif info.ragged:
+            packed = rows if isinstance(rows, Ragged) else Ragged.from_block(np.asarray(rows))
+            kept = [r.reshape(-1) for r, keep in zip(packed.rows(), full) if keep]
+            shapes = np.where(full[:, None], packed.shapes, 0)
+            self.seen.put(pos, path, info, Ragged(np.concatenate(kept), shapes))
+        else:
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], full.astype(np.int8), [0]])))
+            for lo, hi in zip(edges[::2].tolist(), edges[1::2].tolist()):
+                self.seen.put(pos + lo, path, info, rows[lo:hi])
+
+    def _write_where(self) -> None:
+        """The inverse index of the committed order: ``where/positions`` (positions sorted by dataset
+        index) and ``where/offsets`` (where each index's positions start), in small chunks so that one
+        lookup reads a chunk or two of each."""
+        order = np.concatenate(self.order)[: self.rows] if self.order else np.empty(0, np.int64)
+        offsets = np.zeros(int(order.max(initial=-1)) + 2, dtype=np.int64)
+        np.cumsum(np.bincount(order), out=offsets[1:])
+        positions = np.argsort(order, kind="stable").astype(np.int64)
+        for name, values in ((layout.WHERE_OFFSETS, offsets), (layout.WHERE_POSITIONS, positions)):
+            array = storage.create_rows_array(self.group, name, _INT64, max(1, len(values)), self.chunks.compressor,
+                                              chunk=WHERE_CHUNK_ROWS)
+            sink = storage.RowSink(array, self.chunks)
+            sink.put(0, values)
+            sink.flush()
 
     def put_outputs(self, pos: int, outputs: dict[str, tuple[FieldInfo, np.ndarray]]) -> None:
         for name, (info, rows) in outputs.items():
@@ -71,6 +121,8 @@ class EpochSink:
         durable = final if durable is None else durable
         for sinks in (self.positions, self.batch_sizes, self.seen, self.outputs, self.hashes):
             sinks.flush()
+        if final and not self.manifest.where:
+            self._write_where()
         self.manifest = dataclasses.replace(
             self.manifest,
             rows=self.rows,
@@ -78,6 +130,7 @@ class EpochSink:
             complete=complete,
             ended=utc_now() if final else None,
             ragged=list(self.seen.ragged),
+            where=final or self.manifest.where,
         )
         if durable:  # the data first (durably), then the commit record that covers it
             self.chunks.sync()

@@ -19,6 +19,7 @@ FORMAT_MD = (Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md").read_te
 EXAMPLES = re.findall(r"^```python\n(.*?)^```", FORMAT_MD, flags=re.DOTALL | re.MULTILINE)
 READING = next(e for e in EXAMPLES if "zarr.open_group" in e)
 RAGGED = next(e for e in EXAMPLES if "def ragged_row" in e)
+WHERE = next(e for e in EXAMPLES if "where/offsets" in e)
 
 
 def _run(example: str) -> dict:
@@ -41,7 +42,7 @@ def run_snap(tmp_path, monkeypatch):
 
 
 def test_format_doc_examples_use_plain_zarr_only():
-    assert len(EXAMPLES) == 2
+    assert len(EXAMPLES) == 3
     for example in EXAMPLES:
         assert "snapstore" not in example.replace('attrs["snapstore"]', "")
 
@@ -62,6 +63,13 @@ def test_plain_zarr_example_reads_what_snapstore_reads(run_snap, capsys):
     np.testing.assert_array_equal(ns["y"][ns["first"]], first_y.numpy())
     np.testing.assert_array_equal(ns["raw_x"], run_snap.raw[ns["i"]][0].numpy())
     assert sorted(ns["row_of"]) == list(range(50))
+
+
+def test_plain_zarr_inverse_index_example_finds_where_an_index_was_seen(run_snap):
+    ns = _run(WHERE)
+    ep = run_snap.epoch(1)
+    np.testing.assert_array_equal(ns["seen_at"], np.flatnonzero(ep.order == 7))
+    assert len(ns["seen_at"]) == 1
 
 
 def test_documented_names_and_version_match_layout():
