@@ -36,6 +36,7 @@ if _typing.TYPE_CHECKING:
     from .auditing.audit import audit
     from .auditing.compare import compare
     from .auditing.diff import diff
+    from .auditing.verify import verify
     from .core import FORMAT_VERSION, FieldInfo
     from .read import Epoch, RawSamples, Snapshot, Stream, open
     from .recording import Recorder, RecordingLoader, record
@@ -44,8 +45,8 @@ if _typing.TYPE_CHECKING:
 
 #: Public name -> the subpackage it is imported from on first use.
 _LAZY = {
-    **dict.fromkeys(["AuditReport", "CompareReport", "DiffReport", "Divergence", "Finding", "audit", "compare", "diff"],
-                    ".auditing"),
+    **dict.fromkeys(["AuditReport", "CompareReport", "DiffReport", "Divergence", "Finding", "audit", "compare", "diff",
+                     "verify"], ".auditing"),
     **dict.fromkeys(["FORMAT_VERSION", "FieldInfo"], ".core"),
     **dict.fromkeys(["Epoch", "RawSamples", "Snapshot", "Stream", "open"], ".read"),
     **dict.fromkeys(["Recorder", "RecordingLoader", "record"], ".recording"),
@@ -105,4 +106,5 @@ __all__ = [
     "diff",
     "open",
     "record",
+    "verify",
 ]

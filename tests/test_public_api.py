@@ -41,6 +41,7 @@ PUBLIC = [
     "diff",
     "open",
     "record",
+    "verify",
 ]
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .. import config
 from ..core.manifest import FieldInfo, numpy_dtype
-from ..errors import UsageError
+from ..errors import NotStoredError, UsageError
 from ..read.epoch import Epoch
 from ..read.snapshot import Snapshot
 from ..read.stream import Stream
@@ -252,7 +252,15 @@ def _info(info: FieldInfo | None) -> str:
 
 
 def _gap(info: FieldInfo, read_a: Any, read_b: Any, n: int) -> str:
-    """``"; max |a - b| = x over k rows"`` for numeric fields, reading at most ``DIFF_LOCATE_BYTES``."""
+    """``"; max |a - b| = x over k rows"`` for numeric fields, reading at most ``DIFF_LOCATE_BYTES``; nothing
+    when either side stores those rows as hashes only (``seen="hash"``)."""
+    try:
+        return _measure(info, read_a, read_b, n)
+    except NotStoredError:
+        return "; the rows are stored as hashes only on one side"
+
+
+def _measure(info: FieldInfo, read_a: Any, read_b: Any, n: int) -> str:
     if info.dtype == "str" or n == 0:
         return ""
     if info.ragged:

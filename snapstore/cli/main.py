@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import SnapshotExistsError, SnapstoreError
 from . import audit as cli_audit
 from . import export as cli_export
-from . import progress, show
+from . import progress, show, where
 
 __all__ = ["build_parser", "format_info", "main"]
 
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_audit.add_parsers(commands)  # audit, diff
     cli_export.add_parser(commands)
     show.add_parser(commands)
+    where.add_parsers(commands)  # where, verify
 
     p = commands.add_parser("_verify")  # no help=: hidden; the demo's fresh process
     p.add_argument("path")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 from torch.utils.data import Dataset, TensorDataset
 
 from .. import storage
@@ -17,6 +18,16 @@ from .epoch import Epoch, Piece
 from .plan import Fields
 from .raw import RawSamples
 from .replay import StoreDataset, to_tensor_dataset
+
+
+class SeenAt(NamedTuple):
+    """Where a dataset index was seen: ``epoch``, the ``rank`` that saw it, the epoch's ``batch`` and
+    ``position`` (``stream.epoch(epoch)[position]``, ``.batch(batch)``)."""
+
+    epoch: int
+    rank: int
+    batch: int
+    position: int
 
 
 class Stream:
@@ -96,6 +107,42 @@ class Stream:
 
     def __iter__(self) -> Iterator[Epoch]:
         return (self.epoch(e) for e in self.epochs)
+
+    def where(self, *, index: int) -> list[SeenAt]:
+        """Every (epoch, rank, batch, position) at which dataset ``index`` was seen, in that order.
+
+        Read from each epoch's inverse index (``where/``, written at the end
+        of the epoch), a chunk or two per epoch and rank whatever the epoch's
+        size; an epoch cut short has none and its order is scanned instead.
+        Works for every ``seen=`` policy.
+
+        Parameters
+        ----------
+        index : int
+            A dataset index (for an iterable stream: a position in its stream).
+
+        Returns
+        -------
+        list of SeenAt
+            Named tuples ``(epoch, rank, batch, position)``; ``batch`` and
+            ``position`` count in the epoch as ``Epoch`` does (ranks
+            interleaved). Empty if the index was never seen.
+
+        Examples
+        --------
+        >>> snapstore.open("runs/exp1.snap")["train"].where(index=7)  # doctest: +SKIP
+        [SeenAt(epoch=0, rank=0, batch=3, position=103), SeenAt(epoch=1, rank=0, batch=0, position=12)]
+        """
+        index = int(index)
+        found = []
+        for e in self.epochs:
+            ep = self.epoch(e)
+            positions = ep.positions(index=index)
+            if len(positions):
+                batches = np.searchsorted(np.cumsum(ep.batch_sizes), positions, side="right")
+                ranks = ep.ranks[positions]
+                found += [SeenAt(e, int(r), int(b), int(p)) for r, b, p in zip(ranks, batches, positions)]
+        return found
 
     @cached_property
     def raw(self) -> RawSamples:
