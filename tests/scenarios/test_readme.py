@@ -83,8 +83,18 @@ def _audited(ns: dict[str, Any], out: str, snap: snapstore.Snapshot) -> None:
     assert len(ns["tensors"]) == 200
 
 
+def _scale(ns: dict[str, Any], out: str, snap: snapstore.Snapshot) -> None:
+    stream = snap["train"]
+    assert stream.epochs == [0, 1, 2] and stream.manifest.seen.mode == "hash"
+    found = stream.where(index=42)
+    assert [s.epoch for s in found] == [0, 1, 2] and all(stream.epoch(s.epoch).order[s.position] == 42 for s in found)
+    assert out.splitlines() == [str(found), "True"]
+    with pytest.raises(snapstore.UsageError, match="seen='hash'"):
+        stream.epoch(0)[0]
+
+
 CHECKS = {"quickstart.snap": _quickstart, "run.snap": _recorder, "text.snap": _ragged,
-          "resumed.snap": _resumed, "audited.snap": _audited}
+          "resumed.snap": _resumed, "audited.snap": _audited, "scale.snap": _scale}
 
 
 def test_readme_has_python_blocks_and_a_check_for_each():
