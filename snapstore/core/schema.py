@@ -156,6 +156,12 @@ def _flatten_children(items: list[tuple[str, Any]], batch_size: int | None, path
 
 
 def _flatten_tensor(t: torch.Tensor, batch_size: int | None, path: str, row_lists: Any = None):
+    if t.is_nested:
+        raise SchemaError(f"field {path or '<batch>'!r} is a nested tensor, which snapstore cannot record; return "
+                          "its rows as a list of tensors from collate_fn (`list(t.unbind())`), or pad them")
+    if t.layout != torch.strided:
+        raise SchemaError(f"field {path or '<batch>'!r} is a {t.layout} tensor, which snapstore cannot record; "
+                          "return `t.to_dense()` from collate_fn")
     if t.is_cuda:
         dtype, copy = _device_rows(t, batch_size, path)
         return ({"type": "leaf", "field": path or ROOT_FIELD},
@@ -226,6 +232,12 @@ def _flatten_sequence(seq: list | tuple, batch_size: int | None, path: str, row_
     return {"type": "list" if isinstance(seq, list) else "tuple", "items": nodes}, fields
 
 
+def _refuse_packed(seq: Any, batch_size: int | None, path: str, row_lists: Any = None):
+    raise SchemaError(f"field {path or '<batch>'!r} is a PackedSequence, which snapstore cannot record; record the "
+                      "padded form: return `pad_packed_sequence(seq, batch_first=True)` (or the padded batch and "
+                      "its lengths) from collate_fn and pack it in the training step")
+
+
 def _flatten_pil(img: Any, batch_size: int | None, path: str, row_lists: Any = None):
     return _flatten_ndarray(np.asarray(img), batch_size, path)
 
@@ -235,6 +247,7 @@ _FLATTEN: list[tuple[Any, Callable]] = [
     ((bool, int, float, str, np.generic), _flatten_scalar),
     (type(None), _flatten_none),
     (Mapping, _flatten_mapping),
+    (torch.nn.utils.rnn.PackedSequence, _refuse_packed),
     ((list, tuple), _flatten_sequence),
 ]
 

@@ -1,31 +1,42 @@
-"""Capture exact dataset indices and raw samples inside the loader's workers.
+"""Capture exact dataset indices and raw samples where the loader collates: in its workers or in-process.
 
-``RecordingLoader`` rebuilds the user's DataLoader from its public
-attributes around two wrappers: a dataset wrapper that returns each fetched
-item together with its index (and, on first sight, its raw sample), and a
-collate wrapper that hands the user's ``collate_fn`` exactly the items it
-would have received and returns ``Tagged(batch, tags)``. The tags travel with
-the batch through workers, prefetching and out-of-order delivery, so the
-indices of every batch are exact whatever the sampler.
+The user's loader runs as it is (its class, its ``__iter__``, its workers
+and sampler). While ``RecordingLoader`` records an epoch, the loader's
+``collate_fn`` is a ``CaptureCollate`` around the user's: it calls the user's
+function on exactly the items it would have received, reads the indices of
+those items from torch's dataset fetcher (the frame that called it) and
+returns ``Tagged(batch, tags)``. The tags travel with the batch through the
+worker pipe, prefetching, out-of-order delivery, ``pin_memory`` and the
+loader's own ``__iter__`` (device placement, say), and ``RecordingLoader``
+takes them off before the training loop sees the batch.
 
-Raw samples are flattened and stacked in the worker (one array per field per
-batch) so they cross the worker pipe as a few arrays, and a shared-memory
-bitmap of recorded indices keeps workers from sending a raw sample twice.
+Raw samples are taken without a second fetch wherever they can be observed:
+the fetched items themselves, or, for a dataset with torchvision-style
+transforms, the inputs of those transforms (``TransformTee``). Where a second
+fetch cannot be avoided, it runs with every global RNG restored afterwards.
+Raw samples are stacked in the worker (one array per field per batch) so they
+cross the worker pipe as a few arrays, and a shared-memory bitmap of recorded
+indices keeps workers from sending a raw sample twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import random
+import sys
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import get_worker_info
+from torch.utils.data._utils.fetch import _BaseDatasetFetcher
 
-from ..core.datasets import bases, is_wrapped, locate
-from ..core.rows import concat_rows
+from ..core.datasets import TRANSFORM_ATTRS, Untransformed, bases, is_wrapped, locate
+from ..core.rows import Ragged, concat_rows
 from ..core.schema import Structure, flatten, reconcile
-from ..errors import SchemaError
+from ..errors import SchemaError, UsageError
 
 
 class RawBlock(NamedTuple):
@@ -70,14 +81,15 @@ class Tags:
     so ``pin_memory`` passes it through untouched.
     """
 
-    __slots__ = ("base", "indices", "raw", "worker")
+    __slots__ = ("base", "indices", "listed", "raw", "worker")
 
     def __init__(self, indices: np.ndarray, raw: RawBlock | None, worker: int,
-                 base: tuple[np.ndarray, np.ndarray] | None) -> None:
+                 base: tuple[np.ndarray, np.ndarray] | None, listed: bool = False) -> None:
         self.indices = indices
         self.raw = raw
         self.worker = worker
         self.base = base
+        self.listed = listed  # a batch_size=None loader fetched a list of indices: the batch has rows
 
 
 class Tagged(NamedTuple):
@@ -85,16 +97,6 @@ class Tagged(NamedTuple):
 
     batch: Any
     tags: Tags
-
-
-class _Items:
-    """Items fetched for one batch, with their tags (worker side)."""
-
-    __slots__ = ("items", "tags")
-
-    def __init__(self, items: Any, tags: Tags) -> None:
-        self.items = items
-        self.tags = tags
 
 
 def _worker_id() -> int:
@@ -167,7 +169,7 @@ def _stack_uniform(samples: list[Any]) -> tuple[Structure, dict[str, Any]] | Non
             if typ is torch.Tensor:
                 if any(v.is_cuda for v in values):
                     return None
-                fields[path] = (info, torch.stack(values).numpy())
+                fields[path] = (info, torch.stack([v.detach() for v in values]).numpy())
             else:
                 fields[path] = (info, np.stack(values))
     except (KeyError, IndexError, TypeError):
@@ -204,25 +206,193 @@ def _index_array(indices: Any) -> np.ndarray:
     return a
 
 
-class CaptureMap(Dataset):
-    """Map-style wrapper: ``__getitems__`` returns the fetched items with their indices.
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run a block (a second fetch of raw samples) without consuming the global RNGs of Python, NumPy
+    and torch (CPU): the dataset's next draws are what they would have been without it."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+class TeeLog:
+    """What the transforms of a stream's datasets were called with in this process since the last batch:
+    ``(input, output)`` pairs, in call order. Filled by ``TransformTee``, drained by ``CaptureCollate``."""
+
+    def __init__(self, switch: torch.Tensor) -> None:
+        self.switch = switch
+        self.calls: list[tuple[Any, Any]] = []
+
+    def drain(self) -> list[tuple[Any, Any]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+class TransformTee:
+    """A dataset's transform that also logs its input, so the raw sample is observed, not fetched again.
+
+    Set in place of ``transform``/``transforms``/``target_transform`` on the
+    datasets under a recorded loader while it records an epoch (and in its
+    persistent workers after that, where it only forwards once recording is
+    off). Calls, attributes and ``repr`` are the transform's.
+    """
+
+    def __init__(self, transform: Callable[..., Any], log: TeeLog) -> None:
+        self.transform = transform
+        self.log = log
+
+    def __call__(self, *args: Any) -> Any:
+        out = self.transform(*args)
+        if self.log.switch[0]:
+            self.log.calls.append((args[0] if len(args) == 1 else args, out))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("transform", "log"):  # not set yet: unpickling
+            raise AttributeError(name)
+        return getattr(self.transform, name)
+
+    def __repr__(self) -> str:
+        return repr(self.transform)
+
+
+def install_tees(dataset: Any, log: TeeLog) -> list[tuple[Any, str, Any]]:
+    """Put a ``TransformTee`` on every transform set on the datasets under ``dataset``;
+    returns ``(dataset, attribute, transform)`` to put back with ``remove_tees``."""
+    saved = []
+    for base in bases(dataset):
+        for attr in TRANSFORM_ATTRS:
+            transform = getattr(base, attr, None)
+            if transform is not None and not isinstance(transform, TransformTee):
+                saved.append((base, attr, transform))
+                setattr(base, attr, TransformTee(transform, log))
+    return saved
+
+
+def remove_tees(saved: list[tuple[Any, str, Any]]) -> None:
+    for base, attr, transform in saved:
+        setattr(base, attr, transform)
+
+
+def _untransformed(item: Any, calls: list[tuple[Any, Any]]) -> tuple[Any, int] | None:
+    """``item`` with each transform output in it replaced by that transform's input, taking ``calls`` from
+    the front while their outputs are found in ``item``: ``(raw item, calls used)``, or ``None`` when the
+    first call's output is not in the item (the dataset changed it after the transform)."""
+    used = 0
+    while used < len(calls):
+        given, out = calls[used]
+        replaced = _replace(item, out, given)
+        if replaced is None and isinstance(out, tuple) and isinstance(given, tuple) and len(out) == len(given):
+            replaced = item  # transforms(img, target) -> (img', target'): each output in its place
+            for o, g in zip(out, given):
+                replaced = _replace(replaced, o, g) if replaced is not None else None
+        if replaced is None:
+            break
+        item, used = replaced, used + 1
+    return (item, used) if used else None
+
+
+def _replace(node: Any, old: Any, new: Any) -> Any:
+    """``node`` with the first element that *is* ``old`` replaced by ``new`` (containers rebuilt as
+    their own type), or ``None`` if ``old`` is not in it."""
+    if node is old:
+        return new
+    if isinstance(node, dict):
+        for k, v in node.items():
+            r = _replace(v, old, new)
+            if r is not None:
+                return type(node)({**node, k: r}) if type(node) is not dict else {**node, k: r}
+        return None
+    if isinstance(node, (list, tuple)):
+        for k, v in enumerate(node):
+            r = _replace(v, old, new)
+            if r is not None:
+                items = [*node[:k], r, *node[k + 1 :]]
+                if isinstance(node, tuple) and hasattr(node, "_fields"):
+                    return type(node)(*items)
+                return type(node)(items) if type(node) in (list, tuple) else items
+        return None
+    return None
+
+
+class CaptureCollate:
+    """The loader's ``collate_fn`` while an epoch is recorded: the user's function, plus the batch's tags.
 
     Parameters
     ----------
+    collate_fn : callable
+        The user's; called on exactly the items the loader fetched.
     dataset : Dataset
-        The user's dataset; fetched exactly as the DataLoader would.
-    fetch_raw : callable or None
-        ``indices -> raw samples`` (see ``raw_source``); ``None`` takes the fetched items themselves.
+        ``loader.dataset`` (its bases map indices through ``Subset``/``ConcatDataset``).
+    switch : torch.Tensor of int32, shape (1,), in shared memory
+        Nonzero while ``RecordingLoader`` records an epoch; zero makes this
+        the user's ``collate_fn`` and nothing else (persistent workers keep
+        it after recording ends).
     recorded : torch.Tensor of bool, shape (len(dataset),), in shared memory, or None
-        Indices whose raw sample is already recorded; ``None`` records no raw samples.
+        Indices whose raw sample is already recorded (map-style datasets).
+    raw : "items", "tee", callable or None
+        Where raw samples come from: the fetched items, the items with the
+        transform inputs in place of their outputs (``TransformTee``; a
+        second, RNG-preserving fetch without transforms where they cannot be
+        placed), an explicit ``indices -> samples`` source (fetched with the
+        RNGs preserved), or nowhere.
+    tees : TeeLog or None
+        The log the dataset's ``TransformTee``s fill (``raw="tee"``).
     """
 
-    def __init__(self, dataset: Any, fetch_raw: Callable[[Any], list[Any]] | None,
-                 recorded: torch.Tensor | None) -> None:
+    def __init__(self, collate_fn: Callable[[Any], Any], dataset: Any, switch: torch.Tensor,
+                 recorded: torch.Tensor | None, raw: Any, tees: TeeLog | None) -> None:
+        self.collate_fn = collate_fn
         self.dataset = dataset
-        self.fetch_raw = fetch_raw
+        self.switch = switch
         self.recorded = recorded
+        self.raw = raw
+        self.tees = tees
         self._base_ids: dict[int, int] | None = None
+        self._fetcher: Any = None  # iterable datasets: the fetcher whose items are counted
+        self._count = 0
+
+    def __call__(self, data: Any) -> Any:
+        calls = self.tees.drain() if self.tees is not None else []
+        if not self.switch[0]:
+            return self.collate_fn(data)
+        fetcher, index = _fetch(sys._getframe(1))
+        info = get_worker_info()
+        worker = info.id if info is not None else -1
+        if fetcher.__class__.__name__ == "_IterableDatasetFetcher":
+            tags = self._iterable_tags(fetcher, data, info)
+        else:
+            indices = _index_array(index)
+            per_index = isinstance(data, list) and len(data) == len(indices) if fetcher.auto_collation \
+                else len(indices) == 1
+            listed = not fetcher.auto_collation and np.ndim(index) > 0
+            items = (data if fetcher.auto_collation else [data]) if per_index else None
+            tags = Tags(indices, self._raw(indices, items, calls, data if listed else None), worker,
+                        self._base(indices), listed=listed)
+        return Tagged(self.collate_fn(data), tags)
+
+    def _iterable_tags(self, fetcher: Any, data: Any, info: Any) -> Tags:
+        """Tags of an iterable dataset's items: with ``W`` workers, the ``p``-th item of worker ``w`` in this
+        epoch is at stream position ``p * W + w`` (the round-robin the DataLoader delivers when workers
+        yield equal shares); with none, ``p``."""
+        if fetcher is not self._fetcher:  # a new epoch's fetcher (persistent workers keep this object)
+            self._fetcher, self._count = fetcher, 0
+        items = data if fetcher.auto_collation else [data]
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        p = np.arange(self._count, self._count + len(items), dtype=np.int64)
+        self._count += len(items)
+        indices = p * workers + worker
+        raw = None
+        if self.raw == "items":
+            raw = stack_raw(indices, items)
+        elif callable(self.raw):
+            with rng_preserved():
+                raw = stack_raw(indices, self.raw(indices))
+        return Tags(indices, raw, worker if info is not None else -1, None)
 
     def _base(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         if not is_wrapped(self.dataset):
@@ -233,83 +403,69 @@ class CaptureMap(Dataset):
         return (np.array([self._base_ids[id(d)] for d, _ in located], dtype=np.int32),
                 np.array([j for _, j in located], dtype=np.int64))
 
-    def _tags(self, indices: np.ndarray, items: list[Any] | None) -> Tags:
-        return Tags(indices, self._raw(indices, items), _worker_id(), self._base(indices))
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def _raw(self, indices: np.ndarray, items: list[Any] | None) -> RawBlock | None:
-        if self.recorded is None:
+    def _raw(self, indices: np.ndarray, items: list[Any] | None, calls: list[tuple[Any, Any]],
+             batch: Any) -> RawBlock | None:
+        """Raw samples of the fetched indices not recorded yet. ``items`` are the fetched items, one per index
+        (``None`` if the fetch returned something else); ``batch`` is what ``dataset[list of indices]``
+        returned to a ``batch_size=None`` loader, whose rows are the raw samples."""
+        if self.recorded is None or self.raw is None:
             return None
         new = np.nonzero(~self.recorded.numpy()[indices])[0]
         if len(new) == 0:
             return None
-        if self.fetch_raw is not None:
-            samples = self.fetch_raw(indices[new])
-        elif items is not None:
+        if batch is not None and self.raw == "items":
+            structure, fields = flatten(batch, len(indices))
+            return RawBlock(indices[new], structure,
+                            {p: (info, rows.take(new) if isinstance(rows, Ragged) else rows[new])
+                             for p, (info, rows) in fields.items()})
+        samples = None
+        if self.raw == "items" and items is not None:
             samples = [items[k] for k in new]
-        else:  # __getitems__ returned no per-index list: fetch the raw items again
-            samples = [self.dataset[int(indices[k])] for k in new]
+        elif self.raw == "tee" and items is not None:
+            samples = _tee_samples(items, calls, new)
+        if samples is None:  # not observable: fetch again, leaving every RNG as it was
+            fetch = self.raw if callable(self.raw) else (
+                Untransformed(self.dataset) if self.raw == "tee" else _Fetch(self.dataset))
+            with rng_preserved():
+                samples = fetch(indices[new])
         return stack_raw(indices[new], samples)
 
-    def __getitem__(self, index: Any) -> _Items:  # batch_size=None: one index per fetch
-        indices = _index_array(index)
-        item = self.dataset[index]
-        return _Items(item, self._tags(indices, [item]))
 
-    def __getitems__(self, indices: Any) -> _Items:
-        idx = _index_array(indices)
-        if getattr(self.dataset, "__getitems__", None):
-            items = self.dataset.__getitems__(indices)
-        else:
-            items = [self.dataset[i] for i in indices]
-        per_index = isinstance(items, list) and len(items) == len(idx)
-        return _Items(items, self._tags(idx, items if per_index else None))
+class _Fetch:
+    """``indices -> [dataset[i] ...]``, one index at a time."""
 
-
-class CaptureIterable(IterableDataset):
-    """Iterable wrapper: tags each item with its position in the stream.
-
-    With ``W`` workers, the ``p``-th item of worker ``w`` gets position
-    ``p * W + w`` (its place in the round-robin interleaving the DataLoader
-    delivers when workers yield equal shares); with no workers, ``p``.
-    """
-
-    def __init__(self, dataset: Any, fetch_raw: Callable[[Any], list[Any]] | None, record_raw: bool) -> None:
+    def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
-        self.fetch_raw = fetch_raw
-        self.record_raw = record_raw
 
-    def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for p, item in enumerate(self.dataset):
-            idx = np.array([p * workers + worker], dtype=np.int64)
-            if self.fetch_raw is not None:
-                raw = stack_raw(idx, self.fetch_raw(idx))
-            elif self.record_raw:
-                raw = stack_raw(idx, [item])
-            else:
-                raw = None
-            yield _Items(item, Tags(idx, raw, worker if info is not None else -1, None))
+    def __call__(self, indices: np.ndarray) -> list[Any]:
+        return [self.dataset[int(i)] for i in indices]
 
 
-def _merge_raw(blocks: list[RawBlock | None]) -> RawBlock | None:
-    present = [(b.indices, b.structure, b.fields) for b in blocks if b is not None]
-    return _join(present) if present else None
+def _tee_samples(items: list[Any], calls: list[tuple[Any, Any]], new: np.ndarray) -> list[Any] | None:
+    """The raw samples of ``items[k]`` for ``k`` in ``new``, from the transform calls that made the items
+    (in order), or ``None`` if an item's transform outputs cannot all be placed."""
+    raws = []
+    for item in items:
+        placed = _untransformed(item, calls)
+        if placed is None:
+            return None
+        raw, used = placed
+        calls = calls[used:]
+        raws.append(raw)
+    if calls:  # a transform called more often than the items show: not understood, fetch again
+        return None
+    return [raws[k] for k in new]
 
 
-class CaptureCollate:
-    """Calls the user's ``collate_fn`` on exactly the fetched items; returns ``Tagged``."""
-
-    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
-        self.collate_fn = collate_fn
-
-    def __call__(self, data: _Items | list[_Items]) -> Tagged:
-        if isinstance(data, list):  # iterable dataset with batching: one _Items per item
-            tags = [d.tags for d in data]
-            raw = _merge_raw([t.raw for t in tags])
-            return Tagged(self.collate_fn([d.items for d in data]),
-                          Tags(np.concatenate([t.indices for t in tags]), raw, tags[0].worker, None))
-        return Tagged(self.collate_fn(data.items), data.tags)
+def _fetch(frame: FrameType | None) -> tuple[Any, Any]:
+    """``(fetcher, index)`` of the torch dataset fetcher that called the collate function from ``frame``."""
+    local = frame.f_locals if frame is not None else {}
+    fetcher = local.get("self")
+    if not isinstance(fetcher, _BaseDatasetFetcher) or "possibly_batched_index" not in local:
+        where = f"{frame.f_code.co_filename}:{frame.f_code.co_name}" if frame is not None else "nowhere"
+        raise UsageError(
+            f"snapstore takes each batch's dataset indices from torch's dataset fetcher, but this loader's "
+            f"collate_fn was called from {where}: record a loader that fetches through "
+            "torch.utils.data.DataLoader's workers or main process"
+        )
+    return fetcher, local["possibly_batched_index"]

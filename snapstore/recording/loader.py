@@ -1,8 +1,10 @@
 """``RecordingLoader``: the training-thread side of recording one stream.
 
-It captures each batch the loader yields (indices, worker, raw samples,
-seen rows), checks it against the stream's schema, copies it and hands it
-to the recorder's background writer; ``log`` does the same for outputs.
+It iterates the user's loader itself (its own class and ``__iter__``), takes
+the tags ``capture.CaptureCollate`` put on each batch (indices, worker, raw
+samples), checks the seen rows against the stream's schema, copies them and
+hands them to the recorder's background writer; ``log`` does the same for
+outputs.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .. import config, storage
 from ..core import layout
-from ..core.datasets import bases, is_wrapped, raw_source
+from ..core.datasets import Untransformed, bases, is_wrapped, raw_source
 from ..core.manifest import EpochManifest, FieldInfo, RawManifest, StreamManifest
 from ..core.rows import DeviceCopy, Ragged
 from ..core.schema import flatten, reconcile
 from ..errors import SchemaError, UsageError
 from ..storage.tree import epoch_groups, epoch_pieces
-from .capture import CaptureCollate, CaptureIterable, CaptureMap, RawBlock, Tagged, Tags
+from .capture import CaptureCollate, RawBlock, Tagged, Tags, TeeLog, install_tees, remove_tees
 from .provenance import epoch_provenance, utc_now
 from .session import WriteSession
 from .sinks import EpochSink, RawSink
@@ -57,6 +59,7 @@ class RecordingLoader:
                  resume_epoch: bool, *, seen: Any = "full") -> None:
         self._session = session
         self._seen = seen
+        self._paused = False
         self._loader = loader
         self._name = name
         iterable = isinstance(loader.dataset, IterableDataset)
@@ -83,7 +86,7 @@ class RecordingLoader:
                     f"stream {name!r} in {session.path} was recorded from a dataset of {self._manifest.dataset_len} "
                     f"samples; this loader's dataset has {dataset_len}: record it under another name"
                 )
-            if (self._manifest.iterable, self._manifest.batched) != (iterable, batched):
+            if self._manifest.iterable != iterable or (batched and not self._manifest.batched):
                 raise UsageError(
                     f"stream {name!r} in {session.path} was recorded from a loader with "
                     f"iterable={self._manifest.iterable}, batched={self._manifest.batched}; "
@@ -119,10 +122,13 @@ class RecordingLoader:
         if is_wrapped(loader.dataset) and not self._manifest.base_datasets:
             self._update_manifest(base_datasets=[_class_name(b) for b in bases(loader.dataset)])
 
-        self._batched = batched
-        capture = (CaptureIterable(loader.dataset, fetch_raw, record_raw) if iterable
-                   else CaptureMap(loader.dataset, fetch_raw, shared))
-        self._inner = _rebuild(loader, capture, CaptureCollate(loader.collate_fn), iterable)
+        self._batched = self._manifest.batched
+        self._switch = torch.zeros(1, dtype=torch.int32).share_memory_()
+        raw_plan: Any = None
+        if record_raw:
+            raw_plan = "tee" if isinstance(fetch_raw, Untransformed) else fetch_raw or "items"
+        self._tees = TeeLog(self._switch) if raw_plan == "tee" else None
+        self._raw_plan, self._recorded_raw = raw_plan, shared
         self._epoch: _EpochCursor | None = None
 
     # -- transparency -----------------------------------------------------
@@ -133,6 +139,13 @@ class RecordingLoader:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._loader, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Public attributes are the loader's (a framework setting ``worker_init_fn`` sets the loader's)."""
+        if name.startswith("_") or hasattr(type(self), name):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._loader, name, value)
 
     def __repr__(self) -> str:
         return f"RecordingLoader(name={self._name!r}, loader={self._loader!r})"
@@ -147,21 +160,50 @@ class RecordingLoader:
         """The wrapped DataLoader."""
         return self._loader
 
+    def replace_loader(self, loader: DataLoader) -> None:
+        """Record ``loader`` in place of the wrapped one from the next epoch on.
+
+        For frameworks that rebuild a loader around the same dataset after it
+        was wrapped (``snapstore.integrations.accelerate.prepare`` uses it for
+        ``Accelerator.prepare``). The stream, its epochs and raw samples go on.
+
+        Raises
+        ------
+        UsageError
+            ``loader`` is not a DataLoader, serves a dataset of another length
+            or kind, or an epoch is being iterated.
+        """
+        if not isinstance(loader, DataLoader):
+            raise UsageError(f"replace_loader() takes a torch.utils.data.DataLoader, got {type(loader).__name__}")
+        if self._epoch is not None:
+            raise UsageError(f"stream {self._name!r}: replace the loader between epochs, not during one")
+        iterable = isinstance(loader.dataset, IterableDataset)
+        dataset_len = None if iterable else len(loader.dataset)  # type: ignore[arg-type]
+        if iterable != self._manifest.iterable or dataset_len != self._manifest.dataset_len:
+            raise UsageError(f"stream {self._name!r} records a dataset of {self._manifest.dataset_len} samples "
+                             f"(iterable={self._manifest.iterable}); the new loader serves {dataset_len} "
+                             f"(iterable={iterable}): wrap it as another stream")
+        self._loader = loader
+
     # -- one epoch --------------------------------------------------------
-    def __iter__(self):
+    def __iter__(self) -> Any:
+        """Start an epoch: the loader's own iterator, its batches handed over as they are consumed (while
+        ``paused``: the loader's iterator itself, nothing recorded)."""
         self._session.check_open()
-        self.end_epoch(complete=False)  # a previous iteration abandoned mid-way
-        cursor = self._begin_epoch()
-        complete = False
-        try:
-            for tagged in self._inner:
-                self._hand_off(cursor, tagged)
-                yield tagged.batch
-            complete = True
-        finally:
-            cursor.current = None
-            if self._epoch is cursor:
-                self.end_epoch(complete=complete)
+        if self._paused:
+            self.end_epoch()
+            return iter(self._loader)
+        return _EpochIterator(self)  # ends an epoch abandoned mid-way when it starts its own
+
+    @property
+    def paused(self) -> bool:
+        """While ``True``, iterating runs the loader unrecorded and ``log`` does nothing (e.g. Lightning's
+        validation sanity check, which is not a validation epoch)."""
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self._paused = bool(value)
 
     def _begin_epoch(self) -> _EpochCursor:
         if self._continue is not None:
@@ -171,7 +213,11 @@ class RecordingLoader:
             self._next_epoch += 1
         manifest = EpochManifest(number, 0, 0, False, utc_now(), None, epoch_provenance(self._loader), part=part)
         capacity = _expected_rows(self._loader) or config.DEFAULT_UNKNOWN_ROWS
-        cursor = _EpochCursor(number)
+        try:
+            expected = len(self._loader)
+        except TypeError:
+            expected = None
+        cursor = _EpochCursor(number, expected)
         self._epoch = cursor
         self._session.submit(self._open_sink, cursor, manifest, capacity)
         return cursor
@@ -187,11 +233,22 @@ class RecordingLoader:
         cursor.sink = EpochSink(group, manifest, capacity, self._session.chunks, seen=self._seen)
         self._session.epochs.append(cursor.sink)
 
-    def end_epoch(self, *, complete: bool) -> None:
+    def end_epoch(self) -> None:
         """End the epoch being iterated, if any: commit it durably and return once that is done (after a
-        writer failure there is nothing to commit: ``RecordingError``, or nothing with ``on_error="warn"``)."""
+        writer failure there is nothing to commit: ``RecordingError``, or nothing with ``on_error="warn"``).
+
+        The epoch is complete if the loader ran to its end, or ``len(loader)``
+        batches were consumed, with no batch raising on the way.
+        """
         cursor, self._epoch = self._epoch, None
-        if cursor is not None and not self._session.failed:
+        if cursor is None:
+            return
+        cursor.current = None
+        if cursor.iterator is not None:
+            cursor.iterator.stop()
+        if not self._session.failed:
+            complete = not cursor.failed and (cursor.ended or (cursor.expected is not None
+                                                               and cursor.batches >= cursor.expected))
             self._session.submit(self._close_sink, cursor, complete)
             self._session.drain()
 
@@ -208,11 +265,15 @@ class RecordingLoader:
         # the loop's view of the epoch moves on whether or not the batch was recorded (after a writer
         # failure with on_error="warn", log() and later epochs keep working, unrecorded)
         cursor.current = (cursor.rows, n)
+        cursor.starts.append(cursor.rows)
         cursor.rows += n
         cursor.batches += 1
 
     def _record(self, cursor: _EpochCursor, tagged: Tagged, n: int) -> None:
         tags = tagged.tags
+        if tags.listed and not self._batched:  # batch_size=None, a sampler of index lists: batches have rows
+            self._batched = True
+            self._update_manifest(batched=True)
         where = f"stream {self._name!r} epoch {cursor.number} batch {cursor.batches}"
         structure, fields = flatten(tagged.batch, n if self._batched else None, row_lists=self._row_lists())
         for path, (_, rows) in fields.items():
@@ -282,11 +343,16 @@ class RecordingLoader:
         self._manifest = dataclasses.replace(self._manifest, **changes)
         self._session.submit(storage.write_attr, self._group, layout.STREAM_ATTR, self._manifest.to_dict())
 
-    def log(self, **outputs: Any) -> None:
+    def log(self, *, batch_index: int | None = None, **outputs: Any) -> None:
         """Record per-row outputs of the batch just yielded (predictions, losses).
 
         Parameters
         ----------
+        batch_index : int, optional
+            The batch of the current epoch the outputs belong to (0-based), for
+            a consumer that fetches ahead of the step that computes them
+            (Lightning's data fetcher yields batch k after fetching k + 1).
+            Default: the batch yielded last.
         **outputs : torch.Tensor or numpy.ndarray
             Each with the current batch's size as its first dimension, e.g.
             ``loss=criterion(model(x), y)`` with ``reduction="none"``. Stored in
@@ -301,12 +367,20 @@ class RecordingLoader:
             dtype/shape differs from earlier batches.
         """
         cursor = self._epoch
+        if self._paused:
+            return
         if cursor is None or cursor.current is None:
             raise UsageError(f"log() on stream {self._name!r} needs a current batch: "
                              "call it inside the loop over the stream")
         if not self._session.recording():  # on_error="warn" after a writer failure: training goes on
             return
         pos, n = cursor.current
+        if batch_index is not None:
+            if not 0 <= batch_index < len(cursor.starts):
+                raise UsageError(f"log(batch_index={batch_index}) on stream {self._name!r}: epoch "
+                                 f"{cursor.number} has yielded batches 0..{len(cursor.starts) - 1} so far")
+            pos = cursor.starts[batch_index]
+            n = (cursor.starts[batch_index + 1] if batch_index + 1 < len(cursor.starts) else cursor.rows) - pos
         staged = {}
         for name, value in outputs.items():
             if not name.isidentifier():
@@ -332,14 +406,115 @@ class RecordingLoader:
 class _EpochCursor:
     """Training-thread view of the epoch being iterated."""
 
-    __slots__ = ("number", "rows", "batches", "current", "sink")
+    __slots__ = ("number", "expected", "rows", "batches", "current", "starts", "ended", "failed", "iterator", "sink")
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, expected: int | None) -> None:
         self.number = number
+        self.expected = expected  # len(loader): batches that make the epoch complete, when it has a len
         self.rows = 0
         self.batches = 0
         self.current: tuple[int, int] | None = None  # (first position, rows) of the batch just yielded
+        self.starts: list[int] = []  # first position of each batch yielded
+        self.ended = False  # the loader's iterator ran to its end
+        self.failed = False  # a batch raised instead of arriving
+        self.iterator: _EpochIterator | None = None
         self.sink: EpochSink  # set in the writer thread
+
+
+class _EpochIterator:
+    """One epoch of a ``RecordingLoader``: the user's loader's iterator, with each batch's tags taken off.
+
+    Nothing happens until the first ``next()`` (or ``len()``): an iterator
+    made and dropped (Lightning checks that a loader is iterable this way)
+    starts no workers, draws no seed and records no epoch. From then on, the
+    loader's datasets carry ``TransformTee``s (raw capture) and recording is
+    switched on; the loader's ``collate_fn`` is the ``CaptureCollate`` only
+    until the loader's own iterator has started (its workers and fetchers hold
+    it from then on), so the loader's attributes are the user's again from the
+    first batch. Like torch's iterator it goes on after a batch that raised.
+    """
+
+    def __init__(self, stream: RecordingLoader) -> None:
+        self._stream = stream
+        self._cursor: _EpochCursor | None = None
+        self._it: Any = None
+        self._tees: list[tuple[Any, str, Any]] = []
+        self._collate: Any = None
+        self._collating: Any = None
+        self._running = False
+
+    def _start(self) -> _EpochCursor:
+        stream = self._stream
+        stream.end_epoch()  # another iterator's epoch, abandoned
+        cursor = stream._begin_epoch()
+        cursor.iterator = self
+        self._cursor = cursor
+        loader = self._collating = _collating(stream.loader)
+        self._tees = install_tees(loader.dataset, stream._tees) if stream._tees is not None else []
+        self._collate = loader.collate_fn
+        loader.collate_fn = CaptureCollate(loader.collate_fn, loader.dataset, stream._switch, stream._recorded_raw,
+                                           stream._raw_plan, stream._tees)
+        stream._switch[0] = 1
+        self._running = True
+        try:
+            self._it = iter(stream.loader)
+        except BaseException:
+            self.stop()
+            raise
+        return cursor
+
+    def __iter__(self) -> _EpochIterator:
+        return self
+
+    def __len__(self) -> int:
+        if self._cursor is None:
+            self._start()
+        return len(self._it)
+
+    def __next__(self) -> Any:
+        cursor = self._cursor if self._cursor is not None else self._start()
+        if not self._running:
+            raise StopIteration
+        try:
+            item = next(self._it)
+        except StopIteration:
+            cursor.ended = True
+            if self._stream._epoch is cursor:
+                self._stream.end_epoch()
+            raise
+        except BaseException:
+            cursor.failed = True
+            raise
+        finally:
+            self._give_back_collate()
+        if not isinstance(item, Tagged):
+            raise UsageError(
+                f"stream {self._stream.name!r}: the loader yielded a {type(item).__name__} without snapstore's "
+                "tags: its workers were started before wrap() (persistent_workers=True) or its __iter__ "
+                "rebuilds batches; wrap the loader before iterating it, or wrap the loader that yields them"
+            )
+        self._stream._hand_off(cursor, item)
+        return item.batch
+
+    def _give_back_collate(self) -> None:
+        if self._collate is not None:
+            self._collating.collate_fn, self._collate = self._collate, None
+
+    def stop(self) -> None:
+        """Recording of this epoch is over: the loader's attributes are the user's again."""
+        if self._running:
+            self._running = False
+            self._stream._switch[0] = 0
+            self._give_back_collate()
+            remove_tees(self._tees)
+
+
+def _collating(loader: Any) -> Any:
+    """The DataLoader whose ``collate_fn`` its iterator calls: ``loader`` itself, or the one an adapter
+    delegates to (Accelerate's prepared loaders keep theirs in ``base_dataloader``)."""
+    while "base_dataloader" in vars(loader):
+        loader = vars(loader)["base_dataloader"]
+    return loader
 
 
 def _unfinished(group: storage.Group, attr: str) -> bool:
@@ -410,27 +585,3 @@ def _private(rows: Any) -> Any:
 
 def _class_name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _rebuild(loader: DataLoader, dataset: Any, collate: CaptureCollate, iterable: bool) -> DataLoader:
-    """A DataLoader with the loader's public settings around the capture wrappers."""
-    kwargs: dict[str, Any] = {
-        "num_workers": loader.num_workers,
-        "collate_fn": collate,
-        "pin_memory": loader.pin_memory,
-        "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn,
-        "multiprocessing_context": loader.multiprocessing_context,
-        "generator": loader.generator,
-        "persistent_workers": loader.persistent_workers,
-        "in_order": getattr(loader, "in_order", True),
-    }
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
-    if loader.pin_memory_device:
-        kwargs["pin_memory_device"] = loader.pin_memory_device
-    if iterable:
-        return DataLoader(dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **kwargs)
-    if loader.batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=loader.batch_sampler, **kwargs)
-    return DataLoader(dataset, batch_size=None, sampler=loader.sampler, **kwargs)

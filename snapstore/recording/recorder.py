@@ -274,7 +274,7 @@ class Recorder:
             return
         try:
             for rl in self._loaders.values():
-                rl.end_epoch(complete=False)
+                rl.end_epoch()
             self._session.close()
         finally:
             self._release()

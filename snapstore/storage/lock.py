@@ -77,9 +77,12 @@ class SnapshotLock:
         return self._fd is not None
 
     def release(self) -> None:
-        """Release the lock (closing the descriptor releases the flock); idempotent."""
+        """Release the lock; idempotent. Unlocked explicitly: processes forked while it was held (the
+        loader's workers, which may outlive the Recorder) share the descriptor, and closing ours alone
+        would leave the snapshot locked until they exit."""
         fd, self._fd = self._fd, None
         if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     def __del__(self) -> None:
