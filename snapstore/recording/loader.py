@@ -196,6 +196,12 @@ class RecordingLoader:
         return _EpochIterator(self)  # ends an epoch abandoned mid-way when it starts its own
 
     @property
+    def position(self) -> tuple[int, int] | None:
+        """``(epoch, batches yielded so far)`` of the epoch being iterated; ``None`` between epochs."""
+        cursor = self._epoch
+        return None if cursor is None else (cursor.number, cursor.batches)
+
+    @property
     def paused(self) -> bool:
         """While ``True``, iterating runs the loader unrecorded and ``log`` does nothing (e.g. Lightning's
         validation sanity check, which is not a validation epoch)."""
