@@ -93,8 +93,38 @@ def _scale(ns: dict[str, Any], out: str, snap: snapstore.Snapshot) -> None:
         stream.epoch(0)[0]
 
 
+def _lightning(ns: dict[str, Any], out: str, snap: snapstore.Snapshot) -> None:
+    assert snap.streams == ["train", "val"] and snap["train"].epochs == snap["val"].epochs == [0, 1]
+    for e in (0, 1):
+        train = snap["train"].epoch(e)
+        assert train.complete and sorted(train.order.tolist()) == list(range(64))
+        assert np.isfinite(train.outputs["loss"]).all()
+        assert snap["val"].epoch(e).order.tolist() == list(range(64))
+
+
+def _accelerate(ns: dict[str, Any], out: str, snap: snapstore.Snapshot) -> None:
+    assert type(ns["train"].loader).__name__ == "DataLoaderShard" and ns["accelerator"].sync_gradients
+    for e in (0, 1):
+        ep = snap["train"].epoch(e)
+        assert ep.complete and sorted(ep.order.tolist()) == list(range(64)) and np.isfinite(ep.outputs["loss"]).all()
+
+
+def _trainer(ns: dict[str, Any], out: str, snap: snapstore.Snapshot) -> None:
+    assert snap["train"].epochs == [0, 1] and snap["eval"].epochs == [0]
+    assert all(np.isfinite(snap["train"].epoch(e).outputs["loss"]).all() for e in (0, 1))
+    assert snap["eval"].epoch(0).to_numpy()["input_ids"].shape == (16, 16)
+
+
+def _stateful(ns: dict[str, Any], out: str, snap: snapstore.Snapshot) -> None:
+    ep = snap["train"].epoch(0)
+    assert out == "True\n" and ep.complete and sorted(ep.order.tolist()) == list(range(40))
+    assert ep.batch_sizes.tolist() == [4] * 10
+
+
 CHECKS = {"quickstart.snap": _quickstart, "run.snap": _recorder, "text.snap": _ragged,
-          "resumed.snap": _resumed, "audited.snap": _audited, "scale.snap": _scale}
+          "resumed.snap": _resumed, "audited.snap": _audited, "scale.snap": _scale, "lightning.snap": _lightning,
+          "accelerate.snap": _accelerate, "trainer.snap": _trainer, "stateful.snap": _stateful}
+OTHER_FILES = {"trainer.snap": ["trainer-out"]}  # what a block writes besides its snapshot
 
 
 def test_readme_has_python_blocks_and_a_check_for_each():
@@ -102,6 +132,7 @@ def test_readme_has_python_blocks_and_a_check_for_each():
     assert sorted(_snapshot_of(b) for b in PYTHON_BLOCKS) == sorted(CHECKS)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
 @pytest.mark.parametrize("number", range(len(PYTHON_BLOCKS)))
 def test_readme_python_block_runs_twice_and_builds_what_it_says(number, tmp_path, monkeypatch, capsys):
     """A reader copies a block and runs it again: no SnapshotExistsError, and the same results."""
@@ -113,16 +144,16 @@ def test_readme_python_block_runs_twice_and_builds_what_it_says(number, tmp_path
         namespace: dict[str, Any] = {"__name__": f"readme_block_{number}"}
         exec(code, namespace)  # noqa: S102 - running the docs is the test
         CHECKS[name](namespace, capsys.readouterr().out, snapstore.open(tmp_path / name))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, *OTHER_FILES.get(name, [])])
 
 
 def test_readme_install_and_test_commands_are_what_ci_runs():
     bash = _blocks("bash")
     install = next(b.strip() for b in bash if "pip install" in b)
     test = next(b.strip() for b in bash if "pytest" in b)
-    assert install == "pip install torch==2.13.0 && pip install -e '.[test,tf,dask]'"
+    assert install == "pip install torch==2.13.0 && pip install -e '.[test,tf,dask,integrations]'"
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert "python -m pip install torch==2.13.0" in ci
-    assert "python -m pip install -e '.[test,tf,dask]'" in ci
-    assert ci.index("python -m pip install torch==2.13.0") < ci.index("python -m pip install -e '.[test,tf,dask]'")
+    assert "python -m pip install -e '.[test,tf,dask,integrations]'" in ci
+    assert ci.index("python -m pip install torch==2.13.0") < ci.index("python -m pip install -e '.[test,tf,dask,integrations]'")
     assert test in ci
