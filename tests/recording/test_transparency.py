@@ -84,8 +84,34 @@ class Transformed(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.images[i] * float(np.random.rand() > 2)  # a draw before the transform: must not be repeated
-        return self.transform(x + self.images[i]), int(i)
+        x = self.images[i] * float(np.random.rand() > 2) + self.images[i]  # a draw that must not be repeated
+        return (self.transform(x) if self.transform is not None else x), int(i)
+
+
+class Untraceable(Transformed):
+    """The dataset changes the transform's output before returning it: the tee cannot place it, so raw
+    capture fetches again, and must leave every global RNG where it was."""
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.images[i] + float(np.random.rand()) + torch.rand(1) + random.random()  # draws a refetch repeats
+        return (self.transform(x) if self.transform is not None else x) * 2, int(i)
+
+
+class Scalars(Noisy):
+    """Items of NumPy scalars and a Python float: default_collate turns them into float64/int64 tensors."""
+
+    def __getitem__(self, i: int) -> tuple[np.float64, float, int]:
+        x, i = super().__getitem__(i)
+        return np.float64(x[1]), float(random.random()), int(i)
+
+
+class Meta(dict):
+    """A dict subclass default_collate keeps (replayed as a plain dict: docs/INTEGRATIONS.md)."""
+
+
+def as_dict_subclass(items: list[tuple[torch.Tensor, int]]) -> Meta:
+    x, index = torch.utils.data.default_collate(items)
+    return Meta(x=x, index=index)
 
 
 class Shardable(IterableDataset):
@@ -203,6 +229,11 @@ CASES: dict[str, Callable[[], DataLoader]] = {
                                                num_workers=2),
     "transform-tee": lambda: DataLoader(Transformed(), batch_size=4, shuffle=True),
     "transform-tee-workers": lambda: DataLoader(Transformed(), batch_size=4, shuffle=True, num_workers=2),
+    "transform-refetch-rng-restored": lambda: DataLoader(Untraceable(), batch_size=4, shuffle=True),
+    "transform-refetch-workers": lambda: DataLoader(Untraceable(), batch_size=4, shuffle=True, num_workers=2),
+    "numpy-scalar-items": lambda: DataLoader(Scalars(), batch_size=4, shuffle=True),
+    "dict-subclass-collate": lambda: DataLoader(Noisy(), batch_size=4, collate_fn=as_dict_subclass),
+    "pin-memory": lambda: DataLoader(Noisy(), batch_size=4, shuffle=True, num_workers=2, pin_memory=True),
 }
 
 PERSISTENT = {"persistent-workers": 3}
@@ -216,7 +247,7 @@ def _indices(batch: Any) -> list[int]:
         if "index" in batch:
             return batch["index"].tolist()
         return batch["a"][1].tolist()
-    index = batch[1]
+    index = batch[-1]
     return index.tolist() if isinstance(index, torch.Tensor) else [int(index)]
 
 
@@ -235,6 +266,7 @@ def _seed() -> None:
     random.seed(0)
 
 
+@pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")  # no accelerator here: torch skips pinning
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_recorded_batches_are_the_bare_batches(case: str, tmp_path: Any) -> None:
     epochs = PERSISTENT.get(case, 2)
@@ -258,7 +290,7 @@ def test_recorded_batches_are_the_bare_batches(case: str, tmp_path: Any) -> None
         ep = train.epoch(e)
         assert ep.complete
         for j, (a, b) in enumerate(zip(recorded[e], ep.batches())):
-            same(a, b, f"{case} replay epoch {e} batch {j}")
+            same(dict(a) if isinstance(a, Meta) else a, b, f"{case} replay epoch {e} batch {j}")
         carried = [i for b in recorded[e] for i in _indices(b)]
         if isinstance(loader.dataset, IterableDataset):
             assert sorted(carried) == sorted(carried) and len(ep.order) == len(carried)
