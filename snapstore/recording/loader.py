@@ -47,12 +47,15 @@ def _expected_rows(loader: DataLoader) -> int | None:
 
 
 class RecordingLoader:
-    """A DataLoader that records what it yields; returned by ``Recorder.wrap``.
+    """The user's loader, recorded as it runs; returned by ``Recorder.wrap``.
 
-    Iterating it once is one epoch and yields exactly the loader's batches
-    (same objects, types, dtypes, shapes and values). ``len()`` and every
-    attribute it does not define (``sampler``, ``dataset``, ``batch_size``
-    ...) are the loader's, so ``stream.sampler.set_epoch(e)`` keeps working.
+    Iterating it once is one epoch: it iterates the loader itself (its class,
+    ``__iter__``, workers, sampler and hooks) and yields exactly the loader's
+    batches (the same objects), reading indices, workers and raw samples from
+    the tags ``capture.CaptureCollate`` puts on them (docs/INTEGRATIONS.md).
+    ``len()`` and every attribute it does not define (``sampler``,
+    ``dataset``, ``state_dict`` ...) are the loader's, for reading and
+    setting, so ``stream.sampler.set_epoch(e)`` keeps working.
     """
 
     def __init__(self, session: WriteSession, loader: DataLoader, name: str, path: str, raw: Any,
@@ -128,7 +131,7 @@ class RecordingLoader:
         if record_raw:
             raw_plan = "tee" if isinstance(fetch_raw, Untransformed) else fetch_raw or "items"
         self._tees = TeeLog(self._switch) if raw_plan == "tee" else None
-        self._raw_plan, self._recorded_raw = raw_plan, shared
+        self._raw_plan, self._recorded_shared = raw_plan, shared
         self._epoch: _EpochCursor | None = None
 
     # -- transparency -----------------------------------------------------
@@ -458,7 +461,7 @@ class _EpochIterator:
         loader = self._collating = _collating(stream.loader)
         self._tees = install_tees(loader.dataset, stream._tees) if stream._tees is not None else []
         self._collate = loader.collate_fn
-        loader.collate_fn = CaptureCollate(loader.collate_fn, loader.dataset, stream._switch, stream._recorded_raw,
+        loader.collate_fn = CaptureCollate(loader.collate_fn, loader.dataset, stream._switch, stream._recorded_shared,
                                            stream._raw_plan, stream._tees)
         stream._switch[0] = 1
         self._running = True
