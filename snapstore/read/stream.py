@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 from torch.utils.data import Dataset, TensorDataset
 
 from .. import storage
@@ -18,16 +17,7 @@ from .epoch import Epoch, Piece
 from .plan import Fields
 from .raw import RawSamples
 from .replay import StoreDataset, to_tensor_dataset
-
-
-class SeenAt(NamedTuple):
-    """Where a dataset index was seen: ``epoch``, the ``rank`` that saw it, the epoch's ``batch`` and
-    ``position`` (``stream.epoch(epoch)[position]``, ``.batch(batch)``)."""
-
-    epoch: int
-    rank: int
-    batch: int
-    position: int
+from .where import SeenAt, seen_at
 
 
 class Stream:
@@ -113,7 +103,8 @@ class Stream:
 
         Read from each epoch's inverse index (``where/``, written at the end
         of the epoch), a chunk or two per epoch and rank whatever the epoch's
-        size; an epoch cut short has none and its order is scanned instead.
+        size, plus its batch sizes; the epochs are not opened (``where.py``).
+        An epoch cut short has no index and its order is scanned instead.
         Works for every ``seen=`` policy.
 
         Parameters
@@ -133,16 +124,7 @@ class Stream:
         >>> snapstore.open("runs/exp1.snap")["train"].where(index=7)  # doctest: +SKIP
         [SeenAt(epoch=0, rank=0, batch=3, position=103), SeenAt(epoch=1, rank=0, batch=0, position=12)]
         """
-        index = int(index)
-        found = []
-        for e in self.epochs:
-            ep = self.epoch(e)
-            positions = ep.positions(index=index)
-            if len(positions):
-                batches = np.searchsorted(np.cumsum(ep.batch_sizes), positions, side="right")
-                ranks = ep.ranks[positions]
-                found += [SeenAt(e, int(r), int(b), int(p)) for r, b, p in zip(ranks, batches, positions)]
-        return found
+        return seen_at(list(zip(self._ranks, self._paths)), int(index))
 
     @cached_property
     def raw(self) -> RawSamples:

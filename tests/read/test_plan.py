@@ -65,3 +65,10 @@ def test_resumed_epoch_to_tf(resumed):
     got = list(resumed.stream.to_tf_dataset(epoch=0, channels_last=True).batch(100).as_numpy_iterator())
     np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), x.transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), y)
+
+
+def test_where_finds_rows_of_both_parts_of_a_resumed_epoch(resumed):
+    order = resumed.order
+    for p in (0, 239, 240, 399):  # the last row before the crash, the first after the resume
+        assert resumed.stream.where(index=int(order[p])) == [(0, 0, p // 24, p)]
+        assert resumed.positions(index=int(order[p])).tolist() == [p]

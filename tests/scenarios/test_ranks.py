@@ -150,3 +150,19 @@ def test_interleaved_ranks_to_tf(ranked):
     got = list(ranked.to_tf_dataset(epoch=0).batch(128).as_numpy_iterator())
     np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), x)
     np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), y)
+
+
+def scanned_where(stream, index):
+    """Where ``index`` was seen, found by opening every epoch and scanning its order."""
+    found = []
+    for ep in stream:
+        positions = np.flatnonzero(ep.order == index)
+        batches = np.searchsorted(np.cumsum(ep.batch_sizes), positions, side="right")
+        found += [(ep.number, int(r), int(b), int(p)) for r, b, p in zip(ep.ranks[positions], batches, positions)]
+    return found
+
+
+def test_where_counts_positions_and_batches_with_the_ranks_interleaved(ranked):
+    indices = np.unique(ranked.epoch(0).order)
+    for i in [*indices[:: max(1, len(indices) // 40)].tolist(), int(indices[-1]), int(indices[-1]) + 1000]:
+        assert ranked.where(index=i) == scanned_where(ranked, i)
