@@ -29,7 +29,7 @@ from .rows import Ragged, host_rows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HASH_INFO", "NO_HASH", "hash_fields", "row_hashes"]
+__all__ = ["HASH_INFO", "NO_HASH", "hash_fields", "row_hashes", "string_bytes"]
 
 #: What a hash array holds: one uint64 per row.
 HASH_INFO = FieldInfo("ndarray", "uint64", ())
@@ -42,7 +42,8 @@ _xxh3 = xxhash.xxh3_64_intdigest
 _LITTLE = np.little_endian
 
 
-def _string_row(values: Any) -> bytes:
+def string_bytes(values: Any) -> bytes:
+    """Strings as hashed: each one's UTF-8 bytes preceded by their length (8 bytes, little endian)."""
     parts = []
     for s in values:
         b = str(s).encode("utf-8")
@@ -85,7 +86,7 @@ def row_hashes(rows: Any) -> npt.NDArray[np.uint64]:
             values = (_xxh3(str(s).encode("utf-8")) for s in a.tolist())
         else:
             flat = a.reshape(n, -1)
-            values = (_xxh3(_string_row(flat[i].tolist())) for i in range(n))
+            values = (_xxh3(string_bytes(flat[i].tolist())) for i in range(n))
         out = np.fromiter(values, dtype=np.uint64, count=n)
     else:
         if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and not _LITTLE):

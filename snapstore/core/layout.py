@@ -5,12 +5,13 @@ for someone reading it with plain ``zarr``::
 
     <snapshot>/                     attrs["snapstore"] = SnapshotManifest
       <stream>/                     attrs["stream"]    = StreamManifest
-        raw/                        attrs["raw"]       = {"rows": committed raw rows, "ragged": [paths]}
+        raw/                        attrs["raw"]       = {"rows": committed raw rows, "ragged": [paths], "chunks": ...}
           index                     int64 (dataset_len,): dataset index of raw row r
           fields/<field path>       (dataset_len, *row_shape): raw sample leaves
           ragged/<field path>/      a field whose rows differ in shape (see below)
           hashes/<field path>       uint64 (dataset_len,): xxh3_64 of each raw row
-        epochs/<e>/                 attrs["epoch"]     = EpochManifest
+        epochs/                     attrs["epochs"]    = {piece: hash of its final record, or null}
+        epochs/<e>/                 attrs["epoch"]     = EpochManifest + {"chunks": hashes of its chunks}
           order                     int64 (rows,): dataset index at each position
           batch_sizes               int64 (batches,): rows per yielded batch
           worker                    int32 (rows,): loader worker that fetched the row (-1: main process)
@@ -44,8 +45,10 @@ recorded"; readers then hash the rows themselves.
 
 from __future__ import annotations
 
-FORMAT_VERSION = 1
-"""Bumped on any change a reader of the previous version would misread."""
+FORMAT_VERSION = 2
+"""Bumped on any change a reader of the previous version would misread. 2: commit records name the hash of
+every chunk they cover (``CHUNKS``) and each stream's ``epochs/`` group names its epoch pieces (``PIECES_ATTR``),
+see ``merkle.py``; version 1 snapshots read as before, unverified."""
 
 SNAPSHOT_ATTR = "snapstore"
 
@@ -56,6 +59,12 @@ RANKS_ATTR = "ranks"
 EPOCH_ATTR = "epoch"
 
 RAW_ATTR = "raw"
+
+CHUNKS = "chunks"
+"""Key of a commit record (``EPOCH_ATTR``, ``RAW_ATTR``) naming the hash of each chunk it covers (``merkle.py``)."""
+
+PIECES_ATTR = "epochs"
+"""Attribute of a stream's ``epochs/`` group: every epoch piece it holds, with its sealed record's hash."""
 
 RAW_GROUP = "raw"
 

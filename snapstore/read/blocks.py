@@ -24,7 +24,7 @@ def blocks(reader: storage.ChunkReader, rows: int) -> Iterator[tuple[int, int, n
     The blocks are read-only views of decoded chunks when a chunk holds them: copy before changing them.
     """
     step = block_rows(reader) if rows else 1
-    cursor = storage.Cursor(reader.array, rows)
+    cursor = storage.Cursor(reader.array, rows, reader.expect)
     for lo in range(0, rows, step):
         hi = min(lo + step, rows)
         yield lo, hi, cursor.take(lo, hi)
@@ -68,7 +68,8 @@ def _streamed(plan: RowPlan, paths: list[str], ragged: set[str]) -> Iterator[dic
     steps += [ragged_block_rows(plan.infos[p], plan.segments[k].ragged(p).shapes)
               for k in live for p in paths if p in ragged]
     step = min(steps)
-    cursors = {(k, p): storage.Cursor(plan.segments[k].fixed(p).array, plan.segments[k].rows)
+    cursors = {(k, p): storage.Cursor(plan.segments[k].fixed(p).array, plan.segments[k].rows,
+                                         plan.segments[k].fixed(p).expect)
                for k in live for p in paths if p not in ragged}
     readers = {(k, p): plan.segments[k].ragged(p) for k in live for p in paths if p in ragged}
     # runs: maximal stretches of export positions stored consecutively in one segment

@@ -12,15 +12,15 @@ import numpy.typing as npt
 from .. import storage
 from ..core import hashing, layout
 from ..core.manifest import EpochManifest, numpy_dtype
+from ..core.merkle import Coverage, parse_chunks
 from ..core.rows import join, no_rows, place
 from ..core.schema import rebuild_leaf, unflatten
 from ..errors import CorruptionError, FieldNotFoundError, NotStoredError
 from ..storage.tree import array_at
-from .fields import FieldReaders, check_indices, fill_hashes, row_shape
+from .fields import FieldReaders, check_indices, expect, fill_hashes, row_shape
 from .numpy import to_numpy
 from .plan import Fields, RaggedMode, RowPlan, Segment
 from .replay import ReplayLoader
-from .where import piece_positions
 
 if TYPE_CHECKING:
     from .stream import Stream
@@ -37,6 +37,7 @@ class Piece:
                                                 part=part, stream=m)
         self.rows = self.manifest.rows
         self.what = what
+        self.coverage = Coverage(parse_chunks(group.attrs.get(layout.EPOCH_ATTR), what), group.path, what)
         # the nodes listed after the commit record was read: every array it covers is there
         self.nodes = (storage.members(group, what, recursive=True, exclude=(layout.CONTINUED_GROUP,))
                       if self.rows or self.manifest.batches else {})
@@ -48,7 +49,27 @@ class Piece:
             self.full = self.array(layout.FULL, self.rows, np.uint8, 0).astype(bool)
         stored = self.full is None or bool(self.full.any())
         self.seen = (FieldReaders(self.nodes, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged,
-                                  self.rows, what) if self.rows and stored else None)
+                                  self.rows, what, self.coverage) if self.rows and stored else None)
+
+    def where(self, index: int) -> np.ndarray:
+        """Positions of this piece (int64, ascending) where dataset ``index`` was seen: from the inverse
+        index (a chunk or two of ``where/offsets`` and ``where/positions``), or by scanning ``order`` for a
+        piece without one (cut short, or written before inverse indexes existed)."""
+        if not self.rows:
+            return np.empty(0, dtype=np.int64)
+        if not self.manifest.where:
+            return np.flatnonzero(self.array(layout.ORDER, self.rows) == index)
+        offsets = array_at(self.nodes, layout.WHERE_OFFSETS, self.what)
+        if not 0 <= index < offsets.shape[0] - 1:
+            return np.empty(0, dtype=np.int64)
+        lo, hi = storage.ChunkReader(offsets, self.what, dtype=np.dtype(np.int64), row_shape=()).read(index, index + 2)
+        positions = array_at(self.nodes, layout.WHERE_POSITIONS, self.what)
+        found = storage.ChunkReader(positions, self.what, rows=self.rows, dtype=np.dtype(np.int64),
+                                    row_shape=()).read(int(lo), int(hi)) if hi > lo else np.empty(0, np.int64)
+        if lo < 0 or hi < lo or hi > self.rows or ((found < 0) | (found >= self.rows)).any():
+            raise CorruptionError.damaged(f"{self.what}/{layout.WHERE_OFFSETS}: the inverse index points outside "
+                                          f"the epoch's {self.rows} rows")
+        return found
 
     def array(self, name: str, n: int, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
         """The first ``n`` entries of a per-position (or per-batch) array; ``fill`` when it does not exist."""
@@ -57,7 +78,8 @@ class Piece:
         if name not in self.nodes and fill is not None:
             return np.full(n, fill, dtype=dtype)
         array = array_at(self.nodes, name, self.what)
-        return storage.ChunkReader(array, self.what, rows=n, dtype=np.dtype(dtype), row_shape=()).read(0, n)
+        return storage.ChunkReader(array, self.what, rows=n, dtype=np.dtype(dtype), row_shape=(),
+                                   expect=expect(self.coverage, array)).read(0, n)
 
     def batch_sizes(self) -> np.ndarray:
         """Rows of each committed batch; ``CorruptionError`` unless they add up to the committed rows."""
@@ -260,11 +282,9 @@ class Epoch:
         Read from the epoch's inverse index (``Stream.where``), without the order.
         """
         if len(self._pieces) == 1:
-            p = self._pieces[0]
-            return piece_positions(p.group, p.what, p.manifest, index)
+            return self._pieces[0].where(index)
         part, _ = self._map
-        found = [np.flatnonzero(part == k)[piece_positions(p.group, p.what, p.manifest, index)]
-                 for k, p in enumerate(self._pieces)]
+        found = [np.flatnonzero(part == k)[p.where(index)] for k, p in enumerate(self._pieces)]
         return np.sort(np.concatenate(found))
 
     def sample(self, *, index: int) -> Any:
@@ -498,8 +518,11 @@ class _Outputs(Mapping):
                 if key in p.nodes and p.rows:
                     array = array_at(p.nodes, key, p.what)
                     n = min(p.rows, array.shape[0])  # an output logged only early may be shorter than the rows
+                    covered = expect(p.coverage, array, required=False)
+                    if p.coverage.entries is not None:  # rows its commit record does not cover were not logged yet
+                        n = min(n, covered.rows if covered is not None else 0)
                     reader = storage.ChunkReader(array, p.what, rows=n, dtype=dtype, row_shape=row_shape(info),
-                                                 sparse=True)
+                                                 sparse=True, expect=covered)
                     block[:n] = reader.read(0, n)
                 parts.append(block)
             self._cache[name] = self._epoch._in_position_order(parts)

@@ -9,6 +9,7 @@ import numpy as np
 from .. import storage
 from ..core import hashing, layout
 from ..core.manifest import FieldInfo, StreamManifest, numpy_dtype
+from ..core.merkle import ChunkHashes, Coverage
 from ..core.schema import Structure, rebuild_leaf, unflatten
 from ..errors import CorruptionError
 from ..storage.tree import array_at, subtree
@@ -22,19 +23,20 @@ class FieldReaders:
     """
 
     def __init__(self, nodes: dict[str, Any], name: str, structure: Structure | None, infos: dict[str, FieldInfo],
-                 ragged: list[str], rows: int, what: str) -> None:
+                 ragged: list[str], rows: int, what: str, coverage: Coverage | None = None) -> None:
         self.structure = structure or {"type": "none"}
         self.infos = infos
         self.readers: dict[str, storage.ChunkReader | storage.RaggedReader] = {}
         for p, info in infos.items():
             if p in ragged:
                 self.readers[p] = storage.RaggedReader(subtree(nodes, f"{layout.RAGGED_GROUP}/{p}"), rows, info,
-                                                     f"{what}/{layout.RAGGED_GROUP}/{p}")
+                                                     f"{what}/{layout.RAGGED_GROUP}/{p}", coverage)
             elif info.ragged and info.kind in ("tensor-list", "ndarray-list"):
                 raise CorruptionError.damaged(f"{what}: field {p!r} holds a list of rows but is not stored ragged")
             else:
-                self.readers[p] = storage.ChunkReader(array_at(nodes, f"{name}/{p}", what), what, rows=rows,
-                                                    dtype=numpy_dtype(info.dtype), row_shape=row_shape(info))
+                array = array_at(nodes, f"{name}/{p}", what)
+                self.readers[p] = storage.ChunkReader(array, what, rows=rows, dtype=numpy_dtype(info.dtype),
+                                                      row_shape=row_shape(info), expect=expect(coverage, array))
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray | list[np.ndarray]]:
         return {p: r.read(start, stop) for p, r in self.readers.items()}
@@ -57,12 +59,17 @@ def check_indices(index: np.ndarray, m: StreamManifest, what: str) -> np.ndarray
     return index
 
 
-def stored_hashes(group: Any, path: str, n: int) -> np.ndarray:
+def expect(coverage: Coverage | None, array: Any, *, required: bool = True) -> ChunkHashes | None:
+    """What the commit record ``coverage`` names of ``array``'s chunks (``Coverage.of``); ``None`` without one."""
+    return coverage.of(array.path, required=required) if coverage is not None else None
+
+
+def stored_hashes(group: Any, path: str, n: int, coverage: Coverage | None = None) -> np.ndarray:
     """The first ``n`` content hashes stored at ``path`` in ``group``; ``NO_HASH`` where none were stored."""
     node = storage.child(group, path)
     if node is None or n == 0:
         return np.full(n, hashing.NO_HASH, dtype=np.uint64)
-    return storage.ChunkReader(node).read(0, n)
+    return storage.ChunkReader(node, rows=n, expect=expect(coverage, node)).read(0, n)
 
 
 #: Rows hashed at once when hashes must be computed from the data.

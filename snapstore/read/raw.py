@@ -13,10 +13,11 @@ from torch.utils.data import Dataset
 from .. import storage
 from ..core import layout
 from ..core.manifest import RawManifest, StreamManifest, merge_ranks
+from ..core.merkle import Coverage
 from ..core.rows import no_rows, place
 from ..errors import FieldNotFoundError
-from ..storage.tree import array_at, group_at
-from .fields import FieldReaders, check_indices, fill_hashes, stored_hashes
+from ..storage.tree import array_at, group_at, raw_coverage
+from .fields import FieldReaders, check_indices, expect, fill_hashes, stored_hashes
 from .numpy import to_numpy
 from .plan import Fields, RaggedMode, RowPlan, Segment, raw_positions
 
@@ -36,7 +37,7 @@ class RawSamples(Dataset):
         """``ranks``: the stream group of each rank that recorded ``stream`` and its path (for messages)."""
         self._stream = stream
         self._sources: list[tuple[FieldReaders, np.ndarray]] = []  # one per rank that recorded raw samples
-        self._groups: list[Any] = []  # the raw group of each source
+        self._groups: list[tuple[Any, Coverage]] = []  # the raw group of each source, and its commit record
         wheres = [f"{p}/{layout.RAW_GROUP}" for _, p in ranks]
         groups = [group_at(storage.members(g, p), layout.RAW_GROUP, p) for g, p in ranks]
         attrs = [g.attrs.get(layout.RAW_ATTR, {}) if g is not None else {} for g in groups]
@@ -45,17 +46,20 @@ class RawSamples(Dataset):
                                                   name=stream.name)
                          for g, p in ranks])
         self.schema = m
-        for group, a, where in zip(groups, attrs, wheres):
+        for (rank_group, _), group, a, where in zip(ranks, groups, attrs, wheres):
             committed = RawManifest.from_dict(a, where=where, stream=m)
             rows, ragged = committed.rows, committed.ragged
             if rows:
                 nodes = storage.members(group, where, recursive=True)
-                fields = FieldReaders(nodes, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, ragged, rows, where)
-                reader = storage.ChunkReader(array_at(nodes, layout.RAW_INDEX, where), where, rows=rows,
-                                             dtype=np.dtype(np.int64), row_shape=())
+                coverage = raw_coverage(rank_group, group, where)
+                fields = FieldReaders(nodes, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, ragged, rows, where,
+                                      coverage)
+                index_array = array_at(nodes, layout.RAW_INDEX, where)
+                reader = storage.ChunkReader(index_array, where, rows=rows, dtype=np.dtype(np.int64), row_shape=(),
+                                             expect=expect(coverage, index_array))
                 index = check_indices(reader.read(0, rows), m, f"{where}/{layout.RAW_INDEX}")
                 self._sources.append((fields, index))
-                self._groups.append(group)
+                self._groups.append((group, coverage))
         self._rows = sum(len(index) for _, index in self._sources)
 
     @cached_property
@@ -200,7 +204,8 @@ class RawSamples(Dataset):
         out = np.empty(len(self.indices), dtype=np.uint64)
         for s, which, rows in self._by_source(self.indices):
             fields, index = self._sources[s]
-            stored = stored_hashes(self._groups[s], layout.raw_hashes_path(field), len(index))
+            group, coverage = self._groups[s]
+            stored = stored_hashes(group, layout.raw_hashes_path(field), len(index), coverage)
             out[which] = fill_hashes(stored[rows], lambda k, f=fields, r=rows: f.readers[field].gather(r[k]))
         return out
 

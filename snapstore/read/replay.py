@@ -67,7 +67,7 @@ class ReplayLoader:
 
     def __iter__(self) -> Iterator[Any]:
         plan = self.plan
-        cursors = {(k, p): storage.Cursor(r.array, s.rows) for k, s in enumerate(plan.segments)
+        cursors = {(k, p): storage.Cursor(r.array, s.rows, r.expect) for k, s in enumerate(plan.segments)
                    for p, r in s.readers.items() if isinstance(r, storage.ChunkReader)}
         for k, lo, hi in plan.batches:
             # views: the batch copies them

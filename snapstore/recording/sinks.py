@@ -53,7 +53,8 @@ class EpochSink:
         self.rows = 0
         self.batches = 0
         self.order: list[np.ndarray] = []  # the order, block by block, for the inverse index
-        storage.write_attr(group, layout.EPOCH_ATTR, self.manifest.to_dict())
+        storage.name_piece(group)  # named in its stream's list of epochs before its first record
+        storage.write_record(group, layout.EPOCH_ATTR, self.manifest.to_dict(), chunks)
 
     def put_rows(self, pos: int, tags: Tags, fields: dict[str, tuple[FieldInfo, Any]], batch: int | None) -> None:
         """Stage rows ``pos ..`` of the epoch: a whole batch, or a slice of one. ``batch`` (the
@@ -136,9 +137,11 @@ class EpochSink:
             self.chunks.sync()
         else:
             self.chunks.wait()
-        storage.write_attr(self.group, layout.EPOCH_ATTR, self.manifest.to_dict())
+        storage.write_record(self.group, layout.EPOCH_ATTR, self.manifest.to_dict(), self.chunks)
         if durable:
             storage.sync_node(self.group)
+        if final:  # its stream's list of epochs names the hash of this last record
+            storage.name_piece(self.group, seal=True, durable=durable)
         self.seen.after_commit()
 
 
@@ -179,7 +182,8 @@ class RawSink:
                 self.chunks.sync()
             else:
                 self.chunks.wait()
-            storage.write_attr(self.group, layout.RAW_ATTR, RawManifest(self.rows, list(self.fields.ragged)).to_dict())
+            record = RawManifest(self.rows, list(self.fields.ragged)).to_dict()
+            storage.write_record(self.group, layout.RAW_ATTR, record, self.chunks)
             if durable:
                 storage.sync_node(self.group)
             self.fields.after_commit()

@@ -27,7 +27,7 @@ from .groups import (
 )
 from .lock import SnapshotLock
 from .readers import ChunkReader, Cursor, RaggedReader
-from .writers import Buffers, ChunkWriter, FieldSinks, RowSink, root_gone, sync_node
+from .writers import Buffers, ChunkWriter, FieldSinks, RowSink, name_piece, root_gone, sync_node, write_record
 
 __all__ = [
     "COMPRESSORS",
@@ -50,6 +50,7 @@ __all__ = [
     "create_rows_array",
     "has_data",
     "members",
+    "name_piece",
     "open_group",
     "read_chunk",
     "require_group",
@@ -59,4 +60,5 @@ __all__ = [
     "sync_node",
     "walk_arrays",
     "write_attr",
+    "write_record",
 ]

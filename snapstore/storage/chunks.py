@@ -19,6 +19,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from .. import config
 from ..core.manifest import FieldInfo, numpy_dtype
+from ..core.merkle import ChunkHashes, chunk_hash
 from ..errors import CorruptionError, SnapstoreError
 from . import _zarr, files
 from .groups import Array, Group, require_group
@@ -163,7 +164,7 @@ def chunk_codecs(array: Array, c: int) -> list[tuple[Any, Any]]:
     return _zarr.chunk_codecs(array, _coords(array, c))
 
 
-def read_chunk(array: Array, c: int, committed_in: str | None = None) -> np.ndarray:
+def read_chunk(array: Array, c: int, committed_in: str | None = None, expect: ChunkHashes | None = None) -> np.ndarray:
     """Rows of row-chunk ``c`` of ``array`` (the last chunk may be shorter), decoded and checksum-verified;
     possibly read-only (copy before changing them).
 
@@ -171,14 +172,19 @@ def read_chunk(array: Array, c: int, committed_in: str | None = None) -> np.ndar
     in reverse: what ``array[lo:lo + rows]`` returns, without
     zarr's per-call machinery. A chunk missing from the store reads as the fill
     value, as in zarr, unless ``committed_in`` names what the manifest committing
-    its rows belongs to (``"epoch 3 of stream 'train'"``).
+    its rows belongs to (``"epoch 3 of stream 'train'"``). ``expect``: what the
+    commit record covering the chunk names of its array (format version 2), which
+    the rows are verified against (``_check_hash``); the chunk must then be stored
+    unless the record names it absent.
 
     Raises
     ------
     CorruptionError
-        The chunk fails to decode or its CRC32C does not match, or it is
-        missing although ``committed_in`` says its rows were committed; the
-        message names the array, the chunk and its rows.
+        The chunk fails to decode or its CRC32C does not match, it is not the
+        chunk ``expect`` names (swapped, duplicated, stale, moved from another
+        array or epoch), or it is missing although ``committed_in`` or
+        ``expect`` says its rows were committed; the message names the array,
+        the chunk and its rows.
     """
     rows = array.chunks[0]
     lo = c * rows
@@ -186,19 +192,51 @@ def read_chunk(array: Array, c: int, committed_in: str | None = None) -> np.ndar
     check_chunks(array, "the snapshot")
     if 0 in array.shape[1:]:  # rows of zero size (a (B, 0) field) hold no bytes to read: blosc refuses to decode none
         return np.empty((n, *array.shape[1:]), dtype=array.dtype)
+    if expect is not None and not expect.named(c):
+        return _unnamed(array, c, n, expect)
     try:
         data = _get_chunk(chunk_path(array, c), _largest_stored(array))
         if data is not None:
             _check_decoded_size(array, c, data)
-            return _zarr.decode(chunk_codecs(array, c), data)[:n]
+            block = _zarr.decode(chunk_codecs(array, c), data)[:n]
+            return block if expect is None else _check_hash(array, c, block, expect)
     except SnapstoreError:  # the store cannot be reached or refuses access (``groups.RemoteStore``): no damage
         raise
     except (ValueError, RuntimeError, OSError, TypeError, IndexError) as e:
         raise CorruptionError.damaged(f"chunk {c} (rows {lo}-{lo + rows - 1}) of array {array.path!r} "
                                       f"cannot be read: {e}") from e
-    if committed_in is not None:
-        raise CorruptionError.damaged(_missing(array, c, committed_in))
+    if committed_in is not None or expect is not None:
+        raise CorruptionError.damaged(_missing(array, c, committed_in or "the snapshot"))
+    return _fill(array, n)
+
+
+def _fill(array: Array, n: int) -> np.ndarray:
     return np.full((n, *array.shape[1:]), array.fill_value, dtype=array.dtype)
+
+
+def _check_hash(array: Array, c: int, block: np.ndarray, expect: ChunkHashes) -> np.ndarray:
+    """``block`` (row-chunk ``c`` of ``array``, decoded) if its rows are those its commit record names: the
+    hash of the rows the record covers equals the record's (``merkle.chunk_hash``); rows past them, written
+    since or never, read as the fill value. ``CorruptionError`` naming the array and the chunk otherwise."""
+    rows = expect.covered(c)
+    if expect.chunk != array.chunks[0] or chunk_hash(block[:rows]) != int(expect.hashes[c]):
+        lo = c * array.chunks[0]
+        raise CorruptionError.damaged(
+            f"chunk {c} (rows {lo}-{lo + array.chunks[0] - 1}) of array {array.path!r} is not the chunk its commit "
+            "record names (its content hash differs: a chunk swapped, duplicated, stale or moved from elsewhere)")
+    if rows < len(block):
+        block = block.copy()
+        block[rows:] = array.fill_value
+    return block
+
+
+def _unnamed(array: Array, c: int, n: int, expect: ChunkHashes) -> np.ndarray:
+    """Row-chunk ``c`` of ``array`` whose commit record names no stored chunk: rows never written, the fill
+    value. A chunk stored where the record names none (``merkle.ABSENT``) is ``CorruptionError``."""
+    if c < len(expect.hashes) and _get_chunk(chunk_path(array, c), _largest_stored(array)) is not None:
+        raise CorruptionError.damaged(f"chunk {c} of array {array.path!r} is stored, but its commit record says no "
+                                      "row of it was written (a chunk copied or moved there)")
+    return _fill(array, n)
 
 
 def _missing(array: Array, c: int, where: str) -> str:

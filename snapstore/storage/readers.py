@@ -17,6 +17,7 @@ import zarr
 from .. import config
 from ..core import layout
 from ..core.manifest import FieldInfo, numpy_dtype
+from ..core.merkle import ChunkHashes, Coverage
 from ..errors import CorruptionError
 from .chunks import check_array, read_chunk
 from .groups import Array
@@ -25,27 +26,36 @@ from .groups import Array
 class RaggedReader:
     """Reads rows of a ragged field: a list of arrays per read, through the values' chunk cache.
 
-    ``nodes`` maps ``values``/``offsets``/``shapes`` to their arrays.
+    ``nodes`` maps ``values``/``offsets``/``shapes`` to their arrays; ``coverage``: the commit record
+    covering them, whose chunk hashes they are verified against (``None``: unverified).
     """
 
-    def __init__(self, nodes: dict[str, Any], rows: int, info: FieldInfo, where: str) -> None:
+    def __init__(self, nodes: dict[str, Any], rows: int, info: FieldInfo, where: str,
+                 coverage: Coverage | None = None) -> None:
         def array(name: str) -> Array:
             node = nodes.get(name)
             if not isinstance(node, zarr.Array):
                 raise CorruptionError.damaged(f"{where}: array {name!r} of a ragged field is missing")
             return node
 
+        def expect(a: Array) -> ChunkHashes | None:
+            return coverage.of(a.path) if coverage is not None else None
+
         int64 = np.dtype("int64")
         self._where = where
-        self.offsets = ChunkReader(array(layout.OFFSETS), where, rows=rows, dtype=int64, row_shape=()).read(0, rows)
-        self.shapes = ChunkReader(array(layout.SHAPES), where, rows=rows, dtype=int64,
-                                  row_shape=(len(info.shape),)).read(0, rows)
+        offsets, shapes = array(layout.OFFSETS), array(layout.SHAPES)
+        self.offsets = ChunkReader(offsets, where, rows=rows, dtype=int64, row_shape=(),
+                                   expect=expect(offsets)).read(0, rows)
+        self.shapes = ChunkReader(shapes, where, rows=rows, dtype=int64, row_shape=(len(info.shape),),
+                                  expect=expect(shapes)).read(0, rows)
         counts = np.prod(self.shapes, axis=1, dtype=np.int64)
         ends = self.offsets + counts
         if rows and (self.offsets[0] < 0 or (self.shapes < 0).any() or (self.offsets[1:] != ends[:-1]).any()):
             raise CorruptionError.damaged(f"{where}: the offsets and shapes of a ragged field disagree")
         total = int(ends[-1]) if rows else 0
-        self._values = ChunkReader(array(layout.VALUES), where, rows=total, dtype=numpy_dtype(info.dtype), row_shape=())
+        values = array(layout.VALUES)
+        self._values = ChunkReader(values, where, rows=total, dtype=numpy_dtype(info.dtype), row_shape=(),
+                                   expect=expect(values))
 
     def read(self, start: int, stop: int) -> list[np.ndarray]:
         if stop <= start:
@@ -69,14 +79,19 @@ class ChunkReader:
     Decode and checksum failures become ``CorruptionError`` naming the array
     and the chunk, and so does a chunk missing from the store for rows the
     manifest says were committed (zarr would read it as the fill value), unless
-    ``sparse`` (outputs, whose rows may never have been logged).
+    ``sparse`` (outputs, whose rows may never have been logged). ``expect``: what the commit record
+    covering the array names of its chunks (format version 2); every chunk read is verified against
+    it (``read_chunk``).
     """
 
     def __init__(self, array: Array, where: str = "the snapshot", *, rows: int | None = None,
                  dtype: np.dtype | None = None, row_shape: tuple[int, ...] | None = None, sparse: bool = False,
-                 cached_chunks: int = config.DEFAULT_CACHED_CHUNKS) -> None:
+                 cached_chunks: int = config.DEFAULT_CACHED_CHUNKS, expect: ChunkHashes | None = None) -> None:
         check_array(array, where, dtype=dtype, row_shape=row_shape, rows=rows or 0)
+        if expect is not None:
+            covers(array, expect, where)
         self.array = array
+        self.expect = expect
         self.rows = array.chunks[0]
         self._where = where
         self._committed = array.shape[0] if rows is None else rows
@@ -90,7 +105,7 @@ class ChunkReader:
             self._cache.move_to_end(c)
             return block
         committed = not self._sparse and c * self.rows < self._committed
-        block = read_chunk(self.array, c, self._where if committed else None)
+        block = read_chunk(self.array, c, self._where if committed else None, self.expect)
         self._cache[c] = block
         if len(self._cache) > self._cached_chunks:
             self._cache.popitem(last=False)
@@ -133,8 +148,10 @@ class Cursor:
 
     AHEAD = 2
 
-    def __init__(self, array: Any, rows: int) -> None:
-        self._array, self._rows = array, rows
+    def __init__(self, array: Any, rows: int, expect: ChunkHashes | None = None) -> None:
+        if expect is not None:
+            covers(array, expect, "the snapshot")
+        self._array, self._rows, self._expect = array, rows, expect
         self._chunk = int(array.chunks[0])
         self._chunks = -(-rows // self._chunk)  # chunks holding the rows
         self._pieces: list[tuple[int, np.ndarray]] = []  # (first row, decoded chunk), ascending
@@ -159,8 +176,18 @@ class Cursor:
             del self._ahead[k]
         for k in range(c, min(c + 1 + self.AHEAD, self._chunks)):
             if k not in self._ahead:
-                self._ahead[k] = _decoders().submit(read_chunk, self._array, k, "the snapshot")
+                self._ahead[k] = _decoders().submit(read_chunk, self._array, k, "the snapshot", self._expect)
         return self._ahead.pop(c).result()
+
+
+def covers(array: Array, expect: ChunkHashes, where: str) -> None:
+    """``CorruptionError`` unless the chunk hashes ``expect`` a commit record names of ``array`` are of chunks
+    of its size. (Rows past those the record covers were never written: they read as the fill value.)"""
+    if expect.chunk != array.chunks[0]:
+        raise CorruptionError.damaged(
+            f"array {array.path!r} of {where}: its commit record names chunks of {expect.chunk} rows, but its "
+            f"metadata says {array.chunks[0]} (the array's metadata or the record was replaced)")
+
 
 _DECODERS: tuple[int, ThreadPoolExecutor] | None = None
 

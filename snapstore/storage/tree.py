@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import zarr
 
 from ..core import layout
 from ..core.manifest import (
@@ -23,8 +24,9 @@ from ..core.manifest import (
     StreamManifest,
     merge_ranks,
 )
+from ..core.merkle import Coverage, parse_chunks, parse_seals, record_hash
 from ..errors import CorruptionError
-from .groups import Array, Group, array_nbytes_stored, child, children, members
+from .groups import Array, Group, array_nbytes_stored, child, children, members, reread
 from .readers import ChunkReader
 
 
@@ -58,8 +60,9 @@ def manifested(group: Any, attrs: tuple[str, ...], where: str) -> dict[str, Any]
     """
     out = {}
     for name, node in members(group, where).items():
-        if not isinstance(node, Group):
-            continue
+        if not isinstance(node, Group):  # a node's zarr.json replaced by an array's: the node would vanish
+            raise CorruptionError.damaged(f"{where}/{name}: an array where snapstore writes only groups (its "
+                                          "zarr.json was replaced)")
         if any(a in node.attrs for a in attrs):
             out[name] = node
         elif members(node, f"{where}/{name}"):
@@ -76,6 +79,66 @@ def numbered(group: Any, where: str, what: str) -> dict[int, Any]:
             raise CorruptionError.damaged(f"{where}/{name}: the group of {what} must be named by its number")
         out[int(name)] = node
     return out
+
+
+def reread_parent(node: Group) -> Group:
+    """The group holding ``node``, read from the store now."""
+    return reread(zarr.open_group(node.store, path=node.path.rpartition("/")[0], mode="r", zarr_format=3,
+                                  use_consolidated=False))
+
+
+def check_pieces(epochs: Group, found: dict[str, Group], where: str, *, prefix: str = "") -> None:
+    """Check the epoch pieces ``found`` (by path inside the stream's ``epochs/`` group ``epochs``, all those
+    whose path starts with ``prefix``: the epochs, or one epoch's continuations) against the list of pieces
+    ``epochs`` names (``layout.PIECES_ATTR``, format version 2; read before the pieces' records).
+
+    Every piece found must be named; a piece named as finished must be there with the very record whose
+    hash the list names, and every named piece's record must name its chunks. So an epoch that vanishes (its
+    ``zarr.json`` replaced by an array's or deleted), an epoch copied in from elsewhere, a record replaced by
+    another or by an older version of itself, are ``CorruptionError``. Pieces of a snapshot without a list
+    (format version 1) are not checked.
+    """
+    listed = epochs.attrs.get(layout.PIECES_ATTR)
+    if listed is None:
+        if any(isinstance(r := g.attrs.get(layout.EPOCH_ATTR), dict) and layout.CHUNKS in r for g in found.values()):
+            raise CorruptionError.damaged(f"{where}: its list of epochs (attribute {layout.PIECES_ATTR!r} of "
+                                          "epochs/) is missing although its epochs were recorded with one")
+        return
+    pieces = parse_seals(listed, where)
+    for key, group in found.items():
+        if key not in pieces:  # named since the list was read (a writer starting it), or not at all
+            pieces = {**parse_seals(reread(epochs).attrs.get(layout.PIECES_ATTR), where), **pieces}
+            if key not in pieces:
+                raise CorruptionError.damaged(
+                    f"{where}/{key}: an epoch its stream's list of epochs does not name (copied in from elsewhere, or "
+                    "the list was replaced by an older one)")
+            continue
+        record = group.attrs.get(layout.EPOCH_ATTR)
+        if not isinstance(record, dict) or layout.CHUNKS not in record:
+            raise CorruptionError.damaged(f"{where}/{key}: its commit record names no chunk hashes")
+        sealed = pieces[key]
+        if sealed is not None and record_hash(record) != sealed:
+            raise CorruptionError.damaged(
+                f"{where}/{key}: its commit record is not the one its stream's list of epochs names as final (the "
+                "record was edited, replaced by another epoch's, or by an older version of itself)")
+    for key, sealed in pieces.items():
+        rest = key[len(prefix) :] if key.startswith(prefix) else None
+        if rest is not None and "/" not in rest and sealed is not None and key not in found:
+            raise CorruptionError.damaged(f"{where}/{key}: a finished epoch its stream's list of epochs names is "
+                                          "missing (its group was deleted, or its zarr.json replaced)")
+
+
+def raw_coverage(rank_group: Group, raw: Group, where: str) -> Coverage:
+    """What the commit record of raw group ``raw`` (of one rank's stream ``rank_group``) names of its chunks;
+    ``CorruptionError`` when it names none in a stream recorded with format version 2 (one whose
+    ``epochs/`` lists its pieces)."""
+    record = raw.attrs.get(layout.RAW_ATTR, {})
+    entries = parse_chunks(record, where)
+    if entries is None and isinstance(record, dict) and record.get("rows"):
+        epochs = child(rank_group, layout.EPOCHS_GROUP)
+        if epochs is not None and layout.PIECES_ATTR in epochs.attrs:
+            raise CorruptionError.damaged(f"{where}: its commit record names no chunk hashes")
+    return Coverage(entries, raw.path, where)
 
 
 def stream_ranks(group: Group, where: str, *, strict: bool = True) -> list[tuple[int, Group, str]]:
@@ -115,7 +178,9 @@ def epoch_groups(rank_group: Group, where: str, *, strict: bool = True) -> dict[
     base = f"{where}/{layout.EPOCHS_GROUP}"
     if strict:
         epochs = group_at(members(rank_group, where), layout.EPOCHS_GROUP, where)
-        found = numbered(epochs, base, "an epoch") if epochs is not None else {}
+        found = numbered(epochs, base, "an epoch") if epochs is not None else {}  # records read after the list
+        if epochs is not None:
+            check_pieces(epochs, {str(e): g for e, g in found.items()}, base)
     else:
         epochs = child(rank_group, layout.EPOCHS_GROUP)
         found = ({int(n): g for n, g in children(epochs)[0] if n.isdigit() and isinstance(g, Group)}
@@ -128,10 +193,13 @@ def epoch_pieces(epoch_group: Group, where: str, *, strict: bool = True) -> list
     (k = 0), then each ``continued/<k>`` recorded after a resume (k = 1, 2, ...)."""
     base = f"{where}/{layout.CONTINUED_GROUP}"
     if strict:
+        epochs = reread_parent(epoch_group)  # its list of pieces, read before the continuations' records
         continued = group_at(members(epoch_group, where), layout.CONTINUED_GROUP, where)
         extra = sorted(numbered(continued, base, "a continuation").items()) if continued is not None else []
         if extra and extra[0][0] == 0:
             raise CorruptionError.damaged(f"{base}/0: continuations are numbered from 1")
+        prefix = f"{epoch_group.basename}/{layout.CONTINUED_GROUP}/"
+        check_pieces(epochs, {f"{prefix}{k}": g for k, g in extra}, where.rpartition("/")[0], prefix=prefix)
     else:
         continued = child(epoch_group, layout.CONTINUED_GROUP)
         extra = sorted((int(k), g) for k, g in (children(continued)[0] if continued is not None else [])
@@ -174,7 +242,8 @@ def stream_summary(group: Group, where: str, name: str) -> dict[str, Any]:
         raw_rows += rows
         if rows and len(ranks) > 1:  # a sample that several ranks fetched counts once
             index = array_at(members(raw, raw_where), layout.RAW_INDEX, raw_where)
-            indices.append(ChunkReader(index, raw_where, rows=rows).read(0, rows))
+            expect = raw_coverage(g, raw, raw_where).of(index.path)
+            indices.append(ChunkReader(index, raw_where, rows=rows, expect=expect).read(0, rows))
     per_rank = [epoch_groups(g, w) for _, g, w in ranks]
     epochs = []
     for number in sorted({e for found in per_rank for e in found}):

@@ -19,11 +19,12 @@ import zarr
 from .. import config
 from ..core import layout
 from ..core.manifest import FieldInfo, numpy_dtype
+from ..core.merkle import ABSENT, ChunkHashes, chunk_hash, hex_hash, parse_chunks, record_hash
 from ..core.rows import Ragged
 from ..errors import UsageError
 from . import _zarr
 from .chunks import COMPRESSORS, chunk_codecs, chunk_path, create_rows_array, local_file, store_chunk
-from .groups import Array, Group, child, require_group, vanished
+from .groups import Array, Group, child, require_group, reread, vanished, write_attr
 from .readers import ChunkReader
 
 
@@ -69,6 +70,59 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_record(group: Group, key: str, record: dict[str, Any], writer: ChunkWriter) -> dict[str, Any]:
+    """Write commit record ``record`` as attribute ``key`` of ``group``, with the hashes of the chunks of
+    every array below it (``"chunks"``, see ``core.merkle``), after ``writer.wait()``; returns what was
+    written.
+
+    The hashes are those ``writer`` computed when it stored each chunk; chunks
+    stored by an earlier recording (a resumed raw group) keep the hashes of the
+    record already there.
+    """
+    ours = writer.entries(group.path)
+    earlier = parse_chunks(group.attrs.get(key), group.path) or {}
+    starts = writer.starts(group.path)
+    for rel, old in earlier.items():
+        if f"{group.path}/{rel}" in writer.deleted:
+            continue
+        mine = ours.get(rel)
+        if mine is None:
+            ours[rel] = old
+            continue
+        if old.chunk != mine.chunk:
+            continue
+        keep = min(starts.get(rel, 0) // old.chunk, len(old.hashes))  # whole chunks stored by the earlier run
+        hashes = mine.hashes.copy()
+        hashes[:keep] = np.where(hashes[:keep] == ABSENT, old.hashes[:keep], hashes[:keep])
+        ours[rel] = ChunkHashes(mine.chunk, mine.rows, hashes)
+    record = {**record, layout.CHUNKS: {rel: e.to_dict() for rel, e in sorted(ours.items())}}
+    write_attr(group, key, record)
+    return record
+
+
+def _pieces(piece: Group) -> tuple[Group, str]:
+    """The ``epochs/`` group of the stream epoch piece ``piece`` belongs to (``epochs/<e>`` or
+    ``epochs/<e>/continued/<k>``), read afresh, and the piece's path inside it."""
+    parts = piece.path.split("/")
+    top = len(parts) - (4 if len(parts) >= 4 and parts[-2] == layout.CONTINUED_GROUP else 2)
+    path = "/".join(parts[: top + 1])
+    return zarr.open_group(piece.store, path=path, mode="r+", zarr_format=3, use_consolidated=False), \
+        "/".join(parts[top + 1 :])
+
+
+def name_piece(piece: Group, *, seal: bool = False, durable: bool = False) -> None:
+    """Name epoch piece ``piece`` in its stream's list of pieces (``layout.PIECES_ATTR`` of ``epochs/``): as
+    being recorded (before its first commit record), or, with ``seal``, with the hash of its final record
+    as stored (after it). ``durable``: fsync the list on a local disk before returning."""
+    epochs, key = _pieces(piece)
+    value = hex_hash(record_hash(cast(dict[str, Any], reread(piece).attrs[layout.EPOCH_ATTR]))) if seal else None
+    pieces = dict(cast(dict[str, Any], epochs.attrs.get(layout.PIECES_ATTR, {})))
+    pieces[key] = value
+    write_attr(epochs, layout.PIECES_ATTR, pieces)
+    if durable:
+        sync_node(epochs)
 
 
 class Buffers:
@@ -143,24 +197,34 @@ class ChunkWriter:
                                         thread_name_prefix="snapstore-encode")
         self.buffers = Buffers(keep=2, max_bytes=config.DEFAULT_QUEUE_BYTES)  # chunk staging buffers
         self._unsynced: set[Path] = set()  # local files stored since the last sync
+        # array path -> (rows per chunk, {chunk: (rows hashed, hash)}, row the table starts at): what the
+        # commit records covering the array name (``entries``)
+        self._hashes: dict[str, tuple[int, dict[int, tuple[int, int]], int]] = {}
+        self.deleted: set[str] = set()  # arrays deleted (a fixed field moved to ragged arrays)
         self._root: Path | None = None  # the local store's root, once a chunk was written there
 
-    def write(self, array: Array, c: int, block: np.ndarray) -> None:
-        """Hand over ``block``, shape ``array.chunks``, to be stored as row-chunk ``c`` of ``array``."""
+    def write(self, array: Array, c: int, block: np.ndarray, rows: int | None = None) -> None:
+        """Hand over ``block``, shape ``array.chunks``, to be stored as row-chunk ``c`` of ``array``; its first
+        ``rows`` rows (all by default) hold data, and their hash (``merkle.chunk_hash``) is what the next commit
+        record names for the chunk."""
         where = chunk_path(array, c)
         for key, done in self._pending:
             if key == where.path:
                 done.result()
         while len(self._pending) >= self._in_flight:
             self._pending.popleft()[1].result()
-        job = self._pool.submit(self._encode_and_store, where, chunk_codecs(array, c), block)
+        n = len(block) if rows is None else rows
+        table = self._table(array)
+        job = self._pool.submit(self._encode_and_store, where, chunk_codecs(array, c), block, table, c, n)
         self._pending.append((where.path, job))
         path = local_file(where)
         if path is not None:  # to fsync at the next durable commit: the chunk and its array's metadata
             self._root = Path(where.store.root)
             self._unsynced.update((path, self._root / array.path / "zarr.json"))
 
-    def _encode_and_store(self, where: Any, codecs: list[tuple[Any, Any]], block: np.ndarray) -> None:
+    def _encode_and_store(self, where: Any, codecs: list[tuple[Any, Any]], block: np.ndarray,
+                          table: dict[int, tuple[int, int]], c: int, n: int) -> None:
+        table[c] = (n, chunk_hash(block[:n]))  # the rows as they are stored, hashed once, here
         data = _zarr.encode(codecs, block)
         self.buffers.give_back([block])  # the encoded bytes never alias it (always checksummed)
         path = local_file(where)
@@ -169,6 +233,50 @@ class ChunkWriter:
         store_chunk(where, data)
         if path is not None:  # written back now, on this thread, while the loop runs: sync() then finds it clean
             _fsync(path)
+
+    def _table(self, array: Array) -> dict[int, tuple[int, int]]:
+        entry = self._hashes.get(array.path)
+        if entry is None or entry[0] != array.chunks[0]:
+            entry = self._hashes[array.path] = (array.chunks[0], {}, 0)
+        return entry[1]
+
+    def resume(self, array: Array, rows: int, partial: np.ndarray | None) -> None:
+        """``array`` holds ``rows`` committed rows written by an earlier recording, whose commit record names
+        the hashes of its chunks; ``partial``: the rows of its last chunk, if not whole, which the next
+        record names afresh (``write_record`` keeps the earlier record's hashes below them)."""
+        table = self._table(array)
+        self._hashes[array.path] = (array.chunks[0], table, rows)
+        if partial is not None:
+            table[rows // array.chunks[0]] = (len(partial), chunk_hash(partial))
+
+    def forget(self, path: str) -> None:
+        """The array at store path ``path`` was deleted: no record names it any more."""
+        self._hashes.pop(path, None)
+        self.deleted.add(path)
+
+    def entries(self, base: str) -> dict[str, ChunkHashes]:
+        """What a commit record of the group at store path ``base`` names of the arrays below it written
+        since this writer started (not those of continuations, which have records of their own), by path
+        inside the group; call after ``wait``."""
+        out = {}
+        for path, (chunk, table, start) in list(self._hashes.items()):
+            if not path.startswith(base + "/"):
+                continue
+            rel = path[len(base) + 1 :]
+            if rel.startswith(layout.CONTINUED_GROUP + "/"):
+                continue
+            done = dict(table)
+            rows = max([start, *(c * chunk + n for c, (n, _) in done.items())])
+            hashes = np.full(-(-rows // chunk), ABSENT, dtype=np.uint64)
+            for c, (_, h) in done.items():
+                hashes[c] = h
+            out[rel] = ChunkHashes(chunk, rows, hashes)
+        return out
+
+    def starts(self, base: str) -> dict[str, int]:
+        """Row at which this writer's hashes of each array below ``base`` begin (0, or where it resumed)."""
+        return {path[len(base) + 1 :]: start for path, (_, _, start) in self._hashes.items()
+                if path.startswith(base + "/")}
 
     def wait(self) -> None:
         """Return once every chunk handed over so far is stored; raise the first failure."""
@@ -205,12 +313,16 @@ class RowSink:
         self._chunk = -1
         self._buf = np.empty(0)
         self._staged = 0  # rows of the current chunk that hold data or the fill value
+        self._data = 0  # rows of the current chunk that hold data (or the fill value of rows skipped)
+        self._stored = 0  # rows of data the current chunk held when it was last handed over
         self._dirty = False
         if resume_at % self.rows:  # keep the committed rows of a partly written chunk
             self._start_chunk(resume_at // self.rows)
             lo = self._chunk * self.rows
             self._buf[: resume_at - lo] = ChunkReader(array, rows=resume_at).read(lo, resume_at)
-            self._staged = resume_at - lo
+            self._staged = self._data = self._stored = resume_at - lo
+        if resume_at:
+            writer.resume(array, resume_at, self._buf[: self._data] if resume_at % self.rows else None)
 
     def put(self, start: int, rows: np.ndarray) -> None:
         stop = start + len(rows)
@@ -221,6 +333,8 @@ class RowSink:
             pos = start + done
             chunk = pos // self.rows
             if chunk != self._chunk:
+                if self._chunk >= 0 and self._stored < self.rows:
+                    self._dirty = True  # rows skipped at its end are final: store it whole, hashed whole
                 self._write(whole=True)
                 self._start_chunk(chunk)
             lo = pos - chunk * self.rows
@@ -228,13 +342,14 @@ class RowSink:
             self._fill(lo)
             self._buf[lo : lo + n] = rows[done : done + n]
             self._staged = max(self._staged, lo + n)
+            self._data = max(self._data, lo + n)
             done += n
             self._dirty = True
 
     def _start_chunk(self, chunk: int) -> None:
         self._chunk = chunk
         self._buf = self.writer.buffers.take((self.rows, *self.array.shape[1:]), self.array.dtype)
-        self._staged = 0
+        self._staged = self._data = self._stored = 0
 
     def _fill(self, stop: int) -> None:
         # Rows no batch wrote (a gap, the tail of a partly filled chunk) get the fill value, once,
@@ -249,12 +364,13 @@ class RowSink:
         if not self._dirty:
             return
         self._fill(self.rows)
+        self._stored = self.rows if whole else self._data
         if whole:  # the buffer goes to the writer; _start_chunk takes another
-            self.writer.write(self.array, self._chunk, self._buf)
+            self.writer.write(self.array, self._chunk, self._buf, self._stored)
         else:  # rows keep arriving in this chunk: hand over a copy
             block = self.writer.buffers.take(self._buf.shape, self._buf.dtype)
             block[...] = self._buf
-            self.writer.write(self.array, self._chunk, block)
+            self.writer.write(self.array, self._chunk, block, self._stored)
         self._dirty = not whole
 
     def flush(self) -> None:
@@ -360,5 +476,6 @@ class FieldSinks:
     def after_commit(self) -> None:
         """Delete fixed arrays whose rows now live in ragged arrays named by the committed manifest."""
         for name in self._replaced:
+            self.writer.forget(f"{self.group.path}/{name}")
             del self.group[name]
         self._replaced.clear()

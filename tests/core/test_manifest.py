@@ -40,8 +40,18 @@ def test_a_newer_format_version_asks_for_an_upgrade(snap_copy):
 ])
 def test_well_formed_but_inconsistent_metadata_is_refused(snap_copy, meta, change, match):
     edit_json(snap_copy / meta, change)
+    if meta.startswith("train/epochs/0/"):  # as if still being recorded: its record is checked, not sealed
+        edit_json(snap_copy / "train/epochs/zarr.json", lambda d: d["attributes"]["epochs"].update({"0": None}))
     with pytest.raises(snapstore.CorruptionError, match=match):
         read_everything(snap_copy)
+
+
+@pytest.mark.parametrize("change", [lambda e: e.update(rows=3), lambda e: e.update(complete=False),
+                                    lambda e: e["provenance"].update(host="elsewhere"), lambda e: e.pop("ragged")])
+def test_an_edited_finished_epoch_record_is_refused_by_its_seal(snap_copy, change):
+    edit_json(snap_copy / "train/epochs/0/zarr.json", lambda d: change(d["attributes"]["epoch"]))
+    with pytest.raises(snapstore.CorruptionError, match="not the one its stream's list of epochs names as final"):
+        snapstore.open(snap_copy)["train"].epochs
 
 
 def test_newer_format_version_is_refused(snap_path):

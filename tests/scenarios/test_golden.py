@@ -1,15 +1,18 @@
-"""The committed format-version-1 snapshot still reads, value for value."""
+"""The committed snapshots of every format version still read, value for value; version 2 verifies what it reads."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import snapstore
 
-GOLDEN = Path(__file__).parent / "data" / "golden-v1.snap"
+DATA = Path(__file__).parent / "data"
+VERSIONS = [1, 2]
 ORDERS = [[3, 4, 0, 5, 7, 9, 11, 6, 8, 1, 10, 2], [11, 8, 10, 5, 7, 1, 6, 2, 0, 4, 9, 3]]
 
 
@@ -17,9 +20,15 @@ def image(i: int) -> torch.Tensor:
     return torch.from_numpy((np.arange(6, dtype=np.uint8).reshape(2, 3) + i).astype(np.uint8)).float() / 255
 
 
-def test_golden_snapshot_reads():
-    snap = snapstore.open(GOLDEN)
-    assert snap.manifest.format_version == 1 == snapstore.FORMAT_VERSION
+def test_the_newest_golden_snapshot_is_of_the_current_format_version():
+    assert VERSIONS[-1] == snapstore.FORMAT_VERSION
+    assert sorted(p.name for p in DATA.glob("golden-v*.snap")) == [f"golden-v{v}.snap" for v in VERSIONS]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_golden_snapshot_reads(version):
+    snap = snapstore.open(DATA / f"golden-v{version}.snap")
+    assert snap.manifest.format_version == version
     stream = snap["train"]
     assert stream.epochs == [0, 1]
     assert stream.fields["meta/path"] == snapstore.FieldInfo("tuple", "str", ())  # default_collate keeps zip()'s tuple
@@ -36,3 +45,20 @@ def test_golden_snapshot_reads():
         np.testing.assert_allclose(ep.outputs["score"], [image(i).double().sum().item() for i in order], rtol=1e-6)
     raw = stream.raw[4]
     assert torch.equal(raw["image"], image(4)) and raw["label"] == 1 and raw["meta"] == (4, "img/4.png")
+
+
+def test_golden_v2_refuses_order_chunks_swapped_between_epochs(tmp_path):
+    """What version 2 adds: a chunk in another epoch's place is refused (version 1 reads it silently)."""
+    for version, refused in ((1, False), (2, True)):
+        copy = shutil.copytree(DATA / f"golden-v{version}.snap", tmp_path / f"v{version}.snap")
+        a, b = (next(f for f in (copy / f"train/epochs/{e}/order").rglob("*") if f.is_file() and f.name != "zarr.json")
+                for e in (0, 1))
+        data = a.read_bytes()
+        a.write_bytes(b.read_bytes())
+        b.write_bytes(data)
+        stream = snapstore.open(copy)["train"]
+        if refused:
+            with pytest.raises(snapstore.CorruptionError, match="chunk 0 .*order.* is not the chunk its commit record"):
+                stream.epoch(0).order
+        else:
+            assert stream.epoch(0).order.tolist() == ORDERS[1]

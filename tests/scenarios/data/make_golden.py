@@ -1,4 +1,4 @@
-"""Writes tests/scenarios/data/golden-v1.snap: a small snapshot of format version 1.
+"""Writes tests/scenarios/data/golden-v<FORMAT_VERSION>.snap: a small snapshot of the current format version.
 
 Run once per format version (``python tests/scenarios/data/make_golden.py``)
 and commit the result; ``tests/scenarios/test_golden.py`` reads it so a format
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 import snapstore
 
 Meta = collections.namedtuple("Meta", ["id", "path"])
-OUT = Path(__file__).with_name("golden-v1.snap")
+OUT = Path(__file__).with_name(f"golden-v{snapstore.FORMAT_VERSION}.snap")
 
 
 class Golden(Dataset):
