@@ -292,8 +292,13 @@ def test_recorded_batches_are_the_bare_batches(case: str, tmp_path: Any) -> None
         for j, (a, b) in enumerate(zip(recorded[e], ep.batches())):
             same(dict(a) if isinstance(a, Meta) else a, b, f"{case} replay epoch {e} batch {j}")
         carried = [i for b in recorded[e] for i in _indices(b)]
-        if isinstance(loader.dataset, IterableDataset):
-            assert sorted(carried) == sorted(carried) and len(ep.order) == len(carried)
+        if isinstance(loader.dataset, IterableDataset):  # positions in the stream: p * workers + worker
+            workers = max(loader.num_workers, 1)
+            assert len(set(ep.order.tolist())) == len(ep.order) == len(carried)
+            if workers == 1:
+                assert ep.order.tolist() == list(range(len(carried))) and set(ep.workers.tolist()) == {-1}
+            else:
+                assert (ep.order % workers).tolist() == ep.workers.tolist()
         elif isinstance(loader.dataset, StackDataset):
             assert len(ep.order) == len(carried)
         elif isinstance(loader.dataset, (ConcatDataset, torch.utils.data.Subset)):  # items carry the inner index
