@@ -22,6 +22,7 @@ from ..core.datasets import Untransformed, bases, is_wrapped, raw_source
 from ..core.manifest import EpochManifest, FieldInfo, RawManifest, StreamManifest
 from ..core.rows import DeviceCopy, Ragged
 from ..core.schema import flatten, reconcile
+from ..core.seen import SeenPolicy
 from ..errors import SchemaError, UsageError
 from ..storage.tree import epoch_groups, epoch_pieces
 from .capture import CaptureCollate, RawBlock, Tagged, Tags, TeeLog, install_tees, remove_tees
@@ -61,7 +62,7 @@ class RecordingLoader:
     def __init__(self, session: WriteSession, loader: DataLoader, name: str, path: str, raw: Any,
                  resume_epoch: bool, *, seen: Any = "full") -> None:
         self._session = session
-        self._seen = seen
+        self._seen = SeenPolicy.parse(seen)
         self._paused = False
         self._loader = loader
         self._name = name
@@ -76,10 +77,10 @@ class RecordingLoader:
             # a writer killed between creating the stream's group and writing its manifest: readers skip
             # the empty group (storage.tree.manifested); the stream starts afresh in it
             storage.write_attr(group, layout.STREAM_ATTR,
-                               StreamManifest(name, iterable, batched, dataset_len).to_dict())
+                               StreamManifest(name, iterable, batched, dataset_len, seen=self._seen).to_dict())
         if group is None:
             group = storage.create_group(root, path)
-            self._manifest = StreamManifest(name, iterable, batched, dataset_len)
+            self._manifest = StreamManifest(name, iterable, batched, dataset_len, seen=self._seen)
             storage.write_attr(group, layout.STREAM_ATTR, self._manifest.to_dict())
         else:
             self._manifest = StreamManifest.from_dict(group.attrs.get(layout.STREAM_ATTR),
@@ -95,6 +96,9 @@ class RecordingLoader:
                     f"iterable={self._manifest.iterable}, batched={self._manifest.batched}; "
                     f"this loader has iterable={iterable}, batched={batched}: record it under another name"
                 )
+            if self._manifest.seen != self._seen:  # the manifest names the policy the stream is recorded under now
+                self._manifest = dataclasses.replace(self._manifest, seen=self._seen)
+                storage.write_attr(group, layout.STREAM_ATTR, self._manifest.to_dict())
         self._group = group
         where = f"{session.path}/{path}"
         storage.require_group(group, layout.EPOCHS_GROUP)

@@ -260,8 +260,6 @@ class Recorder:
             dist.barrier()
             group = f"{name}/{layout.rank_name(self.rank)}"
         rl = RecordingLoader(self._session, loader, name, group, raw, resume_epoch, seen=policy)
-        if rl._manifest.seen != policy:  # the stream's manifest names the policy it is recorded under now
-            rl._update_manifest(seen=policy)
         self._loaders[name] = rl
         return rl
 

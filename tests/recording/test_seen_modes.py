@@ -119,3 +119,14 @@ def test_the_inverse_index_finds_every_position(tmp_path, seen):
         assert ep.manifest.where
         for i in range(-1, N + 2):
             np.testing.assert_array_equal(ep.positions(index=i), np.flatnonzero(ep.order == i))
+
+
+def test_an_appending_run_with_another_policy_names_it_in_the_stream_manifest(tmp_path):
+    path = tmp_path / "a.snap"
+    stream, _ = _record(path, "hash", epochs=1)
+    assert stream.manifest.seen.mode == "hash"
+    with snapstore.Recorder(path, mode="a") as rec:
+        list(rec.wrap(DataLoader(_dataset(), batch_size=10), name="train", seen={"every": 2}))
+    stream = snapstore.open(path)["train"]
+    assert stream.manifest.seen.describe() == "seen={'every': 2}"
+    assert [stream.epoch(e).manifest.seen.mode for e in stream.epochs] == ["hash", "sampled"]
