@@ -21,6 +21,7 @@ from .fields import FieldReaders, check_indices, expect, fill_hashes, row_shape
 from .numpy import to_numpy
 from .plan import Fields, RaggedMode, RowPlan, Segment
 from .replay import ReplayLoader
+from .where import piece_positions
 
 if TYPE_CHECKING:
     from .stream import Stream
@@ -50,26 +51,6 @@ class Piece:
         stored = self.full is None or bool(self.full.any())
         self.seen = (FieldReaders(self.nodes, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged,
                                   self.rows, what, self.coverage) if self.rows and stored else None)
-
-    def where(self, index: int) -> np.ndarray:
-        """Positions of this piece (int64, ascending) where dataset ``index`` was seen: from the inverse
-        index (a chunk or two of ``where/offsets`` and ``where/positions``), or by scanning ``order`` for a
-        piece without one (cut short, or written before inverse indexes existed)."""
-        if not self.rows:
-            return np.empty(0, dtype=np.int64)
-        if not self.manifest.where:
-            return np.flatnonzero(self.array(layout.ORDER, self.rows) == index)
-        offsets = array_at(self.nodes, layout.WHERE_OFFSETS, self.what)
-        if not 0 <= index < offsets.shape[0] - 1:
-            return np.empty(0, dtype=np.int64)
-        lo, hi = storage.ChunkReader(offsets, self.what, dtype=np.dtype(np.int64), row_shape=()).read(index, index + 2)
-        positions = array_at(self.nodes, layout.WHERE_POSITIONS, self.what)
-        found = storage.ChunkReader(positions, self.what, rows=self.rows, dtype=np.dtype(np.int64),
-                                    row_shape=()).read(int(lo), int(hi)) if hi > lo else np.empty(0, np.int64)
-        if lo < 0 or hi < lo or hi > self.rows or ((found < 0) | (found >= self.rows)).any():
-            raise CorruptionError.damaged(f"{self.what}/{layout.WHERE_OFFSETS}: the inverse index points outside "
-                                          f"the epoch's {self.rows} rows")
-        return found
 
     def array(self, name: str, n: int, dtype: Any = np.int64, fill: Any = None) -> np.ndarray:
         """The first ``n`` entries of a per-position (or per-batch) array; ``fill`` when it does not exist."""
@@ -282,9 +263,11 @@ class Epoch:
         Read from the epoch's inverse index (``Stream.where``), without the order.
         """
         if len(self._pieces) == 1:
-            return self._pieces[0].where(index)
+            p = self._pieces[0]
+            return piece_positions(p.group, p.what, p.manifest, index)
         part, _ = self._map
-        found = [np.flatnonzero(part == k)[p.where(index)] for k, p in enumerate(self._pieces)]
+        found = [np.flatnonzero(part == k)[piece_positions(p.group, p.what, p.manifest, index)]
+                 for k, p in enumerate(self._pieces)]
         return np.sort(np.concatenate(found))
 
     def sample(self, *, index: int) -> Any:
