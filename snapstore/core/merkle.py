@@ -63,7 +63,7 @@ def chunk_hash(rows: np.ndarray) -> int:
     return _nonzero(xxhash.xxh3_64_intdigest(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data))
 
 
-def record_hash(record: dict[str, Any]) -> int:
+def record_hash(record: Any) -> int:
     """xxh3_64 of a commit record as JSON with sorted keys, no spaces, ASCII (``json.dumps(record,
     sort_keys=True, separators=(",", ":"))``), never ``ABSENT``: what a stream's list of epochs names."""
     text = json.dumps(record, sort_keys=True, separators=(",", ":"))

@@ -93,7 +93,8 @@ def check_pieces(epochs: Group, found: dict[str, Group], where: str, *, prefix: 
     ``epochs`` names (``layout.PIECES_ATTR``, format version 2; read before the pieces' records).
 
     Every piece found must be named; a piece named as finished must be there with the very record whose
-    hash the list names, and every named piece's record must name its chunks. So an epoch that vanishes (its
+    hash the list names (pieces recorded before the list, format version 1, are named as not finished). So
+    an epoch that vanishes (its
     ``zarr.json`` replaced by an array's or deleted), an epoch copied in from elsewhere, a record replaced by
     another or by an older version of itself, are ``CorruptionError``. Pieces of a snapshot without a list
     (format version 1) are not checked.
@@ -113,11 +114,8 @@ def check_pieces(epochs: Group, found: dict[str, Group], where: str, *, prefix: 
                     f"{where}/{key}: an epoch its stream's list of epochs does not name (copied in from elsewhere, or "
                     "the list was replaced by an older one)")
             continue
-        record = group.attrs.get(layout.EPOCH_ATTR)
-        if not isinstance(record, dict) or layout.CHUNKS not in record:
-            raise CorruptionError.damaged(f"{where}/{key}: its commit record names no chunk hashes")
         sealed = pieces[key]
-        if sealed is not None and record_hash(record) != sealed:
+        if sealed is not None and record_hash(group.attrs.get(layout.EPOCH_ATTR)) != sealed:
             raise CorruptionError.damaged(
                 f"{where}/{key}: its commit record is not the one its stream's list of epochs names as final (the "
                 "record was edited, replaced by another epoch's, or by an older version of itself)")

@@ -24,7 +24,7 @@ from ..core.rows import Ragged
 from ..errors import UsageError
 from . import _zarr
 from .chunks import COMPRESSORS, chunk_codecs, chunk_path, create_rows_array, local_file, store_chunk
-from .groups import Array, Group, child, require_group, reread, vanished, write_attr
+from .groups import Array, Group, child, children, require_group, reread, vanished, write_attr
 from .readers import ChunkReader
 
 
@@ -112,13 +112,28 @@ def _pieces(piece: Group) -> tuple[Group, str]:
         "/".join(parts[top + 1 :])
 
 
+def _recorded_before(epochs: Group) -> dict[str, Any]:
+    """The pieces of a stream recorded without a list of epochs (format version 1, appended to with
+    ``mode="a"``), each named as not sealed."""
+    out: dict[str, Any] = {}
+    for name, node in children(epochs)[0]:
+        if isinstance(node, Group) and layout.EPOCH_ATTR in node.attrs:
+            out[name] = None
+            continued = child(node, layout.CONTINUED_GROUP)
+            for k, part in children(continued)[0] if continued is not None else []:
+                if isinstance(part, Group) and layout.EPOCH_ATTR in part.attrs:
+                    out[f"{name}/{layout.CONTINUED_GROUP}/{k}"] = None
+    return out
+
+
 def name_piece(piece: Group, *, seal: bool = False, durable: bool = False) -> None:
     """Name epoch piece ``piece`` in its stream's list of pieces (``layout.PIECES_ATTR`` of ``epochs/``): as
     being recorded (before its first commit record), or, with ``seal``, with the hash of its final record
     as stored (after it). ``durable``: fsync the list on a local disk before returning."""
     epochs, key = _pieces(piece)
     value = hex_hash(record_hash(cast(dict[str, Any], reread(piece).attrs[layout.EPOCH_ATTR]))) if seal else None
-    pieces = dict(cast(dict[str, Any], epochs.attrs.get(layout.PIECES_ATTR, {})))
+    listed = epochs.attrs.get(layout.PIECES_ATTR)
+    pieces = dict(cast(dict[str, Any], listed)) if listed is not None else _recorded_before(epochs)
     pieces[key] = value
     write_attr(epochs, layout.PIECES_ATTR, pieces)
     if durable:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import snapstore
+from tests.scenarios.data.make_golden import Golden
 
 DATA = Path(__file__).parent / "data"
 VERSIONS = [1, 2]
@@ -62,3 +63,15 @@ def test_golden_v2_refuses_order_chunks_swapped_between_epochs(tmp_path):
                 stream.epoch(0).order
         else:
             assert stream.epoch(0).order.tolist() == ORDERS[1]
+
+
+def test_a_version_1_snapshot_takes_appended_epochs(tmp_path):
+    """mode='a' on a version-1 snapshot: its epochs are listed as unsealed, the new one is sealed and verified."""
+    copy = shutil.copytree(DATA / "golden-v1.snap", tmp_path / "v1.snap")
+    with snapstore.Recorder(copy, mode="a") as rec:
+        train = rec.wrap(torch.utils.data.DataLoader(Golden(), batch_size=5), name="train")
+        for _ in train:
+            pass
+    stream = snapstore.open(copy)["train"]
+    assert stream.epochs == [0, 1, 2] and stream.epoch(2).order.tolist() == list(range(12))
+    assert [stream.epoch(e).order.tolist() for e in (0, 1)] == ORDERS
