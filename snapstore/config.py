@@ -15,6 +15,12 @@ MAX_CHUNK_ROWS = 65536
 #: chunk is full.
 DEFAULT_FLUSH_INTERVAL = 2.0
 
+#: Seconds a writer's lock on a snapshot on an object store stays valid without
+#: a refresh (``storage.ObjectLock``). The writer refreshes it at its flushes,
+#: every quarter lease; once a killed writer's lock is older than its lease, the
+#: next ``Recorder`` takes it over.
+WRITER_LEASE_SECONDS = 60.0
+
 #: Batches that may wait for the background writer before the training loop
 #: blocks (back-pressure).
 DEFAULT_QUEUE_BATCHES = 16

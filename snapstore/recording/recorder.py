@@ -23,6 +23,7 @@ from ..core.manifest import RanksManifest, SnapshotManifest
 from ..core.seen import SeenPolicy
 from ..errors import RecordingError, SnapshotExistsError, SnapstoreError, UsageError
 from ..storage.chunks import Compressor
+from ..storage.lock import ObjectLock, SnapshotLock, writer_lock
 from .loader import RecordingLoader
 from .provenance import utc_now, versions
 from .session import OnError, WriteSession
@@ -86,10 +87,12 @@ class Recorder:
         ``mode="a"`` and ``path`` is no snapshot this version can extend.
     SnapshotLockedError
         Another ``Recorder``, in this process or another, is recording the
-        local snapshot at ``path`` (``mode="a"``, or ``mode="w"`` with
+        snapshot at ``path`` (``mode="a"``, or ``mode="w"`` with
         ``overwrite=True``): a snapshot has one writer at a time, and the
-        lock is held until ``close()``. Snapshots on object storage are not
-        locked; keep to one writer there yourself (docs/OBJECT-STORAGE.md).
+        lock is held until ``close()``. On object storage the lock is an
+        object taken with a conditional write, held as a lease: the message
+        names its holder and when a dead writer's lock is taken over
+        (docs/OBJECT-STORAGE.md).
 
     Examples
     --------
@@ -118,18 +121,18 @@ class Recorder:
             raise UsageError(f"compressor={compressor!r} is not one of {storage.COMPRESSORS}")
         self.on_error = on_error
         self.rank, self.world_size = _rank_and_world()
-        self._lock: storage.SnapshotLock | None = None
+        self._lock: SnapshotLock | ObjectLock | None = None
         try:
             self._open(mode, overwrite, storage_options)
         except BaseException:
             self._release()
             raise
         self._loaders: dict[str, RecordingLoader] = {}
-        self._session = WriteSession(self._root, self.path, compressor, on_error)
+        self._session = WriteSession(self._root, self.path, compressor, on_error, lock=self._lock)
 
     def _open(self, mode: str, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
         if self.rank == 0:  # one writer per snapshot: rank 0 holds the lock for the ranks of its job
-            self._take_lock(create=mode == "w")
+            self._take_lock(create=mode == "w", storage_options=storage_options)
         if mode == "w" and self.world_size > 1:  # rank 0 creates the snapshot, the others join it
             failure: list[str | None] = [None]
             if self.rank == 0:
@@ -150,15 +153,16 @@ class Recorder:
             self._root = storage.open_group(self.path, mode="a", storage_options=storage_options)
             SnapshotManifest.from_dict(self._root.attrs.get(layout.SNAPSHOT_ATTR), where=self.path)
 
-    def _take_lock(self, *, create: bool) -> None:
-        """Lock a local snapshot directory (made first for a new snapshot, so that two recorders creating
-        one path race for the lock, not for the files) before anything in it is read, swept or replaced."""
-        if "://" in self.path:
-            return  # object stores: one writer per snapshot is the rule (docs/OBJECT-STORAGE.md)
-        if create and not os.path.lexists(self.path):
-            os.makedirs(self.path, exist_ok=True)
-        if os.path.isdir(self.path):
-            self._lock = storage.SnapshotLock(self.path)
+    def _take_lock(self, *, create: bool, storage_options: dict[str, Any] | None) -> None:
+        """Lock the snapshot before anything in it is read, swept or replaced: a local directory (made first
+        for a new snapshot, so that two recorders creating one path race for the lock, not for the files),
+        or the lock object of a URL (``storage.lock.ObjectLock``)."""
+        if "://" not in self.path:
+            if create and not os.path.lexists(self.path):
+                os.makedirs(self.path, exist_ok=True)
+            if not os.path.isdir(self.path):
+                return
+        self._lock = writer_lock(self.path, storage_options)
 
     def _release(self) -> None:
         if self._lock is not None:

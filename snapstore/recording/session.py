@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from .. import config, storage
 from ..errors import RecordingError, SnapstoreWarning, UsageError
+from ..storage.lock import ObjectLock, SnapshotLock
 from .background import BackgroundWriter
 from .sinks import EpochSink, RawSink
 
@@ -40,10 +41,15 @@ class WriteSession:
         One of ``storage.COMPRESSORS``.
     on_error : {"raise", "warn"}
         What a writer failure does to the training loop (see ``Recorder``).
+    lock : SnapshotLock or ObjectLock, optional
+        The writer's lock, refreshed at each flush (an object store's lease); a lock lost to another
+        writer fails the writer like any write error.
     """
 
-    def __init__(self, root: storage.Group, path: str, compressor: str, on_error: OnError) -> None:
+    def __init__(self, root: storage.Group, path: str, compressor: str, on_error: OnError, *,
+                 lock: SnapshotLock | ObjectLock | None = None) -> None:
         self.root = root
+        self.lock = lock
         self.path = path
         self.on_error = on_error
         self.chunks = storage.ChunkWriter(compressor)  # raises UsageError for an unknown compressor
@@ -127,6 +133,8 @@ class WriteSession:
 
     def _flush(self, *, durable: bool = False) -> None:  # writer thread
         storage.check_exists(self.root, self.path)
+        if self.lock is not None:  # still this writer's, before its commits
+            self.lock.refresh()
         for raw in self.raws:  # the raw samples first: an epoch's rows refer to them
             raw.commit(durable=durable)
         for epoch in self.epochs:

@@ -245,21 +245,42 @@ def _store(path: str, *, read_only: bool, storage_options: dict[str, Any] | None
     return SnapshotStore(path, read_only=read_only)
 
 
-def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
-    """Whether anything exists at ``path`` (a local directory with entries, or any key under a URL)."""
-    if not _is_url(path):
-        return os.path.exists(path) and (not os.path.isdir(path) or bool(os.listdir(path)))
+#: The object that holds a writer's lock in a snapshot on an object store (``lock.ObjectLock``): a hidden
+#: name, so readers, the audit and plain zarr skip it as no node and no damage.
+LOCK_KEY = ".snapstore-lock"
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+    """``(fs, path)``: a fresh synchronous fsspec filesystem for ``url`` (no listings cached from earlier
+    calls) and the path of ``url`` in it; ``UsageError`` or ``StoreAccessError`` as for ``open_group``."""
     import fsspec  # a dependency of zarr's FsspecStore
 
-    try:  # a fresh synchronous filesystem: no listings cached from earlier calls
-        fs, root = fsspec.url_to_fs(path, **{"skip_instance_cache": True, **FRESH_LISTINGS,
-                                            **(storage_options or {})})
+    try:
+        fs, root = fsspec.url_to_fs(url, **{"skip_instance_cache": True, **FRESH_LISTINGS, **(storage_options or {})})
     except (ImportError, ValueError) as e:
-        raise _fsspec_error(path, e) from e
+        raise _fsspec_error(url, e) from e
     except _access_errors() as e:
-        raise access_error(path, e) from e
-    with _translating(path, _access_errors()):
-        return bool(fs.exists(root))
+        raise access_error(url, e) from e
+    return fs, root.rstrip("/")
+
+
+def translating(url: str) -> contextlib.AbstractContextManager[None]:
+    """A context in which a store's connection and access failures are raised as ``access_error(url, ...)``."""
+    return _translating(url, _access_errors())
+
+
+def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
+    """Whether anything exists at ``path`` (a local directory with entries, or any key under a URL but a
+    writer's lock, ``LOCK_KEY``)."""
+    if not _is_url(path):
+        return os.path.exists(path) and (not os.path.isdir(path) or bool(os.listdir(path)))
+    fs, root = filesystem(path, storage_options)
+    with translating(path):
+        try:
+            found = fs.ls(root, detail=False)
+        except FileNotFoundError:
+            return False
+    return any(str(name).rstrip("/").rsplit("/", 1)[-1] != LOCK_KEY for name in found)
 
 
 def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None = None,

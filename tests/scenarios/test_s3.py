@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +252,98 @@ def test_no_credentials_at_all_are_a_snapstore_error_naming_the_url(s3, monkeypa
     with pytest.raises(snapstore.StoreAccessError, match="s3://snapstore-test/anon.snap.*credentials") as caught:
         snapstore.open(f"s3://{BUCKET}/anon.snap", storage_options={**bare, **NO_RETRIES})
     assert caught.value.__cause__ is not None
+
+
+def lock_object(url: str, so: dict[str, Any]) -> str:
+    return f"{url.removeprefix('s3://')}/.snapstore-lock"
+
+
+def test_a_second_writer_on_s3_is_refused_naming_the_holder(s3):
+    import fsspec
+
+    url = f"s3://{BUCKET}/locked.snap"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, **s3)
+    with snapstore.Recorder(url, storage_options=s3) as rec:
+        stream = rec.wrap(loader(), name="train")
+        for _ in stream:
+            pass
+        assert fs.exists(lock_object(url, s3))
+        for kw in ({"mode": "a"}, {"overwrite": True}):  # overwrite=True would empty the snapshot being recorded
+            with pytest.raises(snapstore.SnapshotLockedError, match=rf"pid {os.getpid()}.*taken over") as caught:
+                snapstore.Recorder(url, storage_options=s3, **kw)
+            assert ".snapstore-lock" in str(caught.value)
+        snap = snapstore.open(url, storage_options=s3)  # readers and the audit skip the lock object
+        assert snap["train"].epochs == [0] and snapstore.audit(snap, progress=False).ok
+    assert not fs.exists(lock_object(url, s3))  # deleted at close
+    assert snapstore.open(url, storage_options=s3)["train"].epochs == [0]
+    record(url, s3, epochs=1, mode="a")  # the next writer gets the lock
+    assert snapstore.open(url, storage_options=s3)["train"].epochs == [0, 1]
+
+
+HOLD = """
+import json, os, sys, time
+import snapstore
+from snapstore import config
+from tests.scenarios.test_s3 import loader
+config.WRITER_LEASE_SECONDS = 4.0
+rec = snapstore.Recorder(sys.argv[1], storage_options=json.loads(sys.argv[2]))
+stream = rec.wrap(loader(), name="train")
+for _ in stream:
+    pass
+print("recorded", flush=True)
+time.sleep(600)  # killed here, holding the lock
+"""
+
+
+def test_a_killed_writers_lock_on_s3_is_taken_over_once_its_lease_has_run_out(s3):
+    url = f"s3://{BUCKET}/killed.snap"
+    with subprocess.Popen([sys.executable, "-c", HOLD, url, json.dumps(s3)], cwd=REPO, stdout=subprocess.PIPE,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "recorded\n"
+        finally:
+            proc.kill()  # SIGKILL: no close(), the lock object stays
+    with pytest.raises(snapstore.SnapshotLockedError, match=rf"pid {proc.pid}.*once it is 4 s old"):
+        snapstore.Recorder(url, mode="a", storage_options=s3)
+    deadline = time.monotonic() + 60  # the lease runs out by the store's clock (whole seconds)
+    while True:
+        try:
+            rec = snapstore.Recorder(url, mode="a", storage_options=s3)
+            break
+        except snapstore.SnapshotLockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    with rec:
+        stream = rec.wrap(loader(), name="train")
+        for _ in stream:
+            pass
+    snap = snapstore.open(url, storage_options=s3)
+    assert snap["train"].epochs == [0, 1] and snapstore.audit(snap, progress=False).ok
+
+
+def test_a_writer_whose_lock_was_taken_over_stops_writing(s3, monkeypatch):
+    import fsspec
+
+    url = f"s3://{BUCKET}/taken.snap"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, **s3)
+    monkeypatch.setattr(snapstore.config, "WRITER_LEASE_SECONDS", 0.001)  # refreshed at every flush
+    rec = snapstore.Recorder(url, storage_options=s3)
+    stream = rec.wrap(loader(), name="train")
+    for _ in stream:
+        pass
+    fs.pipe_file(lock_object(url, s3), b'{"host": "elsewhere", "pid": 1}')  # another writer took it over
+    with pytest.raises(snapstore.RecordingError) as caught:
+        rec.close()
+    assert isinstance(caught.value.__cause__, snapstore.SnapshotLockedError)
+    assert "taken over" in str(caught.value.__cause__)
+    assert fs.cat_file(lock_object(url, s3)) == b'{"host": "elsewhere", "pid": 1}'  # not deleted at close
+
+
+def test_a_store_without_conditional_writes_records_unlocked_with_one_warning(caplog):
+    url = "memory://snapstore-test/unlocked.snap"
+    with caplog.at_level(logging.WARNING, logger="snapstore"):
+        record(url, {}, epochs=1)
+    warned = [r for r in caplog.records if "no writer lock" in r.getMessage()]
+    assert len(warned) == 1 and "one writer per snapshot" in warned[0].getMessage()
+    assert snapstore.open(url)["train"].epochs == [0]
