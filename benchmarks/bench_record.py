@@ -2,17 +2,30 @@
 
 One run, one generated workload, one table::
 
-    python benchmarks/bench_record.py --full      # the README numbers (about 10 minutes on 2 cores)
+    python benchmarks/bench_record.py --full      # the README numbers (about 25 minutes on 2 cores)
+    python benchmarks/bench_record.py --full --part loops   # only the training-loop tables
     python benchmarks/bench_record.py             # tiny size, seconds (what tests/benchmarks/test_bench_record.py runs)
 
 What is measured (medians of ``--repeat`` runs; bare and recorded runs alternate so machine noise hits both):
 
-* recording overhead: samples/s of a training loop over a ``DataLoader`` with
-  snapstore recording it (``Recorder`` + ``wrap(raw="auto")``: augmented rows,
-  label, index, order and the raw uint8 crop once per index; the time includes
-  ``Recorder.close()``, i.e. every row committed) divided by the same loop bare.
-  The loop's own work per batch is ``images.sum()`` (it reads every element
-  once). ``num_workers=0`` runs with ``torch.set_num_threads(1)``.
+* the training loop, recorded: one epoch of a loop over a ``DataLoader`` (CIFAR-like:
+  loader-bound, and step-bound with a simulated accelerator step of 10 and 30 ms
+  a batch in which the training thread sleeps, GIL released; ImageNet-like:
+  loader-bound; ``num_workers`` 0 and 2) bare, recorded by snapstore
+  (``Recorder(path).wrap(loader)``: seen rows, label, index, order, and the raw
+  uint8 crop once per index; epoch 0, which captures the raw crops, and epoch 1,
+  whose time includes ``Recorder.close()``, reported apart) and recorded by each
+  peer on the training thread (``torch.save`` of every batch, preallocated
+  NumPy saved at the epoch's end, h5py, and ``bench_limits.py``'s minimal
+  recorder: copy + background LZ4 + crc32c + one file), in one run. Per line:
+  the ratio of its samples/s to the bare epoch of the same run, the
+  training thread's time a batch inside the recorder (wall time of ``next()``
+  and the peer's call over the bare loop's ``next()``; and its CPU time,
+  ``time.thread_time``, over the bare loop's), CPU-seconds (``getrusage`` of the
+  process and its reaped workers) per GB recorded over the bare loop's, and
+  peak RSS over the bare loop's. The loop's own work per batch is
+  ``images.sum()`` (it reads every element once); ``num_workers=0`` runs with
+  ``torch.set_num_threads(1)``.
 * writer throughput: the same epoch as pre-made batches ``(image float32, raw
   uint8, label, index)`` written by snapstore and by each peer, through the page
   cache (nobody fsyncs), until the writer's close returns; the writers take
@@ -32,6 +45,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
+import resource
 import shutil
 import statistics
 import sys
@@ -135,7 +150,7 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-# -- 1. recording overhead ----------------------------------------------------
+# -- 1. the training loop, recorded ------------------------------------------
 def train_loop(iterable: Any) -> int:
     """The benchmark's training step: touch every element of the images once."""
     n = 0
@@ -143,17 +158,6 @@ def train_loop(iterable: Any) -> int:
         images.sum()
         n += len(images)
     return n
-
-
-def run_bare(ds: Any, w: Workload, workers: int) -> tuple[float, int]:
-    """(seconds, peak RSS) of one epoch of the bare loop."""
-    loader = workloads.make_loader(ds, w, workers)
-    with PeakRss() as rss:
-        t = time.perf_counter()
-        n = train_loop(loader)
-        dt = time.perf_counter() - t
-    assert n == w.samples
-    return dt, rss.peak
 
 
 def run_recorded(ds: Any, w: Workload, workers: int, path: str, **options: Any) -> tuple[float, int]:
@@ -169,30 +173,282 @@ def run_recorded(ds: Any, w: Workload, workers: int, path: str, **options: Any) 
     return dt, rss.peak
 
 
-def overhead(w: Workload, ds: Any, workers: int, repeat: int, tmp: str) -> dict[str, float]:
+#: Simulated accelerator step per batch, seconds: 0 is the loader-bound loop; in the others the training
+#: thread sleeps (the GIL released) as it does while a GPU computes.
+STEPS = (0.0, 0.010, 0.030)
+LOOP_RECORDERS = ("snapstore", "torch.save per batch", "preallocated NumPy", "h5py", "minimal recorder")
+
+
+def _cpu() -> float:
+    """CPU seconds of this process (every thread) and of its reaped children (the loader's workers)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def timed_epoch(start: Callable[[], Any], step: float, put: Callable[..., None] | None = None,
+                finish: Callable[[], None] | None = None) -> dict[str, float]:
+    """One epoch of the training loop: ``next()`` of the iterator ``start()`` makes, the recorder's ``put`` of
+    the batch (peers), ``images.sum()`` and a ``step``-second sleep (the accelerator); ``finish()`` after the
+    last batch. ``inside``: seconds the training thread spent in ``start``, ``next``, ``put`` and ``finish``."""
+    with PeakRss() as rss:
+        t, cpu, thread = time.perf_counter(), _cpu(), time.thread_time()
+        it = start()
+        inside = time.perf_counter() - t
+        n = batches = 0
+        while True:
+            a = time.perf_counter()
+            try:
+                images, labels, index = next(it)
+            except StopIteration:
+                inside += time.perf_counter() - a
+                break
+            if put is not None:
+                put(images, labels, index)
+            inside += time.perf_counter() - a
+            images.sum()
+            if step:
+                time.sleep(step)
+            n += len(images)
+            batches += 1
+        if finish is not None:
+            a = time.perf_counter()
+            finish()
+            inside += time.perf_counter() - a
+        seconds = time.perf_counter() - t
+        thread = time.thread_time() - thread
+        cpu = _cpu() - cpu
+    return {"seconds": seconds, "cpu": cpu, "inside": inside, "thread": thread, "rss": rss.peak,
+            "batches": batches, "samples": n}
+
+
+class LoopPeer:
+    """How people record a training loop's batches today: ``put`` each batch (images, its raw crops, labels,
+    indices: every epoch, 15.4 KB a CIFAR-like sample), ``end`` each epoch."""
+
+    def __init__(self, ds: Any, out: str) -> None:
+        self.ds, self.out, self.epoch = ds, out, 0
+
+    def put(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        self.epoch += 1
+
+
+class TorchSavePeer(LoopPeer):
+    """``torch.save`` of each batch (a dict of tensors) into its own file, on the training thread."""
+
+    def __init__(self, ds: Any, out: str) -> None:
+        super().__init__(ds, out)
+        self.batch = 0
+
+    def put(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
+        raw = torch.from_numpy(self.ds.crops[index.numpy()])
+        torch.save({"image": images, "raw": raw, "label": labels, "index": index},
+                   os.path.join(self.out, f"e{self.epoch}-b{self.batch:06d}.pt"))
+        self.batch += 1
+
+
+class PreallocPeer(LoopPeer):
+    """NumPy arrays of an epoch's size, allocated once, filled batch by batch, ``np.save``d at each epoch's end."""
+
+    def __init__(self, ds: Any, out: str) -> None:
+        super().__init__(ds, out)
+        n, shape = len(ds), ds.crops.shape[1:]
+        self.arrays = {"image": np.empty((n, *shape), np.float32), "raw": np.empty((n, *shape), np.uint8),
+                       "label": np.empty(n, np.int64), "index": np.empty(n, np.int64)}
+        self.lo = 0
+
+    def put(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
+        idx = index.numpy()
+        hi = self.lo + len(idx)
+        for name, rows in (("image", images.numpy()), ("raw", self.ds.crops[idx]), ("label", labels.numpy()),
+                           ("index", idx)):
+            self.arrays[name][self.lo : hi] = rows
+        self.lo = hi
+
+    def end(self) -> None:
+        for name, a in self.arrays.items():
+            np.save(os.path.join(self.out, f"e{self.epoch}-{name}.npy"), a[: self.lo])
+        self.lo = 0
+        super().end()
+
+
+class H5Peer(LoopPeer):
+    """One HDF5 file an epoch, datasets chunked by batch, no compression, written batch by batch."""
+
+    def __init__(self, ds: Any, out: str) -> None:
+        super().__init__(ds, out)
+        self.h5py = peers._need("h5py", "h5py")
+        self.file: Any = None
+
+    def put(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
+        idx = index.numpy()
+        fields = {"image": images.numpy(), "raw": self.ds.crops[idx], "label": labels.numpy(), "index": idx}
+        if self.file is None:
+            n, bs = len(self.ds), len(idx)
+            self.file = self.h5py.File(os.path.join(self.out, f"e{self.epoch}.h5"), "w")
+            self.sets = {k: self.file.create_dataset(k, shape=(n, *v.shape[1:]), dtype=v.dtype,
+                                                     chunks=(bs, *v.shape[1:])) for k, v in fields.items()}
+            self.lo = 0
+        for k, v in fields.items():
+            self.sets[k][self.lo : self.lo + len(idx)] = v
+        self.lo += len(idx)
+
+    def end(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        super().end()
+
+
+class MinimalPeer(LoopPeer):
+    """``bench_limits.py``'s minimal recorder: the training thread copies each batch and its raw crops; a
+    background thread Blosc-LZ4 encodes each block, crc32c-checksums it and appends it to one file an epoch
+    (no fsync, no index, no schema)."""
+
+    def __init__(self, ds: Any, out: str) -> None:
+        super().__init__(ds, out)
+        self.jobs: queue.Queue = queue.Queue(maxsize=8)
+        self.thread: threading.Thread | None = None
+
+    def _store(self, path: str) -> None:
+        if __package__:
+            from .bench_limits import _append
+        else:
+            from bench_limits import _append
+        with open(path, "wb") as f:
+            while (blocks := self.jobs.get()) is not None:
+                for b in blocks:
+                    _append(f, b)
+
+    def put(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._store, args=(os.path.join(self.out, f"e{self.epoch}.bin"),))
+            self.thread.start()
+        idx = index.numpy()
+        self.jobs.put([images.numpy().copy(), self.ds.crops[idx], labels.numpy().copy(), idx.copy()])
+
+    def end(self) -> None:
+        if self.thread is not None:
+            self.jobs.put(None)
+            self.thread.join()
+            self.thread = None
+        super().end()
+
+
+PEER_LOOPS: dict[str, type[LoopPeer]] = {"torch.save per batch": TorchSavePeer, "preallocated NumPy": PreallocPeer,
+                                         "h5py": H5Peer, "minimal recorder": MinimalPeer}
+
+
+def _recorded_bytes(w: Workload, raw: bool) -> int:
+    """Bytes a recorder is handed in one epoch: float32 images, labels, indices, and the raw uint8 crops."""
+    row = 3 * w.size * w.size
+    return w.samples * (row * 4 + 16 + (row if raw else 0))
+
+
+def loop_lines(ds: Any, w: Workload, workers: int, step: float, tmp: str,
+               recorders: tuple[str, ...] = LOOP_RECORDERS) -> dict[str, list[dict[str, float]]]:
+    """One run of every line of one loop: the bare epoch, snapstore's epoch 0 (raw capture) and epoch 1
+    (``close()`` included) in one ``Recorder``, and an epoch of each peer. Returns line -> [epoch stats]."""
+    out: dict[str, list[dict[str, float]]] = {"bare": [timed_epoch(lambda: iter(workloads.make_loader(ds, w, workers)),
+                                                                    step)]}
+    if "snapstore" in recorders:
+        path = os.path.join(tmp, "loop.snap")
+        shutil.rmtree(path, ignore_errors=True)
+        state: dict[str, Any] = {}
+
+        def first() -> Any:
+            state["rec"] = snapstore.Recorder(path)
+            state["stream"] = state["rec"].wrap(workloads.make_loader(ds, w, workers), name="train")
+            return iter(state["stream"])
+
+        epoch0 = timed_epoch(first, step)
+        epoch1 = timed_epoch(lambda: iter(state["stream"]), step, finish=lambda: state["rec"].close())
+        epoch0["bytes"], epoch1["bytes"] = _recorded_bytes(w, True), _recorded_bytes(w, False)
+        out["snapstore epoch 0"], out["snapstore epoch 1"] = [epoch0], [epoch1]
+    for name in recorders:
+        if name == "snapstore":
+            continue
+        where = os.path.join(tmp, "loop-peer")
+        shutil.rmtree(where, ignore_errors=True)
+        os.makedirs(where)
+        peer = PEER_LOOPS[name](ds, where)
+        stats = timed_epoch(lambda: iter(workloads.make_loader(ds, w, workers)), step, peer.put, peer.end)  # noqa: B023
+        stats["bytes"] = _recorded_bytes(w, True)
+        out[name] = [stats]
+        del peer
+    shutil.rmtree(os.path.join(tmp, "loop-peer"), ignore_errors=True)
+    return out
+
+
+def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str,
+          skipped: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Medians over ``repeat`` runs of ``loop_lines`` (at full size one more first, not counted) of
+    each line: samples/s, ratio to the bare epoch of the same run, training-thread ms a batch in the recorder
+    (wall: ``next`` + ``put`` over the bare loop's ``next``; CPU: ``thread_time`` over the bare loop's),
+    CPU-seconds per GB recorded over the bare loop's, peak RSS over the bare loop's."""
     threads = torch.get_num_threads()
     if workers == 0:
         torch.set_num_threads(1)
+    recorders = tuple(r for r in LOOP_RECORDERS if r not in skipped)
+    runs: list[dict[str, list[dict[str, float]]]] = []
+    warm = 1 if w.samples >= 10_000 else 0  # a full-size run warms caches and imports in a run not counted
     try:
-        bare, rec, bare_rss, rec_rss = [], [], [], []
-        for r in range(repeat + 1):  # run 0 warms caches and imports; not counted
-            b, b_rss = run_bare(ds, w, workers)
-            path = os.path.join(tmp, f"overhead-{w.size}-{workers}.snap")
-            s, s_rss = run_recorded(ds, w, workers, path)
-            if r:
-                bare.append(b)
-                rec.append(s)
-                bare_rss.append(b_rss)
-                rec_rss.append(s_rss)
+        for r in range(repeat + warm):
+            try:
+                run = loop_lines(ds, w, workers, step, tmp, recorders)
+            except peers.Unavailable as e:  # h5py missing: its line is skipped
+                skipped["h5py"] = str(e)
+                recorders = tuple(x for x in recorders if x != "h5py")
+                run = loop_lines(ds, w, workers, step, tmp, recorders)
+            if r >= warm:
+                runs.append(run)
     finally:
         torch.set_num_threads(threads)
-    ratios = [b / s for b, s in zip(bare, rec)]
-    return {
-        "bare": w.samples / median(bare),
-        "snapstore": w.samples / median(rec),
-        "ratio": median(ratios),
-        "rss_over_bare": max(0.0, median([s - b for s, b in zip(rec_rss, bare_rss)])),
-    }
+    out: dict[str, dict[str, float]] = {}
+    for line in runs[0]:
+        per = []
+        for run in runs:
+            bare, s = run["bare"][0], run[line][0]
+            nb = max(1, s["batches"])
+            per.append({
+                "samples/s": s["samples"] / s["seconds"],
+                "ratio": bare["seconds"] / s["seconds"],
+                "inside ms": 1e3 * (s["inside"] - bare["inside"]) / nb,
+                "thread ms": 1e3 * (s["thread"] - bare["thread"]) / nb,
+                "cpu s/GB": (s["cpu"] - bare["cpu"]) / (s["bytes"] / 1e9) if "bytes" in s else float("nan"),
+                "rss": s["rss"] - bare["rss"],
+            })
+        out[line] = {k: median([p[k] for p in per]) for k in per[0]}
+    return out
+
+
+def loop_table(results: dict[Any, dict[str, dict[str, float]]], ws: dict[str, Workload],
+               p: Callable[..., None]) -> None:
+    p("\n## The training loop, recorded (ratio = samples/s with the recorder / bare, same run; higher is better, "
+      "1.00 = free)\n")
+    p("Step: a simulated accelerator step per batch (the training thread sleeps, GIL released); 0 = loader-bound. "
+      "snapstore records seen rows + raw crops once (epoch 0) with `Recorder(path).wrap(loader)` defaults; "
+      "every peer records images + raw crops + labels + indices every epoch.\n")
+    names = ["snapstore epoch 0", "snapstore epoch 1", *[n for n in LOOP_RECORDERS if n != "snapstore"]]
+    p("| workload | step | num_workers | bare samples/s | " + " | ".join(names) + " |")
+    p("| --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
+    for (wname, step, nw), lines in results.items():
+        cells = [f"{lines[n]['ratio']:.3f}" if n in lines else "-" for n in names]
+        p(f"| {wname} | {step * 1e3:.0f} ms | {nw} | {_fmt(lines['bare']['samples/s'])} | " + " | ".join(cells) + " |")
+    p("\nPer line: training-thread time a batch in the recorder (wall in next() + put() over the bare loop's "
+      "next(); CPU: thread_time over the bare loop's), CPU-seconds (process + workers) per GB recorded over the "
+      "bare loop's, peak RSS over the bare loop's.\n")
+    p("| workload | step | num_workers | recorder | samples/s | ratio | ms/batch in recorder, wall | CPU | "
+      "CPU-s per GB | RSS over bare |")
+    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (wname, step, nw), lines in results.items():
+        for name, r in lines.items():
+            if name == "bare":
+                continue
+            p(f"| {wname} | {step * 1e3:.0f} ms | {nw} | {name} | {_fmt(r['samples/s'])} | {r['ratio']:.3f} "
+              f"| {r['inside ms']:.2f} | {r['thread ms']:.2f} | {_fmt(r['cpu s/GB'], 2)} | {r['rss'] / MB:.0f} MB |")
 
 
 # -- 2. writers ----------------------------------------------------------------
@@ -310,46 +566,56 @@ def _count(batches: Any) -> int:
 
 # -- the table -----------------------------------------------------------------
 def run(full: bool = False, repeat: int | None = None, tmp: str | None = None, only: list[str] | None = None,
-        reads: int | None = None, out: Any = sys.stdout) -> dict[str, Any]:
-    """Run every measurement and print the table; returns the numbers (``only``: a subset of the peers)."""
+        reads: int | None = None, out: Any = sys.stdout, part: str = "all") -> dict[str, Any]:
+    """Run every measurement (``part="loops"``: only the training loops) and print the tables; returns the
+    numbers (``only``: a subset of the writer peers)."""
     repeat = repeat or (3 if full else 1)
     reads = reads or (1000 if full else 20)
     own_tmp = tmp is None
     tmp = tmp or tempfile.mkdtemp(prefix="snapstore-bench-")
-    results: dict[str, Any] = {"overhead": {}, "writers": {}, "readers": {}, "skipped": {}}
+    results: dict[str, Any] = {"loops": {}, "writers": {}, "readers": {}, "skipped": {}}
     p = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
     try:
         ws = workloads.workloads(full)
+        load = os.getloadavg()[0]
         for key, w in ws.items():
             ds = workloads.make_dataset(w)
-            for nw in (0, 2):
-                results["overhead"][(w.name, nw)] = overhead(w, ds, nw, repeat, tmp)
-                print(f"[bench] overhead {w.name} num_workers={nw}: {results['overhead'][(w.name, nw)]}",
-                      file=sys.stderr, flush=True)
+            for step in STEPS if key == "cifar" else (0.0,):
+                for nw in (0, 2):
+                    r = results["loops"][(w.name, step, nw)] = loops(w, ds, nw, step, repeat, tmp, results["skipped"])
+                    print(f"[bench] loop {w.name} step={step} num_workers={nw}: "
+                          + ", ".join(f"{k} {v['ratio']:.3f}" for k, v in r.items()), file=sys.stderr, flush=True)
             del ds
-        raw_lat = raw_latency(ws["cifar"], tmp, reads)
-
-        w = ws["cifar"]
-        batches = workloads.premade_batches(w)
-        chosen = {name: wr for name, wr in writers().items()
-                  if only is None or name in only or name.startswith(("snapstore", CEILING))}
-        results["writers"], where, results["skipped"] = measure_writers({k: v[0] for k, v in chosen.items()}, batches,
-                                                                        repeat, tmp)
-        for name, (_, reader) in chosen.items():
-            if reader is not None and name in results["writers"]:
-                try:
-                    results["readers"][name] = measure_reader(lambda: reader(where[name], w.batch),  # noqa: B023
-                                                              where[name], repeat, reads, w.samples)
-                    print(f"[bench] reader {name}: {results['readers'][name]}", file=sys.stderr, flush=True)
-                except peers.Unavailable as e:
-                    results["skipped"][name] = str(e)
-            shutil.rmtree(where[name], ignore_errors=True)
-        results["readers"]["snapstore stream.raw[i]"] = raw_lat
+        results["load"] = (load, os.getloadavg()[0])
+        if part == "all":
+            measure_io(ws, repeat, reads, tmp, only, results)
         print_table(results, ws, repeat, reads, p)
     finally:
         if own_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     return results
+
+
+def measure_io(ws: dict[str, Workload], repeat: int, reads: int, tmp: str, only: list[str] | None,
+               results: dict[str, Any]) -> None:
+    """The writers and readers tables (pre-made batches, no training loop)."""
+    raw_lat = raw_latency(ws["cifar"], tmp, reads)
+    w = ws["cifar"]
+    batches = workloads.premade_batches(w)
+    chosen = {name: wr for name, wr in writers().items()
+              if only is None or name in only or name.startswith(("snapstore", CEILING))}
+    results["writers"], where, skipped = measure_writers({k: v[0] for k, v in chosen.items()}, batches, repeat, tmp)
+    results["skipped"].update(skipped)
+    for name, (_, reader) in chosen.items():
+        if reader is not None and name in results["writers"]:
+            try:
+                results["readers"][name] = measure_reader(lambda: reader(where[name], w.batch),  # noqa: B023
+                                                          where[name], repeat, reads, w.samples)
+                print(f"[bench] reader {name}: {results['readers'][name]}", file=sys.stderr, flush=True)
+            except peers.Unavailable as e:
+                results["skipped"][name] = str(e)
+        shutil.rmtree(where[name], ignore_errors=True)
+    results["readers"]["snapstore stream.raw[i]"] = raw_lat
 
 
 def raw_latency(w: Workload, tmp: str, reads: int) -> dict[str, float]:
@@ -381,18 +647,16 @@ def _fmt(x: float, digits: int = 0) -> str:
 
 def print_table(results: dict[str, Any], ws: dict[str, Workload], repeat: int, reads: int,
                 p: Callable[..., None]) -> None:
-    load = os.getloadavg()[0]
+    before, after = results["load"]
     p(f"\nsnapstore {snapstore.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
-      f"load average {load:.1f}; medians of {repeat} runs (one run where a run takes over {SLOW:.0f} s); "
-      "loop work per batch: images.sum(); num_workers=0 runs use torch.set_num_threads(1)")
-    p("\n## Recording overhead (samples/s of the loop; ratio = with snapstore / bare, higher is better, 1.00 = free)\n")
-    p("| workload | num_workers | bare samples/s | with snapstore samples/s | ratio | overhead | peak RSS over bare |")
-    p("| --- | --- | --- | --- | --- | --- | --- |")
-    for (name, nw), r in results["overhead"].items():
-        p(f"| {name} ({ws['cifar' if name.startswith('CIFAR') else 'imagenet'].samples:,} samples) | {nw} "
-          f"| {_fmt(r['bare'])} | {_fmt(r['snapstore'])} | {r['ratio']:.3f} | {100 * (1 - r['ratio']):.1f} % "
-          f"| {r['rss_over_bare'] / MB:.0f} MB |")
-
+      f"load average {before:.1f} before the loops, {after:.1f} after; medians of {repeat} runs (one run where a "
+      f"run takes over {SLOW:.0f} s); loop work per batch: images.sum() and the step; num_workers=0 runs use "
+      "torch.set_num_threads(1)")
+    loop_table(results["loops"], ws, p)
+    for name, why in results["skipped"].items():
+        p(f"\nskipped {name}: {why}")
+    if not results["writers"]:
+        return
     wr = results["writers"]
     best = max((v["MB/s"] for k, v in wr.items() if not k.startswith(("snapstore", CEILING))), default=float("nan"))
     w = ws["cifar"]
@@ -427,8 +691,6 @@ def print_table(results: dict[str, Any], ws: dict[str, Workload], repeat: int, r
             else:
                 ratios.append("-")
         p(f"| {name} | " + " | ".join(cells + ratios) + " |")
-    for name, why in results["skipped"].items():
-        p(f"\nskipped {name}: {why}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,8 +700,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reads", type=int, help="random single-sample reads (default 1000 full, 20 tiny)")
     ap.add_argument("--tmp",
                     help="directory for the stores (default: a fresh temporary directory on the same disk as /tmp)")
+    ap.add_argument("--part", choices=("all", "loops"), default="all",
+                    help="loops: only the training-loop tables (no writers and readers)")
     args = ap.parse_args(argv)
-    run(full=args.full, repeat=args.repeat, tmp=args.tmp, reads=args.reads)
+    run(full=args.full, repeat=args.repeat, tmp=args.tmp, reads=args.reads, part=args.part)
     return 0
 
 

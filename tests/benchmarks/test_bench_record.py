@@ -63,6 +63,18 @@ def test_whole_table_at_tiny_size(tmp_path: Path) -> None:
     out = io.StringIO()
     results = bench_record.run(full=False, repeat=1, reads=3, tmp=str(tmp_path), only=[], out=out)
     text = out.getvalue()
-    assert "## Recording overhead" in text and "## Writers" in text and "## Reading back" in text
-    assert {nw for _, nw in results["overhead"]} == {0, 2}
+    assert "## The training loop, recorded" in text and "## Writers" in text and "## Reading back" in text
+    # every loop of issue 17: loader-bound and step-bound (10 and 30 ms), num_workers 0 and 2, both workloads
+    assert set(results["loops"]) == {("CIFAR-like", step, nw) for step in (0.0, 0.010, 0.030) for nw in (0, 2)} | {
+        ("ImageNet-like", 0.0, nw) for nw in (0, 2)}
+    recorders = {"snapstore epoch 0", "snapstore epoch 1", "torch.save per batch", "preallocated NumPy",
+                 "minimal recorder"} | ({"h5py"} if importlib.util.find_spec("h5py") else set())
+    for (name, step, nw), lines in results["loops"].items():
+        assert set(lines) == {"bare"} | recorders
+        for line, r in lines.items():
+            assert set(r) == {"samples/s", "ratio", "inside ms", "thread ms", "cpu s/GB", "rss"}
+            assert r["samples/s"] > 0 and (line == "bare") == (r["cpu s/GB"] != r["cpu s/GB"])  # nan: bare only
+        assert f"| {name} | {step * 1e3:.0f} ms | {nw} | snapstore epoch 1 |" in text
+    assert "CPU-s per GB" in text and "ms/batch in recorder" in text
     assert "snapstore" in results["writers"] and "snapstore" in results["readers"]
+
