@@ -179,7 +179,8 @@ def imagenet(out: str, full: bool) -> list[dict]:
     return rows
 
 
-def table(llm_rows: list[dict], image_rows: list[dict], file=sys.stdout) -> None:
+def table(llm_rows: list[dict], image_rows: list[dict], file=None) -> None:
+    file = file or sys.stdout  # looked up when called: a default bound at import misses a redirected stdout
     print("| LLM-like, 2 ranks | epochs | bytes / sample | time / epoch vs bare | where(index=i) |", file=file)
     print("| --- | --- | --- | --- | --- |", file=file)
     for r in llm_rows:

@@ -38,6 +38,17 @@ def chunk_rows(info: FieldInfo) -> int:
     return min(config.MAX_CHUNK_ROWS, 1 << max(0, int(rows).bit_length() - 1))
 
 
+#: Fewest rows per chunk ``_covering`` gives: an epoch longer than expected still grows in chunks this size.
+_MIN_CHUNK_ROWS = 1024
+
+
+def _covering(capacity: int) -> int:
+    """Rows per chunk enough for ``capacity`` rows in one chunk: the power of two at or above it, at least
+    ``_MIN_CHUNK_ROWS``. An epoch shorter than a chunk would otherwise store the rest of its one
+    chunk as padding (about 2 KB compressed an array, most of what a small hash-only epoch stores)."""
+    return max(_MIN_CHUNK_ROWS, 1 << max(0, capacity - 1).bit_length())
+
+
 def _fixed(info: FieldInfo) -> tuple[int, ...]:
     """The row shape of a field written with one row shape (a ragged field's arrays are 1-D)."""
     return cast(tuple[int, ...], info.shape)
@@ -53,7 +64,8 @@ def _codecs(dtype: np.dtype, compressor: str) -> list[Any]:
 
 def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, compressor: str, *,
                       chunk: int | None = None) -> Array:
-    """A preallocated ``(capacity, *info.shape)`` array chunked along rows, compressed (``compressor``, one of
+    """A preallocated ``(capacity, *info.shape)`` array chunked along rows (``chunk`` rows a chunk, by default
+    ``chunk_rows`` and no more than ``capacity`` needs), compressed (``compressor``, one of
     ``COMPRESSORS``, checked by ``ChunkWriter``) and checksummed.
 
     Floats are filled with NaN so unwritten rows are visible; committed row
@@ -68,7 +80,7 @@ def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, c
         base,
         shape=(capacity, *_fixed(info)),
         dtype=str if info.dtype == "str" else dtype,
-        chunks=(chunk or chunk_rows(info), *_fixed(info)),
+        chunks=(chunk or min(chunk_rows(info), _covering(capacity)), *_fixed(info)),
         chunk_key_encoding={"name": "default", "separator": "."},
         compressors=_codecs(dtype, compressor),
         fill_value=fill,

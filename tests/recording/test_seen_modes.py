@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import zarr
 from torch.utils.data import DataLoader, TensorDataset
 
 import snapstore
@@ -130,3 +131,10 @@ def test_an_appending_run_with_another_policy_names_it_in_the_stream_manifest(tm
     stream = snapstore.open(path)["train"]
     assert stream.manifest.seen.describe() == "seen={'every': 2}"
     assert [stream.epoch(e).manifest.seen.mode for e in stream.epochs] == ["hash", "sampled"]
+
+
+def test_a_short_epoch_is_not_padded_to_a_full_chunk(tmp_path):
+    _record(tmp_path / "h.snap", "hash", epochs=1)
+    ep = zarr.open_group(tmp_path / "h.snap", mode="r")["train/epochs/0"]
+    for name in ("order", "worker", "batch_sizes", "hashes/seen/0"):
+        assert ep[name].chunks == (1024,)  # the rows expected (120), rounded up to at least 1,024; not 65,536

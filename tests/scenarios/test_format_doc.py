@@ -94,8 +94,9 @@ def test_documented_codecs_chunks_and_fill_values(run_snap, tmp_path):
     assert meta["codecs"][1]["configuration"]["clevel"] == 5
     assert meta["fill_value"] == "NaN"
     assert meta["dimension_names"] == ["row", "dim_1"]
-    # 2 MiB / 12 bytes a row = 174,762 -> 131,072, clamped to 65,536
-    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [65536, 3]
+    # 2 MiB / 12 bytes a row = 174,762 -> 131,072, clamped to 65,536; the epoch's expected rows (run_snap's
+    # 50) rounded up to a power of two of at least 1,024 are fewer
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [1024, 3]
     order = json.loads((tmp_path / "run.snap/train/epochs/0/order/zarr.json").read_text())
     assert order["fill_value"] == 0 and order["codecs"][1]["configuration"]["shuffle"] == "shuffle"
     assert order["shape"] == [50]  # preallocated to the epoch's rows
