@@ -153,3 +153,23 @@ def test_ragged_layout_is_values_offsets_shapes(snap_path):
     np.testing.assert_array_equal(offsets, np.concatenate([[0], np.cumsum(padded)[:-1]]))
     values = group["values"][: sum(padded)]
     np.testing.assert_array_equal(values[offsets[5] : offsets[5] + lengths[5]], Sentences()[5].numpy())
+
+
+def test_sync_returns_after_each_chunk_file_and_its_folders_are_fsynced_once(tmp_path, monkeypatch):
+    # The job that stores a chunk fsyncs it; sync() waits for those jobs and fsyncs the arrays' zarr.json and
+    # folders, not each chunk file again (that second pass cost ~2 ms a file in the loop's epoch-end wait).
+    from snapstore.storage import writers
+
+    synced: list[Path] = []
+    fsync = writers._fsync
+    monkeypatch.setattr(writers, "_fsync", lambda path: (synced.append(Path(path)), fsync(path)))
+    root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
+    array = storage.create_rows_array(root, "a", FieldInfo("ndarray", "float32", (8,)), 64, "lz4", chunk=16)
+    writer = storage.ChunkWriter("lz4")
+    for c in range(3):
+        writer.write(array, c, np.full((16, 8), c, np.float32))
+    writer.sync()
+    writer.close()
+    chunks = sorted(p for p in tmp_path_of(array).iterdir() if p.name.startswith("c."))
+    assert len(chunks) == 3 and sorted(p for p in synced if p.name.startswith("c.")) == chunks
+    assert {tmp_path_of(array) / "zarr.json", tmp_path_of(array), tmp_path} <= set(synced)
