@@ -24,6 +24,7 @@ from ..core.seen import SeenPolicy
 from ..errors import RecordingError, SnapshotExistsError, SnapstoreError, UsageError
 from ..storage.chunks import Compressor
 from ..storage.lock import ObjectLock, SnapshotLock, writer_lock
+from ..storage.sweep import sweep_uncommitted
 from .loader import RecordingLoader
 from .provenance import utc_now, versions
 from .session import OnError, WriteSession
@@ -152,6 +153,10 @@ class Recorder:
         else:
             self._root = storage.open_group(self.path, mode="a", storage_options=storage_options)
             SnapshotManifest.from_dict(self._root.attrs.get(layout.SNAPSHOT_ATTR), where=self.path)
+            if self.rank == 0:  # under the lock: chunks a killed writer stored but never committed
+                swept = sweep_uncommitted(self._root, self.path)
+                if swept:
+                    logger.info("%s: removed %d chunks a stopped writer stored but never committed", self.path, swept)
 
     def _take_lock(self, *, create: bool, storage_options: dict[str, Any] | None) -> None:
         """Lock the snapshot before anything in it is read, swept or replaced: a local directory (made first

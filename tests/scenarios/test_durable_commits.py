@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -164,3 +165,63 @@ def test_a_run_killed_at_any_stage_continues_with_mode_a(tmp_path, marker):
     cut = before[2 + RETURNED[marker]:]
     assert len(findings) == len(cut)
     assert all(f.check == "completeness" and f"epoch {e} is incomplete" in str(f) for f, e in zip(findings, cut))
+
+
+UNCOMMITTED = textwrap.dedent('''
+    import sys, torch, snapstore
+    from snapstore import config
+    from torch.utils.data import DataLoader, Dataset
+
+    class Rows(Dataset):
+        def __len__(self): return 3000
+        def __getitem__(self, i): return torch.full((4096,), float(i)), i  # 16 KiB rows: 128 a chunk
+
+    config.DEFAULT_FLUSH_INTERVAL = 3600.0  # no commit but the epoch's first record: stored chunks stay unnamed
+    rec = snapstore.Recorder(sys.argv[1])
+    stream = rec.wrap(DataLoader(Rows(), batch_size=64, shuffle=True), name="train")
+    for b, (x, i) in enumerate(stream):
+        if b == 40:
+            print("chunks stored", flush=True)
+            sys.stdin.readline()  # killed here
+''')
+
+
+class Wide(Dataset):
+    def __len__(self):
+        return 3000
+
+    def __getitem__(self, i):
+        return torch.full((4096,), float(i)), i
+
+
+def chunks(folder):
+    """The chunk files under ``folder``."""
+    return [p for p in folder.rglob("*") if p.is_file() and p.name != "zarr.json"]
+
+
+def test_chunks_a_killed_writer_never_committed_are_swept_by_mode_a(tmp_path):
+    path = tmp_path / "run.snap"
+    with subprocess.Popen([sys.executable, "-c", UNCOMMITTED, str(path)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline() == "chunks stored\n"
+            deadline = time.monotonic() + 60  # 2,560 rows handed off: the writer stores whole chunks of 128
+            while not chunks(path / "train/raw") and time.monotonic() < deadline:  # raw chunks fill (epochs: one chunk)
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+    strays = chunks(path / "train")
+    assert chunks(path / "train/raw")
+    assert len(snapstore.open(path)["train"].epoch(0)) == 0  # stored, never committed
+    with snapstore.Recorder(path, mode="a") as rec:
+        assert not any(p.exists() for p in strays) and not chunks(path)  # swept before anything is recorded
+        train = rec.wrap(DataLoader(Wide(), batch_size=64, shuffle=True), name="train")
+        for _ in train:
+            pass
+    stream = snapstore.open(path)["train"]
+    assert stream.epochs == [0, 1]
+    ep = stream.epoch(1)
+    assert ep.complete and len(ep) == 3000
+    np.testing.assert_array_equal(ep.to_numpy()["0"][:, 0], ep.order.astype(np.float32))
+    findings = snapstore.audit(path).findings
+    assert [f.check for f in findings] == ["completeness"] and "epoch 0 is incomplete" in str(findings[0])
