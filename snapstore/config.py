@@ -62,6 +62,10 @@ CHUNKS_IN_FLIGHT = 8
 #: one per CPU up to this.
 MAX_CODEC_THREADS = 4
 
+#: Most threads fsyncing files and folders at once at a durable commit (``storage.writers``): they wait
+#: on the disk, not a CPU, and fsyncs issued together are committed together by the file system.
+SYNC_THREADS = 8
+
 #: Rows preallocated for an epoch whose length the loader cannot tell.
 DEFAULT_UNKNOWN_ROWS = 65536
 
