@@ -384,7 +384,7 @@ def loop_lines(ds: Any, w: Workload, workers: int, step: float, tmp: str,
 
 def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str,
           skipped: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Medians over ``repeat`` runs of ``loop_lines`` (at full size one more first, not counted) of
+    """Medians over ``repeat`` runs of ``loop_lines`` (at full size after a bare epoch not counted) of
     each line: samples/s, ratio to the bare epoch of the same run, training-thread ms a batch in the recorder
     (wall: ``next`` + ``put`` over the bare loop's ``next``; CPU: ``thread_time`` over the bare loop's),
     CPU-seconds per GB recorded over the bare loop's, peak RSS over the bare loop's."""
@@ -393,17 +393,17 @@ def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str
         torch.set_num_threads(1)
     recorders = tuple(r for r in LOOP_RECORDERS if r not in skipped)
     runs: list[dict[str, list[dict[str, float]]]] = []
-    warm = 1 if w.samples >= 10_000 else 0  # a full-size run warms caches and imports in a run not counted
     try:
-        for r in range(repeat + warm):
+        if w.samples >= 10_000:  # full size: one bare epoch first, not counted (page cache, allocator, imports)
+            timed_epoch(lambda: iter(workloads.make_loader(ds, w, workers)), step)
+        for _ in range(repeat):
             try:
                 run = loop_lines(ds, w, workers, step, tmp, recorders)
             except peers.Unavailable as e:  # h5py missing: its line is skipped
                 skipped["h5py"] = str(e)
                 recorders = tuple(x for x in recorders if x != "h5py")
                 run = loop_lines(ds, w, workers, step, tmp, recorders)
-            if r >= warm:
-                runs.append(run)
+            runs.append(run)
     finally:
         torch.set_num_threads(threads)
     out: dict[str, dict[str, float]] = {}
