@@ -32,7 +32,7 @@ import xxhash
 from ..errors import CorruptionError
 from .hashing import string_bytes
 
-__all__ = ["ABSENT", "ChunkHashes", "Coverage", "chunk_hash", "hex_hash", "parse_chunks", "parse_seals",
+__all__ = ["ABSENT", "RAW_ROWS", "ChunkHashes", "Coverage", "chunk_hash", "hex_hash", "parse_chunks", "parse_seals",
            "record_hash"]
 
 ABSENT = 0
@@ -140,9 +140,15 @@ def parse_seals(d: Any, where: str) -> dict[str, int | None]:
     def sealed(v: Any) -> bool:
         return isinstance(v, str) and len(v) == _HEX and all(ch in "0123456789abcdef" for ch in v)
 
-    if not isinstance(d, dict) or not all(v is None or sealed(v) for v in d.values()):
+    if not isinstance(d, dict) or not all(v is None or sealed(v) for k, v in d.items() if k != RAW_ROWS) \
+            or not _count(d.get(RAW_ROWS, 0)):
         raise CorruptionError.damaged(f"{where}: its list of epochs (attribute 'epochs') is damaged: {d!r:.120}")
-    return {k: None if v is None else int(v, 16) for k, v in d.items()}
+    return {k: None if v is None else int(v, 16) for k, v in d.items() if k != RAW_ROWS}
+
+
+RAW_ROWS = "raw"
+"""Key of a stream's list of epochs: the raw rows committed when its last piece was sealed (the raw record
+must commit at least as many)."""
 
 
 class Coverage:

@@ -495,6 +495,10 @@ class _Outputs(Mapping):
             parts = []
             for p in self._epoch._pieces:
                 key = f"{layout.OUTPUTS_GROUP}/{name}"
+                named = (p.coverage.entries or {}).get(key)
+                if key not in p.nodes and named is not None and named.hashes.any():
+                    raise CorruptionError.damaged(f"{p.what}/{key}: the array is missing (or its group was replaced), "
+                                                  "although the commit record names its chunks")
                 # rows never logged in this part (or not yet committed) read as the fill value
                 block = np.full((p.rows, *cast(tuple[int, ...], info.shape)),  # outputs are never ragged
                                 fill, dtype=dtype)

@@ -37,7 +37,7 @@ class RawSamples(Dataset):
         """``ranks``: the stream group of each rank that recorded ``stream`` and its path (for messages)."""
         self._stream = stream
         self._sources: list[tuple[FieldReaders, np.ndarray]] = []  # one per rank that recorded raw samples
-        self._groups: list[tuple[Any, Coverage]] = []  # the raw group of each source, and its commit record
+        self._groups: list[tuple[Any, Coverage | None]] = []  # the raw group of each source, and its commit record
         wheres = [f"{p}/{layout.RAW_GROUP}" for _, p in ranks]
         groups = [group_at(storage.members(g, p), layout.RAW_GROUP, p) for g, p in ranks]
         attrs = [g.attrs.get(layout.RAW_ATTR, {}) if g is not None else {} for g in groups]
@@ -49,9 +49,9 @@ class RawSamples(Dataset):
         for (rank_group, _), group, a, where in zip(ranks, groups, attrs, wheres):
             committed = RawManifest.from_dict(a, where=where, stream=m)
             rows, ragged = committed.rows, committed.ragged
+            coverage = raw_coverage(rank_group, group, where) if group is not None else None
             if rows:
                 nodes = storage.members(group, where, recursive=True)
-                coverage = raw_coverage(rank_group, group, where)
                 fields = FieldReaders(nodes, layout.RAW_FIELDS, m.raw_structure, m.raw_fields, ragged, rows, where,
                                       coverage)
                 index_array = array_at(nodes, layout.RAW_INDEX, where)

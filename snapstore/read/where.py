@@ -16,6 +16,7 @@ import numpy as np
 from .. import storage
 from ..core import layout
 from ..core.manifest import EpochManifest
+from ..core.merkle import Coverage, parse_chunks
 from ..errors import CorruptionError
 from ..storage.tree import epoch_groups, epoch_pieces
 
@@ -40,7 +41,9 @@ def _array(group: Any, name: str, what: str, n: int, start: int = 0, stop: int |
         raise CorruptionError.damaged(f"{what}/{name}: array {name!r} is missing")
     if array.dtype.kind not in "iu":
         raise CorruptionError.damaged(f"{what}/{name}: dtype {array.dtype}, where snapstore writes integers")
-    return storage.ChunkReader(array, what, rows=n, row_shape=()).read(start, stop).astype(np.int64)
+    coverage = Coverage(parse_chunks(group.attrs.get(layout.EPOCH_ATTR), what), group.path, what)
+    return storage.ChunkReader(array, what, rows=n, row_shape=(),
+                               expect=coverage.of(array.path)).read(start, stop).astype(np.int64)
 
 
 def piece_positions(group: Any, what: str, manifest: EpochManifest, index: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from ..core.manifest import (
     StreamManifest,
     merge_ranks,
 )
-from ..core.merkle import Coverage, parse_chunks, parse_seals, record_hash
+from ..core.merkle import RAW_ROWS, Coverage, parse_chunks, parse_seals, record_hash
 from ..errors import CorruptionError
 from .groups import Array, Group, array_nbytes_stored, child, children, members, reread
 from .readers import ChunkReader
@@ -132,9 +132,17 @@ def raw_coverage(rank_group: Group, raw: Group, where: str) -> Coverage:
     ``epochs/`` lists its pieces)."""
     record = raw.attrs.get(layout.RAW_ATTR, {})
     entries = parse_chunks(record, where)
-    if entries is None and isinstance(record, dict) and record.get("rows"):
-        epochs = child(rank_group, layout.EPOCHS_GROUP)
-        if epochs is not None and layout.PIECES_ATTR in epochs.attrs:
+    epochs = child(rank_group, layout.EPOCHS_GROUP)
+    listed = epochs.attrs.get(layout.PIECES_ATTR) if epochs is not None else None
+    if listed is not None:
+        parse_seals(listed, where)
+        rows = record.get("rows", 0) if isinstance(record, dict) else 0
+        sealed = listed.get(RAW_ROWS, 0)  # type: ignore[union-attr]
+        if isinstance(rows, int) and rows < sealed:
+            raise CorruptionError.damaged(
+                f"{where}: its commit record commits {rows} raw rows, fewer than the {sealed} committed when its "
+                "stream's last epoch finished (the record was deleted or replaced by an older one)")
+        if entries is None and rows:
             raise CorruptionError.damaged(f"{where}: its commit record names no chunk hashes")
     return Coverage(entries, raw.path, where)
 
@@ -236,11 +244,12 @@ def stream_summary(group: Group, where: str, name: str) -> dict[str, Any]:
         if raw is None:
             continue
         raw_where = f"{w}/{layout.RAW_GROUP}"
+        coverage = raw_coverage(g, raw, raw_where)
         rows = RawManifest.from_dict(raw.attrs.get(layout.RAW_ATTR, {}), where=raw_where, stream=m).rows
         raw_rows += rows
         if rows and len(ranks) > 1:  # a sample that several ranks fetched counts once
             index = array_at(members(raw, raw_where), layout.RAW_INDEX, raw_where)
-            expect = raw_coverage(g, raw, raw_where).of(index.path)
+            expect = coverage.of(index.path)
             indices.append(ChunkReader(index, raw_where, rows=rows, expect=expect).read(0, rows))
     per_rank = [epoch_groups(g, w) for _, g, w in ranks]
     epochs = []

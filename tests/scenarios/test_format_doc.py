@@ -20,6 +20,7 @@ EXAMPLES = re.findall(r"^```python\n(.*?)^```", FORMAT_MD, flags=re.DOTALL | re.
 READING = next(e for e in EXAMPLES if "zarr.open_group" in e)
 RAGGED = next(e for e in EXAMPLES if "def ragged_row" in e)
 WHERE = next(e for e in EXAMPLES if "where/offsets" in e)
+CHUNK_OK = next(e for e in EXAMPLES if "def chunk_ok" in e)
 
 
 def _run(example: str) -> dict:
@@ -42,7 +43,7 @@ def run_snap(tmp_path, monkeypatch):
 
 
 def test_format_doc_examples_use_plain_zarr_only():
-    assert len(EXAMPLES) == 3
+    assert len(EXAMPLES) == 4
     for example in EXAMPLES:
         assert "snapstore" not in example.replace('attrs["snapstore"]', "")
 
@@ -72,6 +73,24 @@ def test_plain_zarr_inverse_index_example_finds_where_an_index_was_seen(run_snap
     assert len(ns["seen_at"]) == 1
 
 
+def test_plain_zarr_chunk_hash_example_verifies_every_chunk_and_refuses_a_moved_one(run_snap):
+    chunk_ok = _run(CHUNK_OK)["chunk_ok"]
+    root = zarr.open_group("run.snap", mode="r")
+    for e in (0, 1):
+        epoch = root[f"train/epochs/{e}"]
+        entries = epoch.attrs["epoch"]["chunks"]
+        numeric = [p for p in entries if epoch[p].dtype.kind in "biuf"]
+        assert {"order", "seen/0", "outputs/loss"} <= set(numeric)
+        for path in numeric:
+            for c in range(len(entries[path]["hashes"]) // 16):
+                assert chunk_ok(epoch[path], c, entries[path]), (e, path, c)
+    other = root["train/epochs/1"].attrs["epoch"]["chunks"]["order"]
+    assert not chunk_ok(root["train/epochs/0/order"], 0, other)  # epoch 0's order is not epoch 1's
+    listed = dict(root["train/epochs"].attrs[layout.PIECES_ATTR])
+    assert listed.pop("raw") == root["train/raw"].attrs["raw"]["rows"] == 50
+    assert set(listed) == {"0", "1"} and all(len(h) == 16 for h in listed.values())
+
+
 def test_documented_names_and_version_match_layout():
     assert f"# The snapshot format, version {layout.FORMAT_VERSION}" in FORMAT_MD
     for name in (layout.SNAPSHOT_ATTR, layout.STREAM_ATTR, layout.EPOCH_ATTR, layout.RAW_ATTR):
@@ -88,7 +107,7 @@ def test_documented_names_and_version_match_layout():
 
 
 def test_documented_codecs_chunks_and_fill_values(run_snap, tmp_path):
-    meta = json.loads((tmp_path / "run.snap/train/epochs/0/seen/0/zarr.json").read_text())
+    meta = json.loads((tmp_path / "run.snap/train/raw/fields/0/zarr.json").read_text())  # seen rows: stored once
     assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc", "crc32c"]
     assert meta["codecs"][1]["configuration"]["cname"] == "lz4"
     assert meta["codecs"][1]["configuration"]["clevel"] == 5
@@ -123,7 +142,8 @@ class _Positions(IterableDataset):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_iterable_order_is_p_times_workers_plus_w(tmp_path, num_workers):
     path = str(tmp_path / "iter.snap")
-    with snapstore.record(DataLoader(_Positions(), batch_size=3, num_workers=num_workers), path) as stream:
+    loader = DataLoader(_Positions(), batch_size=3, num_workers=num_workers)
+    with snapstore.record(loader, path, raw=None) as stream:  # seen rows in the epoch, not stored once in raw/
         for _ in stream:
             pass
     epoch = zarr.open_group(path, mode="r")["train/epochs/0"]
