@@ -58,9 +58,11 @@ def piece_positions(group: Any, what: str, manifest: EpochManifest, index: int) 
     offsets = storage.child(group, layout.WHERE_OFFSETS)
     if not isinstance(offsets, storage.Array):
         raise CorruptionError.damaged(f"{what}/{layout.WHERE_OFFSETS}: array is missing")
-    if not 0 <= index < offsets.shape[0] - 1:
+    coverage = Coverage(parse_chunks(group.attrs.get(layout.EPOCH_ATTR), what), group.path, what).of(offsets.path)
+    n = offsets.shape[0] if coverage is None else coverage.rows  # the record's length, not the metadata's
+    if not 0 <= index < n - 1:
         return np.empty(0, dtype=np.int64)
-    lo, hi = _array(group, layout.WHERE_OFFSETS, what, offsets.shape[0], index, index + 2).tolist()
+    lo, hi = _array(group, layout.WHERE_OFFSETS, what, n, index, index + 2).tolist()
     if lo < 0 or hi < lo or hi > rows:
         raise CorruptionError.damaged(f"{what}/{layout.WHERE_OFFSETS}: the inverse index points outside the "
                                       f"epoch's {rows} rows")

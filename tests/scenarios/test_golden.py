@@ -13,7 +13,7 @@ import snapstore
 from tests.scenarios.data.make_golden import Golden
 
 DATA = Path(__file__).parent / "data"
-VERSIONS = [1, 2]
+VERSIONS = [1, 2, 3]
 ORDERS = [[3, 4, 0, 5, 7, 9, 11, 6, 8, 1, 10, 2], [11, 8, 10, 5, 7, 1, 6, 2, 0, 4, 9, 3]]
 
 
@@ -75,3 +75,12 @@ def test_a_version_1_snapshot_takes_appended_epochs(tmp_path):
     stream = snapstore.open(copy)["train"]
     assert stream.epochs == [0, 1, 2] and stream.epoch(2).order.tolist() == list(range(12))
     assert [stream.epoch(e).order.tolist() for e in (0, 1)] == ORDERS
+
+
+def test_golden_v2_refuses_an_inverse_index_whose_metadata_is_another_arrays(tmp_path):
+    """where/offsets' zarr.json replaced by a hash array's (uint64, shorter): its length is the record's."""
+    copy = shutil.copytree(DATA / "golden-v2.snap", tmp_path / "v2.snap")
+    epoch = copy / "train/epochs/1"
+    (epoch / "where/offsets/zarr.json").write_bytes((epoch / "hashes/seen/label/zarr.json").read_bytes())
+    with pytest.raises(snapstore.CorruptionError, match="where/offsets"):
+        snapstore.open(copy)["train"].epoch(1).sample(index=11)
