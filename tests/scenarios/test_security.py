@@ -44,7 +44,8 @@ class Payload:
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("security") / "run.snap"
     with snapstore.Recorder(path) as rec:
-        stream = rec.wrap(DataLoader(Pairs(), batch_size=8), name="train")  # namedtuple batches
+        # namedtuple batches; raw=None keeps the seen rows in the epoch (else they are stored once, in raw/)
+        stream = rec.wrap(DataLoader(Pairs(), batch_size=8), name="train", raw=None)
         for batch in stream:
             stream.log(loss=batch.image.sum((1, 2)).double())
     return path
@@ -82,8 +83,9 @@ def test_the_library_source_has_no_pickle_or_eval_path():
     """No module of snapstore can unpickle, evaluate or import something named by a snapshot."""
     # a method such as ``model.eval()`` (torch's training-mode switch, in cli/demo.py) is not the builtin,
     # and a comment naming allow_pickle (cli/export.py says its .npy files load without it) is no call
-    risky = re.compile(r"(?<!\.)\b(pickle|cPickle|dill|cloudpickle|marshal|shelve|joblib|torch\.load|allow_pickle|eval|"
-                       r"exec|__import__|import_module|getattr\(\w+, *\w+\[|yaml\.load)\b")
+    # and the word "eval" (the Trainer's eval loader, integrations/transformers.py) is not a call of the builtin
+    risky = re.compile(r"(?<!\.)\b((pickle|cPickle|dill|cloudpickle|marshal|shelve|joblib|torch\.load|allow_pickle|"
+                       r"__import__|import_module|getattr\(\w+, *\w+\[|yaml\.load)\b|(eval|exec) *\()")
     modules = sorted(SOURCE.rglob("*.py"))  # every module of every layer package, not only the top level
     assert len(modules) > 40 and SOURCE / "read" / "snapshot.py" in modules
     hits = [f"{p.relative_to(SOURCE)}:{i}: {line.strip()}" for p in modules
