@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import snapstore
-from tests.support.datasets import DictItems, Records, as_row_list
+from tests.support.datasets import DictItems, Records, as_row_list, brightened
 from tests.support.recording import N, record_loop, record_sequences
 
 
@@ -28,8 +28,8 @@ def records_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 'train' stream of ``Records(10)`` in shuffled batches of 4, two epochs, a ``score`` logged. Never modified."""
     path = tmp_path_factory.mktemp("bad") / "run.snap"
     torch.manual_seed(0)
-    with snapstore.Recorder(path) as rec:
-        train = rec.wrap(DataLoader(Records(10), batch_size=4, shuffle=True), name="train")
+    with snapstore.Recorder(path) as rec:  # augmented: the seen rows are stored in their epochs, not once in raw/
+        train = rec.wrap(DataLoader(Records(10), batch_size=4, shuffle=True, collate_fn=brightened), name="train")
         for _ in range(2):
             for batch in train:
                 train.log(score=batch["image"].sum((1, 2)).double())

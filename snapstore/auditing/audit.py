@@ -164,6 +164,7 @@ class _StreamAudit:
             self._fields(e, parts, rows, order, self.m.outputs, "outputs", "output_hashes")
             per_epoch[e] = (order, hashes)
         self._integrity()
+        self._references(raw_idx, raw_hashes, per_epoch)
         self._across_epochs(raw_idx, raw_hashes, per_epoch)
         return self.findings
 
@@ -222,6 +223,8 @@ class _StreamAudit:
             known = np.concatenate([_fit(s.values if s else None, k, NO_HASH, np.uint64) for s, k in zip(stored, n)])
             known_ok = np.concatenate([_fit(s.valid if s else None, k, False, bool) for s, k in zip(stored, n)])
             known[~known_ok] = NO_HASH
+            if role == "seen":  # rows stored as their raw sample: checked against it in _references
+                valid &= ~self._same(epoch, parts, rows)
             if role != "outputs":
                 moments = [d.moments for d in datas if d is not None and d.moments is not None]
                 if moments:
@@ -242,6 +245,37 @@ class _StreamAudit:
                           epoch=epoch, field=name, indices=indices[bad])
             out[name] = np.where(valid, computed, known)
         return out
+
+    def _same(self, epoch: int | None, parts: list[Part], rows: dict[Part, int]) -> np.ndarray:
+        """Which rows of an epoch are stored as their raw sample (``layout.SEEN_RAW``), part after part."""
+        pieces = [np.zeros(0, bool)]
+        for p in parts:
+            s = self.scan.get(self.name, epoch, p, "seen_raw")
+            pieces.append(_fit(s.values if s is not None else None, rows[p], 0, np.int64).astype(bool))
+        return np.concatenate(pieces)
+
+    def _references(self, raw_idx: np.ndarray, raw_hashes: dict[str, np.ndarray],
+                    per_epoch: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]) -> None:
+        """A seen row stored as its raw sample must have been recorded with the raw sample's content hash in every
+        field: the reference is then as sound as the raw chunks (verified by their own hashes)."""
+        keep = raw_idx >= 0
+        unique, first = np.unique(raw_idx[keep], return_index=True)  # a sample recorded by several ranks: its first
+        for e, (order, hashes) in sorted(per_epoch.items()):
+            parts = self.scan.parts(self.name, e)
+            same = self._same(e, parts, {p: m.rows for p, m in self.scan.epochs[(self.name, e)].items()})
+            if not same.any():
+                continue
+            same &= order >= 0  # (an unreadable order is reported on its own)
+            at = np.minimum(np.searchsorted(unique, order[same]), max(len(unique) - 1, 0))
+            bad = ~(unique[at] == order[same]) if len(unique) else np.ones(int(same.sum()), bool)
+            for name in self.m.fields:
+                if name in hashes and name in raw_hashes and len(unique):
+                    seen_h, raw_h = hashes[name][same], raw_hashes[name][keep][first][at]
+                    bad |= (seen_h != raw_h) & (seen_h != NO_HASH) & (raw_h != NO_HASH)  # unreadable: reported
+            if bad.any():
+                self._add("integrity", f"{plural(int(bad.sum()), 'seen row')} of epoch {e} are stored as their raw "
+                          "sample, but the raw sample of their index is missing or was recorded with another content "
+                          "hash", epoch=e, indices=order[same][bad])
 
     def _integrity(self) -> None:
         for (stream, epoch, part, role, name), s in self.scan.arrays.items():

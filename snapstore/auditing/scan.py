@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 _WAVE_PER_WORKER = 8
 
 # What a task returns for an array of each role.
-_VALUES = ("order", "batch_sizes", "seen_hashes", "output_hashes", "raw_index", "raw_hashes")
+_VALUES = ("order", "batch_sizes", "seen_hashes", "output_hashes", "raw_index", "raw_hashes", "seen_raw")
 
 _FIELDS = ("seen", "raw")  # hashes, summaries and statistics
 
@@ -153,6 +153,8 @@ def _classify(rel: str) -> tuple[int | None, int, str, str | None] | None:
             k, rest = int(parts[3]), "/".join(parts[4:])
         if rest in (layout.ORDER, layout.BATCH_SIZES):
             return epoch, k, rest, None
+        if rest == layout.SEEN_RAW:
+            return epoch, k, "seen_raw", None
         if rest in _POSITIONS:
             return epoch, k, "positions", rest
         for prefix, role in _EPOCH_PREFIXES:
@@ -278,8 +280,23 @@ def _checked(target: Target, info: FieldInfo | None, result: ScanResult) -> list
 
 
 
-def _read(array: Any, c: int, keep: int, role: str, dtype: str | None) -> ChunkResult:
-    """Task: decode chunk ``c`` and reduce its first ``keep`` rows."""
+def _stored_elsewhere(targets: list[Target]) -> dict[tuple[str, int | None, Part], np.ndarray]:
+    """Per epoch part with a ``seen_raw`` marker, which seen rows are stored as their raw sample (bool, (rows,)):
+    their ``seen/`` rows hold the fill value, so the scan leaves them out of summaries and statistics. A
+    marker that fails to read is left to its own chunks' scan (reported there)."""
+    out = {}
+    for t in targets:
+        if t.role == "seen_raw" and t.rows:
+            try:
+                out[t.stream, t.epoch, t.part] = storage.ChunkReader(t.array, rows=t.rows).read(0, t.rows).astype(bool)
+            except CorruptionError:
+                continue
+    return out
+
+
+def _read(array: Any, c: int, keep: int, role: str, dtype: str | None, skip: np.ndarray | None = None) -> ChunkResult:
+    """Task: decode chunk ``c`` and reduce its first ``keep`` rows; ``skip`` (bool, (keep,)): seen rows stored as
+    their raw sample, left out of the summaries (unknown) and statistics."""
     try:
         block = storage.read_chunk(array, c)
     except CorruptionError as e:
@@ -292,7 +309,14 @@ def _read(array: Any, c: int, keep: int, role: str, dtype: str | None) -> ChunkR
     elif role in _FIELDS or role in _HASHED:
         out.hashes = row_hashes(rows)
         if role in _FIELDS and dtype is not None:
-            out.summary, out.moments = summarise(rows, dtype)
+            if skip is None or not skip.any():
+                out.summary, out.moments = summarise(rows, dtype)
+            else:
+                summary, out.moments = summarise(rows[~skip], dtype)
+                out.summary = RowSummary.unknown(keep) if summary is not None else None
+                if summary is not None:
+                    for a in ("lo", "hi", "nan", "inf"):
+                        getattr(out.summary, a)[~skip] = getattr(summary, a)
     return out
 
 
@@ -361,6 +385,7 @@ def scan(snapshot: Any, streams: Sequence[str], epochs: Iterable[int] | None, *,
     t0 = time.perf_counter()
     result = ScanResult()
     targets = plan(snapshot.group, streams, epochs, result)
+    elsewhere = _stored_elsewhere(targets)
     tasks, owners, decoded = [], [], 0
     for t in targets:
         cr = t.array.chunks[0]
@@ -375,7 +400,8 @@ def scan(snapshot: Any, streams: Sequence[str], epochs: Iterable[int] | None, *,
         row_bytes = t.array.dtype.itemsize * int(np.prod(t.array.shape[1:], dtype=np.int64))
         for c in sorted(stored):
             keep = max(0, min(cr, rows - c * cr))
-            tasks.append((t.array, c, keep, t.role, t.dtype))
+            skip = elsewhere.get((t.stream, t.epoch, t.part)) if t.role == "seen" else None
+            tasks.append((t.array, c, keep, t.role, t.dtype, None if skip is None else skip[c * cr : c * cr + keep]))
             owners.append(scan_)
             decoded += min(cr, t.array.shape[0] - c * cr) * row_bytes  # what read_chunk returns: the last chunk is cut
     show = sys.stderr.isatty() if progress is None else progress

@@ -23,6 +23,7 @@ for someone reading it with plain ``zarr``::
           hashes/seen/<field path>  uint64 (rows,): xxh3_64 of each seen row
           hashes/outputs/<name>     uint64 (rows,): xxh3_64 of each output row
           full                      uint8 (rows,): 1 where the seen row is stored in full (sampled epochs only)
+          seen_raw                  uint8 (rows,): 1 where the seen row is its raw sample: read from raw/, not seen/
           where/offsets             int64 (max index + 2,): index i was seen at where/positions[offsets[i]:offsets[i+1]]
           where/positions           int64 (rows,): positions sorted by dataset index (inverse of ``order``)
           continued/<k>/            rows recorded after a resume, continuing this epoch (same layout)
@@ -45,10 +46,11 @@ recorded"; readers then hash the rows themselves.
 
 from __future__ import annotations
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped on any change a reader of the previous version would misread. 2: commit records name the hash of
 every chunk they cover (``CHUNKS``) and each stream's ``epochs/`` group names its epoch pieces (``PIECES_ATTR``),
-see ``merkle.py``; version 1 snapshots read as before, unverified."""
+see ``merkle.py``; version 1 snapshots read as before, unverified. 3: seen rows equal to their raw sample are
+stored once, in ``raw/`` (``SEEN_RAW``); version 2 snapshots have no such rows."""
 
 SNAPSHOT_ATTR = "snapstore"
 
@@ -102,6 +104,11 @@ HASHES_GROUP = "hashes"
 
 FULL = "full"
 """Per-row marker of a sampled epoch (``seen.py``): 1 where the seen row's bytes are stored."""
+
+SEEN_RAW = "seen_raw"
+"""Per-row marker of an epoch whose stream records raw samples: 1 where every seen field of the row is bitwise
+the raw sample of the same dataset index (same field path, dtype and row shape), so that the row is stored once,
+in ``raw/``, and its ``seen/`` rows hold the fill value."""
 
 WHERE_OFFSETS = "where/offsets"
 

@@ -15,7 +15,9 @@ in full (their bytes):
   selects it.
 
 The policy is written to the stream's and to each epoch's manifest
-(``to_dict``); which rows an epoch holds in full is its ``full`` array.
+(``to_dict``); which rows an epoch holds in full is its ``full`` array. A
+row stored in full that is bitwise its raw sample is stored once, in the
+stream's raw samples (``layout.SEEN_RAW``).
 """
 
 from __future__ import annotations

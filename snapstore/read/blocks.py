@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import config, storage
-from ..core.rows import Rows, join, place
-from .plan import RowPlan, block_rows, ragged_block_rows, row_bytes
+from ..core.rows import Rows, join
+from .plan import RowPlan, block_rows, gather, ragged_block_rows, row_bytes
 
 __all__ = ["blocks", "row_blocks"]
 
@@ -48,22 +48,11 @@ def row_blocks(plan: RowPlan, paths: list[str]) -> Iterator[dict[str, Rows]]:
         return
     window = max(1, config.DEFAULT_GATHER_BYTES // sum(row_bytes(plan, p, p in ragged) for p in paths))
     for lo in range(0, plan.rows, window):
-        segment_of, local_of = plan.segment_of[lo : lo + window], plan.local_of[lo : lo + window]
-        out: dict[str, Rows] = {}
-        for p in paths:
-            pieces, where = [], []
-            for k in np.unique(segment_of).tolist():
-                sel = np.nonzero(segment_of == k)[0]
-                segment = plan.segments[k]
-                reader = segment.ragged(p) if p in ragged else segment.fixed(p)
-                pieces.append(reader.gather(local_of[sel]))
-                where.append(sel)
-            out[p] = place(pieces, where, len(segment_of))
-        yield out
+        yield gather(plan, paths, np.arange(lo, min(lo + window, plan.rows)))
 
 
 def _streamed(plan: RowPlan, paths: list[str], ragged: set[str]) -> Iterator[dict[str, Rows]]:
-    live = [k for k, segment in enumerate(plan.segments) if segment.rows]
+    live = np.unique(plan.segment_of).tolist()  # the segments read (an epoch's rows may all be raw rows)
     steps = [block_rows(plan.segments[k].fixed(p)) for k in live for p in paths if p not in ragged]
     steps += [ragged_block_rows(plan.infos[p], plan.segments[k].ragged(p).shapes)
               for k in live for p in paths if p in ragged]

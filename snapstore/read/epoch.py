@@ -19,7 +19,7 @@ from ..errors import CorruptionError, FieldNotFoundError, NotStoredError
 from ..storage.tree import array_at
 from .fields import FieldReaders, check_indices, expect, fill_hashes, row_shape
 from .numpy import to_numpy
-from .plan import Fields, RaggedMode, RowPlan, Segment
+from .plan import Fields, RaggedMode, RowPlan, Segment, gather, select
 from .replay import ReplayLoader
 from .where import piece_positions
 
@@ -48,7 +48,12 @@ class Piece:
             self.full = np.zeros(self.rows, dtype=bool)
         elif policy.mode == "sampled":
             self.full = self.array(layout.FULL, self.rows, np.uint8, 0).astype(bool)
-        stored = self.full is None or bool(self.full.any())
+        # where the seen row is its raw sample, stored in raw/ only (layout.SEEN_RAW); None: no such row
+        self.same: np.ndarray | None = None
+        if self.rows and layout.SEEN_RAW in self.nodes:
+            self.same = self.array(layout.SEEN_RAW, self.rows, np.uint8).astype(bool)
+        in_seen = np.ones(self.rows, dtype=bool) if self.full is None else self.full
+        stored = bool((in_seen & ~self.same).any()) if self.same is not None else bool(in_seen.any())
         self.seen = (FieldReaders(self.nodes, layout.SEEN_GROUP, m.structure, m.fields, self.manifest.ragged,
                                   self.rows, what, self.coverage) if self.rows and stored else None)
 
@@ -217,9 +222,16 @@ class Epoch:
         """Position in ``stream.manifest.base_datasets`` of each row's innermost dataset (int32, (rows,))."""
         return self._per_position(layout.BASE_DATASET, np.int32, 0)
 
+    @cached_property
+    def _references(self) -> bool:
+        """Some seen rows are stored as their raw sample (``layout.SEEN_RAW``)."""
+        return any(p.same is not None and p.same.any() for p in self._pieces)
+
     def _rows(self, start: int, stop: int) -> dict[str, Any]:
         """Seen rows of positions ``start:stop``, field by field."""
         self._require_full(slice(start, stop), "reading seen rows")
+        if self._references:
+            return gather(self._plan, select(self._plan, None), np.arange(start, stop))
         if len(self._pieces) == 1:
             return self._pieces[0].seen.read(start, stop)  # type: ignore[union-attr]
         part, local = self._map
@@ -235,13 +247,44 @@ class Epoch:
     def row_plan(self) -> RowPlan:
         """Where each seen row of this epoch is stored, in seen order: what exports and replay read."""
         self._require_full(slice(0, len(self)), "exporting or replaying the seen rows")
+        return self._plan
+
+    @cached_property
+    def _plan(self) -> RowPlan:
+        """``row_plan`` without the check that every row is stored: rows stored as their raw sample are read
+        from the raw rows of their rank (segments after the pieces')."""
         m = self.stream.manifest
         single = len(self._pieces) == 1
         segments = [Segment(p.rows, p.seen.readers if p.seen is not None else {},
                             self.order if single else p.array(layout.ORDER, p.rows)) for p in self._pieces]
         segment_of, local_of = self._map
+        if self._references:
+            unlike = [p for p, info in m.fields.items() if m.raw_fields.get(p) is None
+                      or info.dtype != m.raw_fields[p].dtype]
+            if unlike:
+                raise CorruptionError.damaged(
+                    f"{self._pieces[0].what}/{layout.SEEN_RAW}: seen rows of epoch {self.number} are stored as their "
+                    f"raw samples, but the stream's manifest gives seen fields {unlike} another dtype than the raw "
+                    "fields of the same path")
+            segment_of, local_of = segment_of.copy(), local_of.copy()
+            same = self._in_position_order([np.zeros(p.rows, dtype=bool) if p.same is None else p.same
+                                            for p in self._pieces])
+            ranks = self.ranks
+            for rank in np.unique(ranks[same]).tolist():
+                at = np.flatnonzero(same & (ranks == rank))
+                raw = self.stream.rank(rank).raw.row_plan()
+                found = np.searchsorted(raw.export_index, self.order[at])
+                found = np.minimum(found, max(0, len(raw.export_index) - 1))
+                if not len(raw.export_index) or not np.array_equal(raw.export_index[found], self.order[at]):
+                    raise CorruptionError.damaged(
+                        f"{self._pieces[0].what}/{layout.SEEN_RAW}: seen rows of epoch {self.number} are stored as "
+                        f"their raw samples, but rank {rank} holds no committed raw sample of some of their indices")
+                segment_of[at] = len(segments) + raw.segment_of[found]
+                local_of[at] = raw.local_of[found]
+                segments += raw.segments
         return RowPlan(f"stream {m.name!r} epoch {self.number}", m.structure or {"type": "none"}, dict(m.fields),
-                       segments, segment_of, local_of, self.order, raw=False, batched=m.batched, batches=self._batches)
+                       segments, segment_of, local_of, self.order, raw=False, batched=m.batched, batches=self._batches,
+                       references=self._references)
 
     def _build(self, rows: dict[str, Any], batched: bool) -> Any:
         m = self.stream.manifest
@@ -285,6 +328,8 @@ class Epoch:
         k, lo, hi = self._batches[j % nb]
         start = int(np.sum(self.batch_sizes[: j % nb]))
         self._require_full(slice(start, start + hi - lo), f"batch {j % nb}")
+        if self._references:
+            return self._build(self._rows(start, start + hi - lo), batched=self.stream.manifest.batched)
         return self._build(self._pieces[k].seen.read(lo, hi), batched=self.stream.manifest.batched)  # type: ignore[union-attr]
 
     def batches(self) -> Iterator[Any]:
@@ -462,6 +507,8 @@ class Epoch:
         if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
             raise IndexError(f"positions outside epoch {self.number} of stream {self.stream.name!r} ({len(self)} rows)")
         self._require_full(positions, f"rows of field {field!r}")
+        if self._references:
+            return gather(self._plan, [field], positions)[field]
         part, local = self._map
         parts, where = [], []
         for k in np.unique(part[positions]):

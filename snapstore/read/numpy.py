@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ..core.manifest import FieldInfo, numpy_dtype
 from ..errors import SchemaError, UsageError
-from .blocks import blocks
+from .blocks import blocks, row_blocks
 from .plan import Fields, RaggedMode, RowPlan, export_shapes, ragged_block_rows, select
 
 if TYPE_CHECKING:
@@ -132,6 +132,15 @@ def to_numpy(
         if plan.is_ragged(p):
             _fill_padded(plan, p, arrays[p], arrays[p + LENGTHS], progress)
             result[p], result[p + LENGTHS] = arrays[p], arrays[p + LENGTHS]
+        elif plan.references:  # some rows are raw rows, read at each position that saw them
+            result[p] = arrays[p]
+            at = 0
+            for piece in row_blocks(plan, [p]):
+                rows = cast(np.ndarray, piece[p])
+                arrays[p][at : at + len(rows)] = rows
+                at += len(rows)
+                if progress is not None:
+                    progress(rows.nbytes)
         else:
             result[p] = arrays[p]
             for k, part in enumerate(plan.segments):

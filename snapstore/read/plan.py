@@ -19,11 +19,12 @@ import numpy as np
 
 from .. import config, storage
 from ..core.manifest import FieldInfo, numpy_dtype
+from ..core.rows import no_rows, place
 from ..core.schema import Structure, leaf_paths, rebuild_leaf, unflatten
 from ..errors import FieldNotFoundError, SchemaError
 
-__all__ = ["Fields", "RaggedMode", "RowPlan", "Segment", "block_rows", "export_shapes", "ragged_block_rows",
-           "raw_positions", "refuse_ragged", "row_bytes", "select"]
+__all__ = ["Fields", "RaggedMode", "RowPlan", "Segment", "block_rows", "export_shapes", "gather",
+           "ragged_block_rows", "raw_positions", "refuse_ragged", "row_bytes", "select"]
 
 Reader = storage.ChunkReader | storage.RaggedReader
 
@@ -95,6 +96,9 @@ class RowPlan:
         Rows were yielded in batches (``False``: a ``batch_size=None`` loader).
     batches : list of (segment, start, stop)
         An epoch's batches in the order the loader yielded them; empty for raw samples.
+    references : bool
+        Some seen rows are read from the raw samples of their index (segments after the epoch's pieces),
+        where they are stored once (``layout.SEEN_RAW``); such a raw row may be read at several positions.
     """
 
     what: str
@@ -107,6 +111,7 @@ class RowPlan:
     raw: bool
     batched: bool = True
     batches: Sequence[tuple[int, int, int]] = field(default_factory=list)
+    references: bool = False
 
     @property
     def rows(self) -> int:
@@ -155,6 +160,24 @@ def raw_positions(segments: list[Segment]) -> tuple[np.ndarray, np.ndarray, np.n
     first[1:] = every[by_index][1:] != every[by_index][:-1]
     keep = by_index[first]
     return which[keep], row[keep], every[keep]
+
+
+def gather(plan: RowPlan, paths: list[str], positions: np.ndarray) -> dict[str, Any]:
+    """Rows of ``paths`` at export ``positions`` (int64, (n,), any order): ``(n, *shape)`` arrays, lists of arrays
+    for ragged fields; each chunk holding one of them is decoded once."""
+    positions = np.asarray(positions, dtype=np.int64)
+    segment_of, local_of = plan.segment_of[positions], plan.local_of[positions]
+    out: dict[str, Any] = {}
+    for p in paths:
+        pieces, where = [], []
+        for k in np.unique(segment_of).tolist():
+            sel = np.nonzero(segment_of == k)[0]
+            segment = plan.segments[k]
+            reader = segment.ragged(p) if plan.is_ragged(p) else segment.fixed(p)
+            pieces.append(reader.gather(local_of[sel]))
+            where.append(sel)
+        out[p] = place(pieces, where, len(positions)) if pieces else no_rows(plan.infos[p])
+    return out
 
 
 def select(plan: RowPlan, fields: Fields) -> list[str]:
@@ -211,7 +234,7 @@ def export_shapes(plan: RowPlan, path: str) -> np.ndarray:
 
 def row_bytes(plan: RowPlan, path: str, ragged: bool) -> int:
     """Bytes of one row of ``path`` (its widest row when ragged)."""
-    segment = next(s for s in plan.segments if s.rows)
+    segment = next(s for s in plan.segments if s.rows and path in s.readers)  # an epoch's rows may all be raw rows
     if ragged:
         return _widest_bytes(plan.infos[path], segment.ragged(path).shapes)
     array = segment.fixed(path).array

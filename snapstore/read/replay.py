@@ -14,7 +14,7 @@ from .. import storage
 from ..core.manifest import FieldInfo
 from ..errors import SchemaError, SnapstoreError
 from .numpy import to_numpy
-from .plan import RowPlan, refuse_ragged, select
+from .plan import RowPlan, gather, refuse_ragged, select
 
 if TYPE_CHECKING:
     from .epoch import Epoch
@@ -69,14 +69,26 @@ class ReplayLoader:
         plan = self.plan
         cursors = {(k, p): storage.Cursor(r.array, s.rows, r.expect) for k, s in enumerate(plan.segments)
                    for p, r in s.readers.items() if isinstance(r, storage.ChunkReader)}
+        paths = select(plan, None)
+        start = 0
         for k, lo, hi in plan.batches:
-            # views: the batch copies them
-            rows = {p: cursors[k, p].take(lo, hi) if (k, p) in cursors else r.read(lo, hi)
-                    for p, r in plan.segments[k].readers.items()}
+            stop = start + hi - lo
+            if plan.references and not _stored_together(plan, start, stop, k, lo):
+                rows = gather(plan, paths, np.arange(start, stop))  # some rows are read from the raw samples
+            else:  # views: the batch copies them
+                rows = {p: cursors[k, p].take(lo, hi) if (k, p) in cursors else r.read(lo, hi)
+                        for p, r in plan.segments[k].readers.items()}
+            start = stop
             yield plan.build(rows, batched=plan.batched)
 
     def __repr__(self) -> str:
         return f"<ReplayLoader of {self.plan.what}: {len(self)} batches>"
+
+
+def _stored_together(plan: RowPlan, start: int, stop: int, k: int, lo: int) -> bool:
+    """Export positions ``start:stop`` are rows ``lo ..`` of segment ``k``, consecutively."""
+    return bool(np.all(plan.segment_of[start:stop] == k)
+                and np.array_equal(plan.local_of[start:stop], np.arange(lo, lo + stop - start)))
 
 
 class StoreDataset(Dataset):

@@ -225,7 +225,9 @@ class Recorder:
             batches (every ``1/f``-th), ``{"indices": [...]}`` the rows of
             these dataset indices (a probe set); keys combine (a row is
             stored when one of them selects it). The policy is stored in the
-            stream's and each epoch's manifest.
+            stream's and each epoch's manifest. A stored row that is bitwise
+            its raw sample (same fields, dtypes and shapes; no augmentation)
+            is stored once, in the raw samples, and read from there.
         resume_epoch : bool, default False
             With ``mode="a"`` after a crash: the first iteration continues the
             stream's last, incomplete epoch (a training job resumed from a

@@ -7,6 +7,7 @@ over through ``loader.RecordingLoader``.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,15 @@ _UINT8 = FieldInfo("ndarray", "uint8", ())
 #: Rows per chunk of an epoch's inverse index (``where/offsets``, ``where/positions``: int64, 32 KiB a
 #: chunk): ``Stream.where`` decodes a chunk or two of each per epoch, so small chunks keep a lookup fast.
 WHERE_CHUNK_ROWS = 4096
+
+#: The raw sink of each stream being recorded, by (store, stream path): an epoch's sink finds the raw samples
+#: of its stream here, to store seen rows equal to them as references (writer thread only).
+_RAW_SINKS: weakref.WeakValueDictionary[tuple[int, str], RawSink] = weakref.WeakValueDictionary()
+
+
+def _stream_key(group: storage.Group, below: str) -> tuple[int, str]:
+    """The key in ``_RAW_SINKS`` of the stream holding ``group`` (its ``raw/`` or an epoch piece under ``epochs/``)."""
+    return id(group.store), group.path.rpartition(f"/{below}")[0]
 
 
 class EpochSink:
@@ -53,6 +63,8 @@ class EpochSink:
         self.rows = 0
         self.batches = 0
         self.order: list[np.ndarray] = []  # the order, block by block, for the inverse index
+        # the stream's raw samples, when it records them: rows equal to them are stored as references
+        self.raw = _RAW_SINKS.get(_stream_key(group, f"{layout.EPOCHS_GROUP}/")) if self.policy.mode != "hash" else None
         storage.name_piece(group)  # named in its stream's list of epochs before its first record
         storage.write_record(group, layout.EPOCH_ATTR, self.manifest.to_dict(), chunks)
 
@@ -69,10 +81,16 @@ class EpochSink:
         full = self.policy.full_rows(self.manifest.number, self.batches, tags.indices)
         if self.policy.mode == "sampled":
             self.positions.put(pos, layout.FULL, _UINT8, full.astype(np.uint8))
+        host = {path: (info, host_rows(rows)) for path, (info, rows) in fields.items()}
+        hashes = hashing.hash_fields(host)
+        if self.raw is not None:  # rows bitwise equal to their raw sample are stored there only
+            same = self.raw.same_rows(tags.indices, host, hashes) & full
+            self.positions.put(pos, layout.SEEN_RAW, _UINT8, same.astype(np.uint8))
+            full = full & ~same
         if full.any():
-            for path, (info, rows) in fields.items():
-                self._put_seen(pos, path, info, host_rows(rows), full)
-        for path, (info, rows) in hashing.hash_fields(fields).items():
+            for path, (info, rows) in host.items():
+                self._put_seen(pos, path, info, rows, full)
+        for path, (info, rows) in hashes.items():
             self.hashes.put(pos, layout.seen_hashes_path(path), info, rows)
         if batch is not None:
             self.batch_sizes.put(self.batches, layout.BATCH_SIZES, _INT64, np.array([batch], dtype=np.int64))
@@ -146,7 +164,12 @@ class EpochSink:
 
 
 class RawSink:
-    """Writer-thread state of a stream's raw samples: appended in order of first capture."""
+    """Writer-thread state of a stream's raw samples: appended in order of first capture.
+
+    It keeps, per raw field with one row shape, the dtype, row shape and content hash of the raw sample of
+    each dataset index (8 bytes an index; read back from the committed raw rows when a recording resumes),
+    so that its stream's epochs can tell which seen rows are bitwise their raw sample (``same_rows``).
+    """
 
     def __init__(self, group: storage.Group, rows: int, ragged: list[str], capacity: int,
                  chunks: storage.ChunkWriter, *, seen: Any = "full") -> None:
@@ -158,13 +181,75 @@ class RawSink:
         self.chunks = chunks
         self.dirty = False
         self.unsynced = False  # a commit since the last durable one
+        # field path -> (dtype, row shape, hash of each dataset index's raw row; 0: none); None: not comparable
+        self.known: dict[str, tuple[np.dtype, tuple[int, ...], np.ndarray] | None] = {}
+        if rows:
+            self._read_known(rows, set(ragged))
+        _RAW_SINKS[_stream_key(group, layout.RAW_GROUP)] = self
+
+    def _read_known(self, rows: int, ragged: set[str]) -> None:
+        """``known`` from the ``rows`` committed raw rows (a resumed recording)."""
+        nodes = storage.members(self.group, self.group.path, recursive=True)
+        index_array = nodes.get(layout.RAW_INDEX)
+        if not isinstance(index_array, storage.Array):
+            return
+        index = storage.ChunkReader(index_array, rows=rows).read(0, rows)
+        prefix = f"{layout.RAW_FIELDS}/"
+        for name, node in nodes.items():
+            path = name[len(prefix):]
+            hashes = nodes.get(layout.raw_hashes_path(path))
+            if (not name.startswith(prefix) or path in ragged or not isinstance(node, storage.Array)
+                    or not isinstance(hashes, storage.Array)):
+                continue
+            values = storage.ChunkReader(hashes, rows=rows).read(0, rows)
+            self._learn(path, node.dtype, tuple(node.shape[1:]), index, values)
+
+    def _learn(self, path: str, dtype: np.dtype, shape: tuple[int, ...], indices: np.ndarray,
+               hashes: np.ndarray | None) -> None:
+        if path in self.known and self.known[path] is None:
+            return
+        entry = self.known.get(path)
+        if hashes is None or (entry is not None and (entry[0] != dtype or entry[1] != shape)):
+            self.known[path] = None  # not hashed, or changed dtype or shape: never referenced
+            return
+        table = entry[2] if entry is not None else np.zeros(0, dtype=np.uint64)
+        top = int(indices.max(initial=-1)) + 1
+        if top > len(table):
+            table = np.concatenate([table, np.zeros(max(top, 2 * len(table)) - len(table), dtype=np.uint64)])
+        table[indices] = np.where(table[indices] == 0, hashes, table[indices])  # the first recording of an index
+        self.known[path] = (dtype, shape, table)
+
+    def same_rows(self, indices: np.ndarray, fields: dict[str, tuple[FieldInfo, Any]],
+                  hashes: dict[str, tuple[FieldInfo, np.ndarray]]) -> np.ndarray:
+        """Which seen rows (dataset ``indices``, int64 (n,); ``fields`` as host rows, their ``hashes``) are, in
+        every field, bitwise the raw sample of their index: same field path, dtype and row shape, and the
+        same xxh3-64 content hash (bool, (n,))."""
+        same = np.ones(len(indices), dtype=bool)
+        for path, (_, rows) in fields.items():
+            entry = self.known.get(path)
+            if entry is None or path not in hashes or not isinstance(rows, np.ndarray):
+                return np.zeros(len(indices), dtype=bool)
+            dtype, shape, table = entry
+            if rows.dtype != dtype or rows.shape[1:] != shape:
+                return np.zeros(len(indices), dtype=bool)
+            inside = indices < len(table)
+            same &= inside & (table[np.where(inside, indices, 0)] == hashes[path][1])
+        return same & bool(fields)
 
     def put(self, block: RawBlock) -> None:
         self.index.put(self.rows, layout.RAW_INDEX, _INT64, block.indices)
         for path, (info, rows) in block.fields.items():
             self.fields.put(self.rows, path, info, rows)
-        for path, (info, rows) in hashing.hash_fields(block.fields).items():
+        hashes = hashing.hash_fields(block.fields)
+        for path, (info, rows) in hashes.items():
             self.hashes.put(self.rows, layout.raw_hashes_path(path), info, rows)
+        for path, (info, rows) in block.fields.items():
+            host = host_rows(rows)
+            if info.ragged or not isinstance(host, np.ndarray):
+                self.known[path] = None
+            else:
+                self._learn(path, host.dtype, tuple(host.shape[1:]), np.asarray(block.indices),
+                            hashes[path][1] if path in hashes else None)
         self.rows += len(block.indices)
         self.dirty = True
 

@@ -20,9 +20,9 @@ def test_report_to_dict_and_str(tmp_path):
     assert d["ok"] is False
     assert d["findings"][0] == {"check": "values", "stream": "train", "epoch": None, "field": "0", "indices": [5],
                                 "count": 1, "message": report.findings[0].message}
-    assert d["stats"]["train"]["epochs"]["0"]["0"]["nan"] == 1
+    assert d["stats"]["train"]["raw"]["0"]["nan"] == 1  # the seen rows are the raw rows, stored (and judged) once
     text = str(report)
-    assert "2 findings" in text and "[values] stream 'train' epoch 0 field '0'" in text and "indices: 5" in text
+    assert "1 finding" in text and "[values] stream 'train' field '0'" in text and "indices: 5" in text
 
 
 def test_finding_indices_are_capped_and_counted():

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import snapstore
-from tests.support.datasets import Records
+from tests.support.datasets import Records, brightened
 from tests.support.snapshots import edit_json
 
 #: Seconds a child may take to read and audit a hostile snapshot before it counts as hung.
@@ -44,11 +44,11 @@ IMAGE = "train/epochs/0/seen/image"
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two epochs of ``Records(12)`` in shuffled batches of 5, with raw samples and a logged ``score``."""
+    """Two epochs of ``Records(12)`` in shuffled batches of 5 (augmented), with raw samples and a logged ``score``."""
     path = tmp_path_factory.mktemp("hostile") / "run.snap"
     torch.manual_seed(0)
     with snapstore.Recorder(path) as rec:
-        train = rec.wrap(DataLoader(Records(12), batch_size=5, shuffle=True), name="train")
+        train = rec.wrap(DataLoader(Records(12), batch_size=5, shuffle=True, collate_fn=brightened), name="train")
         for _ in range(2):
             for batch in train:
                 train.log(score=batch["image"].sum((1, 2)).double())

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
 from snapstore.cli.demo import Digits, RandomShiftNoise
 
@@ -124,6 +124,14 @@ class Records(Dataset):
             "meta": {"id": i, "path": f"images/{i:04d}.png", "weight": 0.5 * i, "flag": i % 2 == 0},
             "label": np.int64(i % 7),
         }
+
+
+def brightened(items: list) -> dict[str, Any]:
+    """``default_collate`` of ``Records`` items with the images doubled: an augmentation, so that the seen rows
+    differ from the raw samples and are stored in their epochs (equal ones are stored once, in raw/)."""
+    batch = default_collate(items)
+    batch["image"] = batch["image"] * 2
+    return batch
 
 
 class Pairs(Dataset):
