@@ -243,7 +243,8 @@ class RecordingLoader:
         group = storage.child(epochs, name)
         if group is None or not _unfinished(group, layout.EPOCH_ATTR):  # (an unfinished one is taken over)
             group = storage.create_group(epochs, name)
-        cursor.sink = EpochSink(group, manifest, capacity, self._session.chunks, seen=self._seen)
+        cursor.sink = EpochSink(group, manifest, capacity, self._session.chunks, seen=self._seen,
+                                raw=self._raw_sink if self._raw_plan is not None else None)
         self._session.epochs.append(cursor.sink)
 
     def end_epoch(self) -> None:

@@ -7,7 +7,6 @@ over through ``loader.RecordingLoader``.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from typing import Any
 
 import numpy as np
@@ -30,16 +29,6 @@ _UINT8 = FieldInfo("ndarray", "uint8", ())
 #: chunk): ``Stream.where`` decodes a chunk or two of each per epoch, so small chunks keep a lookup fast.
 WHERE_CHUNK_ROWS = 4096
 
-#: The raw sink of each stream being recorded, by (store, stream path): an epoch's sink finds the raw samples
-#: of its stream here, to store seen rows equal to them as references (writer thread only).
-_RAW_SINKS: weakref.WeakValueDictionary[tuple[int, str], RawSink] = weakref.WeakValueDictionary()
-
-
-def _stream_key(group: storage.Group, below: str) -> tuple[int, str]:
-    """The key in ``_RAW_SINKS`` of the stream holding ``group`` (its ``raw/`` or an epoch piece under ``epochs/``)."""
-    return id(group.store), group.path.rpartition(f"/{below}")[0]
-
-
 class EpochSink:
     """Writer-thread state of one epoch: its group, field sinks and commit record.
 
@@ -50,7 +39,7 @@ class EpochSink:
     """
 
     def __init__(self, group: storage.Group, manifest: EpochManifest, capacity: int,
-                 chunks: storage.ChunkWriter, *, seen: Any = "full") -> None:
+                 chunks: storage.ChunkWriter, *, seen: Any = "full", raw: RawSink | None = None) -> None:
         self.group = group
         self.policy = SeenPolicy.parse(seen)
         self.manifest = dataclasses.replace(manifest, seen=self.policy)
@@ -64,7 +53,7 @@ class EpochSink:
         self.batches = 0
         self.order: list[np.ndarray] = []  # the order, block by block, for the inverse index
         # the stream's raw samples, when it records them: rows equal to them are stored as references
-        self.raw = _RAW_SINKS.get(_stream_key(group, f"{layout.EPOCHS_GROUP}/")) if self.policy.mode != "hash" else None
+        self.raw = raw if self.policy.mode != "hash" else None
         storage.name_piece(group)  # named in its stream's list of epochs before its first record
         storage.write_record(group, layout.EPOCH_ATTR, self.manifest.to_dict(), chunks)
 
@@ -185,7 +174,6 @@ class RawSink:
         self.known: dict[str, tuple[np.dtype, tuple[int, ...], np.ndarray] | None] = {}
         if rows:
             self._read_known(rows, set(ragged))
-        _RAW_SINKS[_stream_key(group, layout.RAW_GROUP)] = self
 
     def _read_known(self, rows: int, ragged: set[str]) -> None:
         """``known`` from the ``rows`` committed raw rows (a resumed recording)."""
