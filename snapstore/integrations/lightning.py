@@ -28,7 +28,8 @@ class RecordCallback(pl.Callback):
     raw, seen : see ``Recorder.wrap``
         Applied to every stream.
     **recorder_options
-        Passed to ``Recorder`` (``mode="a"``, ``overwrite=True``, ...).
+        Passed to ``Recorder`` (``mode="a"``, ``overwrite=True``, ...); a later
+        ``fit``/``validate`` with the same callback appends (``mode="a"``).
 
     The validation sanity check is not recorded (it is not a validation
     epoch). ``streams`` maps stream names to their ``RecordingLoader``; log
@@ -86,4 +87,7 @@ class RecordCallback(pl.Callback):
         if self.recorder is not None:
             self.recorder.close()
             self.recorder = None
+            # a later fit/validate with this callback appends epochs to the same streams
+            self.recorder_options = {**self.recorder_options, "mode": "a", "overwrite": False}
+            self.streams = {}
         trainer.strategy.__dict__.pop("process_dataloader", None)

@@ -112,7 +112,7 @@ class RecordingLoader:
         self._recorded: np.ndarray | set[int]
         shared = None
         if record_raw and dataset_len is not None:
-            shared = torch.zeros(dataset_len, dtype=torch.bool).share_memory_()
+            shared = _shared_zeros(dataset_len, torch.bool)
             seen = shared.numpy()
             index = storage.child(raw_group, layout.RAW_INDEX)
             if raw_rows and index is not None:
@@ -130,7 +130,7 @@ class RecordingLoader:
             self._update_manifest(base_datasets=[_class_name(b) for b in bases(loader.dataset)])
 
         self._batched = self._manifest.batched
-        self._switch = torch.zeros(1, dtype=torch.int32).share_memory_()
+        self._switch = _shared_zeros(1, torch.int32)
         raw_plan: Any = None
         if record_raw:
             raw_plan = "tee" if isinstance(fetch_raw, Untransformed) else fetch_raw or "items"
@@ -468,7 +468,7 @@ class _EpochIterator:
         self._collate = loader.collate_fn
         loader.collate_fn = CaptureCollate(loader.collate_fn, loader.dataset, stream._switch, stream._recorded_shared,
                                            stream._raw_plan, stream._tees)
-        stream._switch[0] = 1
+        stream._switch.numpy()[0] = 1  # through NumPy: no autograd or inference-mode rule applies
         self._running = True
         try:
             self._it = iter(stream.loader)
@@ -518,9 +518,16 @@ class _EpochIterator:
         """Recording of this epoch is over: the loader's attributes are the user's again."""
         if self._running:
             self._running = False
-            self._stream._switch[0] = 0
+            self._stream._switch.numpy()[0] = 0
             self._give_back_collate()
             remove_tees(self._tees)
+
+
+def _shared_zeros(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Zeros in shared memory (the loader's workers see the training process's writes), a normal tensor
+    even when the loader is wrapped under ``torch.inference_mode`` (Lightning's ``validate``)."""
+    with torch.inference_mode(False):
+        return torch.zeros(n, dtype=dtype).share_memory_()
 
 
 def _collating(loader: Any) -> Any:

@@ -88,6 +88,9 @@ def test_the_callback_records_train_and_val_without_changing_a_batch(tmp_path: P
         assert val.epoch(e).complete and val.epoch(e).order.tolist() == list(range(10))
     assert snapstore.audit(snap).ok
 
+    trainer(callbacks=[callback]).validate(model)  # a later stage with the same callback appends
+    assert snapstore.open(tmp_path / "run.snap")["val"].epochs == [0, 1, 2]
+
 
 def test_fit_takes_a_recording_loader(tmp_path: Path) -> None:
     pl.seed_everything(0, workers=True)

@@ -450,3 +450,13 @@ def test_unrecordable_batches_are_refused_with_the_type_and_the_fix(make: Any, f
     with pytest.raises(snapstore.SchemaError, match=fix):
         with snapstore.Recorder(tmp_path / "t.snap") as rec:
             list(rec.wrap(loader, name="train"))
+
+
+def test_a_loader_wrapped_under_inference_mode_records_outside_it(tmp_path: Any) -> None:
+    """Lightning's validate() wraps loaders under torch.inference_mode; the epochs run in and out of it."""
+    with snapstore.Recorder(tmp_path / "t.snap") as rec:
+        with torch.inference_mode():
+            stream = rec.wrap(DataLoader(Noisy(8), batch_size=4, num_workers=1), name="train")
+            assert len(list(stream)) == 2
+        assert len(list(stream)) == 2
+    assert snapstore.open(tmp_path / "t.snap")["train"].epochs == [0, 1]
