@@ -2,8 +2,8 @@
 
 One run, one generated workload, one table::
 
-    python benchmarks/bench_record.py --full      # the README numbers (about 25 minutes on 2 cores)
-    python benchmarks/bench_record.py --full --part loops   # only the training-loop tables
+    python benchmarks/bench_record.py --full      # the README numbers (about 40 minutes on 2 cores)
+    python benchmarks/bench_record.py --full --part loops   # only the training-loop tables (~27 minutes)
     python benchmarks/bench_record.py             # tiny size, seconds (what tests/benchmarks/test_bench_record.py runs)
 
 What is measured (medians of ``--repeat`` runs; bare and recorded runs alternate so machine noise hits both):
