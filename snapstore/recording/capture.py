@@ -313,6 +313,12 @@ def _replace(node: Any, old: Any, new: Any) -> Any:
     their own type), or ``None`` if ``old`` is not in it."""
     if node is old:
         return new
+    if type(node) in (tuple, list):  # the common case first: the output is an element of the item itself
+        for k, v in enumerate(node):
+            if v is old:
+                return type(node)([*node[:k], new, *node[k + 1 :]])
+        if not any(isinstance(v, (dict, list, tuple)) for v in node):
+            return None
     if isinstance(node, dict):
         for k, v in node.items():
             r = _replace(v, old, new)
