@@ -76,8 +76,14 @@ class Untransformed:
                 setattr(b, a, v)
 
 
-def _each(fetch: Callable[[int], Any]) -> Callable[[Any], list[Any]]:
-    return lambda indices: [fetch(int(i)) for i in indices]
+class Each:
+    """``indices -> [fetch(i) for i in indices]``: picklable, so it reaches spawned loader workers."""
+
+    def __init__(self, fetch: Callable[[int], Any]) -> None:
+        self.fetch = fetch
+
+    def __call__(self, indices: Any) -> list[Any]:
+        return [self.fetch(int(i)) for i in indices]
 
 
 RawSource = Literal["auto"] | Dataset | Callable[[int], Any] | None
@@ -101,7 +107,7 @@ def raw_source(raw: RawSource, dataset: Any) -> tuple[Callable[[Any], list[Any]]
             return None, True
         return Untransformed(dataset), True
     if isinstance(raw, Dataset):
-        return _each(raw.__getitem__), True
+        return Each(raw.__getitem__), True
     if callable(raw):
-        return _each(raw), True
+        return Each(raw), True
     raise UsageError(f"raw={raw!r} is not understood; pass 'auto', None, a Dataset or a callable index -> sample")

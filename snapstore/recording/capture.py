@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import get_worker_info
 from torch.utils.data._utils.fetch import _BaseDatasetFetcher
 
-from ..core.datasets import TRANSFORM_ATTRS, Untransformed, bases, is_wrapped, locate
+from ..core.datasets import TRANSFORM_ATTRS, Each, Untransformed, bases, is_wrapped, locate
 from ..core.rows import Ragged, concat_rows
 from ..core.schema import Structure, flatten, reconcile
 from ..errors import SchemaError, UsageError
@@ -443,20 +443,10 @@ class CaptureCollate:
             samples = _tee_samples(items, calls, new)
         if samples is None:  # not observable: fetch again, leaving every RNG as it was
             fetch = self.raw if callable(self.raw) else (
-                Untransformed(self.dataset) if self.raw == "tee" else _Fetch(self.dataset))
+                Untransformed(self.dataset) if self.raw == "tee" else Each(self.dataset.__getitem__))
             with rng_preserved():
                 samples = fetch(indices[new])
         return stack_raw(indices[new], samples)
-
-
-class _Fetch:
-    """``indices -> [dataset[i] ...]``, one index at a time."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __call__(self, indices: np.ndarray) -> list[Any]:
-        return [self.dataset[int(i)] for i in indices]
 
 
 def _tee_samples(items: list[Any], calls: list[tuple[Any, Any]], new: np.ndarray) -> list[Any] | None:

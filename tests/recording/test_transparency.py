@@ -460,3 +460,13 @@ def test_a_loader_wrapped_under_inference_mode_records_outside_it(tmp_path: Any)
             assert len(list(stream)) == 2
         assert len(list(stream)) == 2
     assert snapstore.open(tmp_path / "t.snap")["train"].epochs == [0, 1]
+
+
+def test_an_explicit_raw_source_reaches_spawned_workers(tmp_path: Any) -> None:
+    """raw=<a Dataset> is fetched in the workers that collate: it must pickle into a spawned one."""
+    raw = torch.utils.data.TensorDataset(torch.arange(24, dtype=torch.float32) * 10)
+    loader = DataLoader(Noisy(), batch_size=6, num_workers=1, multiprocessing_context="spawn")
+    with snapstore.Recorder(tmp_path / "t.snap") as rec:
+        assert len(list(rec.wrap(loader, name="train", raw=raw))) == 4
+    stream = snapstore.open(tmp_path / "t.snap")["train"]
+    assert [float(stream.raw[i][0]) for i in (0, 7, 23)] == [0.0, 70.0, 230.0]
