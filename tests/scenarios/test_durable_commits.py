@@ -16,22 +16,6 @@ from torch.utils.data import DataLoader, Dataset
 
 import snapstore
 
-WRITER = textwrap.dedent('''
-    import sys, torch, snapstore
-    from torch.utils.data import DataLoader, Dataset
-
-    class Rows(Dataset):
-        def __len__(self): return 400
-        def __getitem__(self, i): return torch.full((64,), float(i)), i
-
-    rec = snapstore.Recorder(sys.argv[1])
-    stream = rec.wrap(DataLoader(Rows(), batch_size=16, shuffle=True), name="train")
-    for x, i in stream:
-        stream.log(loss=x[:, 0] * 2)
-    print("epoch 0 returned", flush=True)
-    sys.stdin.readline()  # killed here, the Recorder never closed
-''')
-
 
 class Rows(Dataset):
     def __len__(self) -> int:
@@ -51,18 +35,7 @@ def check_epoch(ep) -> None:
 
 def test_a_kill_right_after_an_epoch_returned_keeps_the_epoch_and_the_run_continues(tmp_path):
     path = tmp_path / "run.snap"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "epoch 0 returned"
-        proc.send_signal(signal.SIGKILL)  # at once: nothing is given time to finish
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdin.close()
-        proc.stdout.close()
+    kill_at(path, "w", "epoch 0 returned")  # at once: nothing is given time to finish
     stream = snapstore.open(path)["train"]
     assert stream.epochs == [0]
     check_epoch(stream.epoch(0))
