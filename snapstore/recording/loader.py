@@ -272,6 +272,13 @@ class RecordingLoader:
         cursor.sink.commit(complete=complete, final=True)
         self._session.epochs.remove(cursor.sink)
 
+    def _tees_wanted(self) -> TeeLog | None:
+        """The log to tee this epoch's transform inputs into: where raw samples come from them and some index
+        has none recorded yet (once every one has, a tee per transform call is time lost for nothing)."""
+        if isinstance(self._recorded, np.ndarray) and self._recorded.all():
+            return None
+        return self._tees
+
     def _hand_off(self, cursor: _EpochCursor, tagged: Tagged) -> None:
         n = len(tagged.tags.indices)
         if self._session.recording():
@@ -464,7 +471,8 @@ class _EpochIterator:
         cursor.iterator = self
         self._cursor = cursor
         loader = self._collating = _collating(stream.loader)
-        self._tees = install_tees(loader.dataset, stream._tees) if stream._tees is not None else []
+        tees = stream._tees_wanted()
+        self._tees = install_tees(loader.dataset, tees) if tees is not None else []
         self._collate = loader.collate_fn
         loader.collate_fn = CaptureCollate(loader.collate_fn, loader.dataset, stream._switch, stream._recorded_shared,
                                            stream._raw_plan, stream._tees)

@@ -340,6 +340,26 @@ def test_raw_capture_tees_the_transform_input_and_fetches_nothing_twice(tmp_path
         assert index == i and torch.equal(torch.as_tensor(image), loader.dataset.images[i] * 1)
 
 
+def test_the_transform_is_teed_only_while_raw_samples_are_missing(tmp_path: Any) -> None:
+    """Once every index's raw sample is recorded, later epochs run the dataset's own transform, untouched."""
+    types = []
+
+    class Watching(Transformed):
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            types.append(type(self.transform))
+            return super().__getitem__(i)
+
+    loader = DataLoader(Watching(12), batch_size=4, shuffle=True)
+    with snapstore.Recorder(tmp_path / "t.snap") as rec:
+        train = rec.wrap(loader, name="train")
+        for _ in range(2):
+            list(train)
+    assert {t.__name__ for t in types[:12]} == {"TransformTee"}
+    assert set(types[12:]) == {AddNoise}
+    assert type(loader.dataset.transform) is AddNoise
+    assert sorted(snapstore.open(tmp_path / "t.snap")["train"].epoch(1).order.tolist()) == list(range(12))
+
+
 def test_the_worker_sees_the_users_dataset(tmp_path: Any) -> None:
     seen = []
 
