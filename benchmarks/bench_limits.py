@@ -18,6 +18,12 @@ figure can be read against the floor it cannot go below on this machine:
   the slot's number through a pipe; the process encodes, checksums and
   appends, then hands the slot back (the design that takes the writer's
   interpreter work out of the training process).
+* step-bound floor: the loop with a 30 ms simulated accelerator step a batch
+  (as ``bench_record.py``'s step-bound lines), bare and with only the copy
+  (the batch and its raw crops into recycled buffers, nothing written), in
+  alternating pairs: the ratio, and the copy's own time a batch on the
+  training thread. No asynchronous recorder that keeps what the loop saw
+  exact can cost the step less than this copy.
 * interference: the same loop's slowdown while a background thread streams
   memory (``np.copyto`` of 3 MB blocks) vs. computes in its cache (``np.sort`` of
   1.6 MB): on a 2-core machine whose cores share the memory system, moving
@@ -91,6 +97,36 @@ def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool | N
     jobs.put(None)
     writer.join()
     return time.perf_counter() - t
+
+
+STEP = 0.030  # the step-bound loop's simulated accelerator step, seconds (as in bench_record.py)
+
+
+def step_floor(ds: Any, w: workloads.Workload, workers: int, copy: bool) -> tuple[float, float]:
+    """``(seconds, copy seconds a batch)`` of one epoch of the step-bound loop (a ``STEP``-second sleep a
+    batch, the GIL released): bare, or with only the copy every safe asynchronous recorder makes on the
+    training thread (the batch and its raw crops into recycled buffers; nothing is written)."""
+    loader = workloads.make_loader(ds, w, workers)
+    buffers: dict[tuple[Any, ...], np.ndarray] = {}
+
+    def into(rows: np.ndarray) -> None:
+        buf = buffers.setdefault((rows.shape, rows.dtype.str), np.empty_like(rows))
+        np.copyto(buf, rows)
+
+    copying = batches = 0
+    t = time.perf_counter()
+    for images, labels, index in loader:
+        if copy:
+            a = time.perf_counter()
+            idx = index.numpy()
+            for rows in (images.numpy(), labels.numpy(), idx):
+                into(rows)
+            into(ds.crops[idx])
+            copying += time.perf_counter() - a
+        images.sum()
+        time.sleep(STEP)
+        batches += 1
+    return time.perf_counter() - t, copying / max(1, batches)
 
 
 def _store_slots(name: str, slot_bytes: int, todo: Any, free: Any, path: str) -> None:
@@ -245,9 +281,18 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
             loop["lz4 nw=2"].append(recording_floor(ds, w, tmp, True, 2))
             torch.set_num_threads(1)
         med = {k: statistics.median(v) for k, v in loop.items()}
+        step: dict[int, dict[str, float]] = {}
+        for workers in (0, 2):  # bare and copy-only epochs alternate, twice as many as the other lines
+            torch.set_num_threads(1 if workers == 0 else threads)
+            runs = [(step_floor(ds, w, workers, False), step_floor(ds, w, workers, True)) for _ in range(2 * repeat)]
+            step[workers] = {"ratio": statistics.median(b[0] / c[0] for b, c in runs),
+                             "copy ms": 1e3 * statistics.median(c[1] for _, c in runs),
+                             "batch ms": 1e3 * statistics.median(b[0] for b, _ in runs) / -(-w.samples // w.batch)}
+        torch.set_num_threads(1)
         images = np.stack([ds[i][0].numpy() for i in range(w.samples)])
         results = {
             "loop": med,
+            "step": step,
             "disk MB/s": disk_write(tmp, (1 << 30) if full else 64 * CHUNK),
             "replay": replay_ceiling(images),
             "random": random_floor(images, tmp, 200 if full else 10),
@@ -266,6 +311,12 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
                        ("bare nw=2", "bare loop"), ("lz4 nw=2", "loop + minimal recorder")]:
         workers, bare = (2, med["bare nw=2"]) if key.endswith("nw=2") else (0, med["bare"])
         p(f"| {label} | {workers} | {w.samples / med[key]:,.0f} | {bare / med[key]:.3f} |")
+    p(f"\nStep-bound floor ({STEP * 1e3:.0f} ms step a batch; medians of {2 * repeat} alternating pairs):\n")
+    p("| num_workers | bare ms a batch | copy only: ratio to bare | the copy, ms a batch (training thread) "
+      "| the copy as a share of the bare batch |\n| --- | --- | --- | --- | --- |")
+    for workers, r in step.items():
+        p(f"| {workers} | {r['batch ms']:.1f} | {r['ratio']:.3f} | {r['copy ms']:.2f} "
+          f"| {100 * r['copy ms'] / r['batch ms']:.1f} % |")
     p(f"\nbuffered disk write, 2 MiB files, no fsync: {results['disk MB/s']:,.0f} MB/s")
     p("replay ceiling, float32 images, one core: "
       + ", ".join(f"{k} {v:,.0f} samples/s" for k, v in results["replay"].items()))
