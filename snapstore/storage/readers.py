@@ -21,6 +21,7 @@ from ..core.merkle import ChunkHashes, Coverage
 from ..errors import CorruptionError
 from .chunks import check_array, read_chunk
 from .groups import Array
+from .pools import pool
 
 
 class RaggedReader:
@@ -189,14 +190,6 @@ def covers(array: Array, expect: ChunkHashes, where: str) -> None:
             f"metadata says {array.chunks[0]} (the array's metadata or the record was replaced)")
 
 
-_DECODERS: tuple[int, ThreadPoolExecutor] | None = None
-
-
 def _decoders() -> ThreadPoolExecutor:
-    """The threads cursors decode on: one per CPU (at most ``config.MAX_CODEC_THREADS``), made afresh in a
-    forked process (an executor inherited through ``fork`` has no threads)."""
-    global _DECODERS
-    if _DECODERS is None or _DECODERS[0] != os.getpid():
-        workers = min(config.MAX_CODEC_THREADS, os.cpu_count() or 1)
-        _DECODERS = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="snapstore-decode"))
-    return _DECODERS[1]
+    """The threads cursors decode on: one per CPU (at most ``config.MAX_CODEC_THREADS``)."""
+    return pool("decode", min(config.MAX_CODEC_THREADS, os.cpu_count() or 1))

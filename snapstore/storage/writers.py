@@ -27,6 +27,7 @@ from ..errors import UsageError
 from . import _zarr
 from .chunks import COMPRESSORS, chunk_codecs, chunk_path, create_rows_array, local_file, store_chunk
 from .groups import Array, Group, child, children, require_group, reread, vanished, write_attr
+from .pools import pool
 from .readers import ChunkReader
 
 
@@ -64,8 +65,7 @@ def _fsync_all(files: set[Path], root: Path | None) -> None:
         for path in paths:
             _fsync(path)
         return
-    with ThreadPoolExecutor(min(config.SYNC_THREADS, len(paths)), thread_name_prefix="snapstore-fsync") as pool:
-        list(pool.map(_fsync, paths))  # raises the first failure
+    list(pool("fsync", config.SYNC_THREADS).map(_fsync, paths))  # raises the first failure
 
 
 def _fsync(path: Path) -> None:
