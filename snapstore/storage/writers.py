@@ -208,8 +208,9 @@ def idle_priority() -> None:
 
     The encoder threads' work can wait; the training loop's cannot. At normal
     priority they took CPU from the loader's workers and from torch's intra-op
-    threads in the training step: a 30 ms step-bound loop ran at 0.82-0.86 of
-    bare with them, 0.88-0.92 with them idle (issue 17, ``benchmarks/RESULTS.md``).
+    threads in the training step: a 30 ms step-bound loop with 2 workers ran at
+    0.79-0.86 of bare with them, 0.88-0.92 with them idle (issue 17,
+    ``benchmarks/RESULTS.md``).
     """
     if sys.platform == "linux":  # there, a thread id names one thread
         try:
