@@ -6,12 +6,10 @@ the training thread. Used by the recorder's background writer only.
 from __future__ import annotations
 
 import collections
-import functools
 import os
-import sys
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -202,54 +200,6 @@ class Buffers:
                     self._free_bytes += rows.nbytes
 
 
-def idle_priority() -> None:
-    """Run the calling thread only when a CPU would otherwise be idle (Linux ``SCHED_IDLE``; elsewhere,
-    and where the kernel refuses, nothing changes).
-
-    The encoder threads' work can wait; the training loop's cannot. At normal
-    priority they took CPU from the loader's workers and from torch's intra-op
-    threads in the training step: a 30 ms step-bound loop with 2 workers ran at
-    0.79-0.86 of bare with them, 0.88-0.92 with them idle (issue 17,
-    ``benchmarks/RESULTS.md``).
-    """
-    if sys.platform == "linux":  # there, a thread id names one thread
-        try:
-            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-        except OSError:
-            pass
-
-
-class _Chunk:
-    """One chunk's encode-and-store job, run by the first thread that claims it: an encoder, or the
-    thread that needs it done (``settle``)."""
-
-    __slots__ = ("_claim", "_done", "_error", "_work", "key")
-
-    def __init__(self, key: str, work: Callable[[], None]) -> None:
-        self.key = key
-        self._work = work
-        self._claim = threading.Lock()
-        self._done = threading.Event()
-        self._error: BaseException | None = None
-
-    def run(self) -> None:
-        if not self._claim.acquire(blocking=False):  # claimed by the other side
-            return
-        try:
-            self._work()
-        except BaseException as e:  # raised by settle, on the thread that needs the chunk
-            self._error = e
-        finally:
-            self._done.set()
-
-    def settle(self) -> None:
-        """Return once the chunk is stored: run it here if no encoder has started it; raise its failure."""
-        self.run()
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-
-
 class ChunkWriter:
     """Encodes and stores whole chunks on a pool of threads, one per CPU.
 
@@ -257,18 +207,13 @@ class ChunkWriter:
     own codecs (each in turn, CRC32C last: the bytes
     ``array[lo:hi] = block`` would store) and stores the key with one call.
     Blosc releases the GIL, so chunks encode on every core while the
-    recorder's writer stages the next ones. The pool's threads run at idle
-    priority (``idle_priority``): they use the CPU time the training loop
-    leaves, and a chunk the caller needs (``wait``, or ``in_flight`` chunks
-    already waiting) that no encoder has started is encoded by the caller, at
-    its own priority, so recording goes on when other work fills every CPU.
-    ``block`` belongs to the writer from then on and goes back to ``buffers``
-    once encoded. A chunk written again (a flushed, partly filled chunk that
-    later fills) waits for its earlier write, so the last version written is
-    the one stored. At most ``in_flight`` chunks wait (back-pressure);
-    ``wait`` returns once every chunk handed over is stored, and must precede
-    any commit record that covers them. A failed write is raised by the next
-    ``write`` or ``wait``.
+    recorder's writer stages the next ones. ``block`` belongs to the writer
+    from then on and goes back to ``buffers`` once encoded. A chunk
+    written again (a flushed, partly filled chunk that later fills) waits for
+    its earlier write, so the last version written is the one stored. At most
+    ``in_flight`` chunks wait (back-pressure); ``wait`` returns once every
+    chunk handed over is stored, and must precede any commit record that
+    covers them. A failed write is raised by the next ``write`` or ``wait``.
 
     Going around ``Array.__setitem__`` also skips zarr's per-call machinery
     (selection, event-loop tasks, a copy into a fresh chunk), which cost the
@@ -280,9 +225,9 @@ class ChunkWriter:
             raise UsageError(f"compressor={compressor!r} is not one of {COMPRESSORS}")
         self.compressor = compressor
         self._in_flight = in_flight
-        self._pending: collections.deque[_Chunk] = collections.deque()
+        self._pending: collections.deque[tuple[str, Future[None]]] = collections.deque()
         self._pool = ThreadPoolExecutor(min(config.MAX_CODEC_THREADS, os.cpu_count() or 1),
-                                        thread_name_prefix="snapstore-encode", initializer=idle_priority)
+                                        thread_name_prefix="snapstore-encode")
         self.buffers = Buffers(keep=2, max_bytes=config.DEFAULT_QUEUE_BYTES)  # chunk staging buffers
         self._unsynced: set[Path] = set()  # zarr.json of the arrays written to since the last sync
         # array path -> (rows per chunk, {chunk: (rows hashed, hash)}, row the table starts at): what the
@@ -296,16 +241,15 @@ class ChunkWriter:
         ``rows`` rows (all by default) hold data, and their hash (``merkle.chunk_hash``) is what the next commit
         record names for the chunk."""
         where = chunk_path(array, c)
-        for earlier in self._pending:
-            if earlier.key == where.path:
-                earlier.settle()
+        for key, done in self._pending:
+            if key == where.path:
+                done.result()
         while len(self._pending) >= self._in_flight:
-            self._pending.popleft().settle()
+            self._pending.popleft()[1].result()
         n = len(block) if rows is None else rows
-        job = _Chunk(where.path, functools.partial(self._encode_and_store, where, chunk_codecs(array, c), block,
-                                                   self._table(array), c, n))
-        self._pool.submit(job.run)
-        self._pending.append(job)
+        table = self._table(array)
+        job = self._pool.submit(self._encode_and_store, where, chunk_codecs(array, c), block, table, c, n)
+        self._pending.append((where.path, job))
         path = local_file(where)
         if path is not None:  # to fsync at the next durable commit: its array's metadata and folders (the
             self._root = Path(where.store.root)  # chunk file itself is fsynced by the job that stores it)
@@ -370,7 +314,7 @@ class ChunkWriter:
     def wait(self) -> None:
         """Return once every chunk handed over so far is stored; raise the first failure."""
         while self._pending:
-            self._pending.popleft().settle()
+            self._pending.popleft()[1].result()
 
     def sync(self) -> None:
         """Make every chunk handed over so far durable: ``wait`` (the job that stores a chunk file on a local

@@ -4,9 +4,6 @@ fields are stored as values, offsets and shapes."""
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -130,44 +127,6 @@ def test_write_chunk_strings(tmp_path):
     writer.close()
     assert array[2:4].tolist() == ["ünïcode", ""]
     assert storage.read_chunk(array, 1).tolist() == ["ünïcode", ""]
-
-
-def test_chunks_no_encoder_gets_to_are_stored_by_the_writer(tmp_path):
-    # Encoders run at idle priority: on a machine busy with other work they may not run for a long time.
-    # Here every encoder is held: the chunks must still be stored, in order, by the thread that writes them.
-    root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
-    array = storage.create_rows_array(root, "a", FieldInfo("ndarray", "int64", (8,)), 64, "lz4", chunk=4)
-    writer = storage.ChunkWriter("lz4", in_flight=2)
-    held = threading.Event()
-    busy = [writer._pool.submit(held.wait) for _ in range(writer._pool._max_workers)]
-    try:
-        for c in range(16):
-            writer.write(array, c, np.full((4, 8), c))
-        writer.write(array, 15, np.full((4, 8), 115))  # written again: its last version is the one stored
-        writer.wait()
-        assert not any(b.done() for b in busy)  # the encoders never ran a chunk
-    finally:
-        held.set()
-        writer.close()
-    expected = np.repeat(np.arange(16), 4)
-    expected[-4:] = 115
-    np.testing.assert_array_equal(array[:, 0], expected)
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="SCHED_IDLE is Linux's")
-def test_encoder_threads_run_at_idle_priority(tmp_path):
-    root = zarr.open_group(zarr.storage.LocalStore(tmp_path), mode="w", zarr_format=3)
-    array = storage.create_rows_array(root, "a", FieldInfo("ndarray", "int64", ()), 8, "lz4", chunk=4)
-    writer = storage.ChunkWriter("lz4")
-    writer.write(array, 0, np.arange(4))
-    writer.wait()
-    encoders = [t for t in threading.enumerate() if t.name.startswith("snapstore-encode")]
-    try:
-        assert encoders
-        assert {os.sched_getscheduler(t.native_id) for t in encoders} == {os.SCHED_IDLE}
-        assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE  # the caller's is untouched
-    finally:
-        writer.close()
 
 
 def test_a_failed_store_write_is_raised_by_wait(tmp_path):
