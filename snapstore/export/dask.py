@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,15 +39,7 @@ def to_dask(obj: Epoch | RawSamples, fields: Fields = None) -> dict[str, Any]:
     index = np.concatenate([part.index for part in parts]) if plan.raw and parts else plan.export_index
     out = {INDEX: da.from_array(index, chunks=(max(1, min(len(index), 65536)),))}
     for p in paths:
-        pieces = [
-            da.from_array(
-                _Committed(part.fixed(p), part.rows),
-                chunks=(int(part.fixed(p).array.chunks[0]), *part.fixed(p).array.shape[1:]),
-                name=f"snapstore-{p}-{uuid.uuid4().hex}", asarray=False, fancy=False, lock=False,
-                meta=np.empty((0,) * part.fixed(p).array.ndim, dtype=part.fixed(p).array.dtype),
-            )
-            for part in parts
-        ]
+        pieces = [_committed(part.fixed(p), part.rows, p) for part in parts]
         if not pieces:  # nothing committed
             info = plan.infos[p]
             pieces = [da.from_array(np.empty((0, *info.shape), dtype=numpy_dtype(info.dtype)))]
@@ -64,18 +58,35 @@ def _gathered(plan: RowPlan, paths: list[str]) -> dict[str, Any]:
     for p in paths:
         info = plan.infos[p]
         shape = tuple(int(d or 0) for d in info.shape)
-        source = _Positions(plan, p, (plan.rows, *shape), numpy_dtype(info.dtype))
-        out[p] = da.from_array(source, chunks=(step, *shape),
-                               name=f"snapstore-{p}-{uuid.uuid4().hex}", asarray=False, fancy=False, lock=False,
-                               meta=np.empty((0,) * source.ndim, dtype=source.dtype))
+        read = functools.partial(_gather_rows, plan, p)
+        out[p] = _dask_rows(_Rows(read, (plan.rows, *shape), numpy_dtype(info.dtype)), step, p)
     return out
 
 
-class _Positions:
-    """One field's rows at export positions, gathered through a ``RowPlan``, for ``dask.array.from_array``."""
+def _committed(reader: Any, rows: int, path: str) -> Any:
+    """The first ``rows`` rows of a stored array, read through its ``storage.ChunkReader``, chunked as stored."""
+    array = reader.array
+    return _dask_rows(_Rows(reader.read, (rows, *array.shape[1:]), array.dtype), int(array.chunks[0]), path)
 
-    def __init__(self, plan: RowPlan, path: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.plan, self.path, self.shape, self.dtype, self.ndim = plan, path, shape, dtype, len(shape)
+
+def _gather_rows(plan: RowPlan, path: str, start: int, stop: int) -> np.ndarray:
+    return gather(plan, [path], np.arange(start, stop))[path]
+
+
+def _dask_rows(source: _Rows, chunk: int, path: str) -> Any:
+    """``source`` as a ``dask.array`` of ``chunk`` rows a chunk, read lazily, one task a chunk."""
+    import dask.array as da
+
+    return da.from_array(source, chunks=(chunk, *source.shape[1:]), name=f"snapstore-{path}-{uuid.uuid4().hex}",
+                         asarray=False, fancy=False, lock=False, meta=np.empty((0,) * source.ndim, dtype=source.dtype))
+
+
+class _Rows:
+    """One field's rows, read by ``read(start, stop)``, for ``dask.array.from_array``: a stored array's
+    committed rows (its ``ChunkReader``), or rows at export positions gathered through a ``RowPlan``."""
+
+    def __init__(self, read: Callable[[int, int], np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.read, self.shape, self.dtype, self.ndim = read, shape, dtype, len(shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -83,24 +94,4 @@ class _Positions:
         if not isinstance(rows, slice) or rows.step not in (None, 1):
             raise UsageError(f"rows are read by contiguous row slices, not {rows!r}")
         start, stop, _ = rows.indices(self.shape[0])
-        block = gather(self.plan, [self.path], np.arange(start, max(start, stop)))[self.path]
-        return block[(slice(None), *key[1:])]
-
-
-class _Committed:
-    """The first ``rows`` rows of a stored array (read through its ``storage.ChunkReader``), for
-    ``dask.array.from_array``."""
-
-    def __init__(self, reader: Any, rows: int) -> None:
-        self.reader = reader
-        self.shape = (rows, *reader.array.shape[1:])
-        self.dtype = reader.array.dtype
-        self.ndim = reader.array.ndim
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        rows = key[0] if key else slice(None)
-        if not isinstance(rows, slice) or rows.step not in (None, 1):
-            raise UsageError(f"committed rows are read by contiguous row slices, not {rows!r}")
-        start, stop, _ = rows.indices(self.shape[0])
-        return self.reader.read(start, max(start, stop))[(slice(None), *key[1:])]
+        return self.read(start, max(start, stop))[(slice(None), *key[1:])]
