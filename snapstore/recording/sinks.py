@@ -29,6 +29,7 @@ _UINT8 = FieldInfo("ndarray", "uint8", ())
 #: chunk): ``Stream.where`` decodes a chunk or two of each per epoch, so small chunks keep a lookup fast.
 WHERE_CHUNK_ROWS = 4096
 
+
 class EpochSink:
     """Writer-thread state of one epoch: its group, field sinks and commit record.
 

@@ -150,8 +150,8 @@ def name_piece(piece: Group, *, seal: bool = False, durable: bool = False) -> No
     listed = epochs.attrs.get(layout.PIECES_ATTR)
     pieces = dict(cast(dict[str, Any], listed)) if listed is not None else _recorded_before(epochs)
     pieces[key] = value
-    raw = _raw_of(epochs)
-    if seal and raw is not None:  # the raw samples its rows refer to, committed before it
+    raw = _raw_of(epochs) if seal else None
+    if raw is not None:  # the raw samples its rows refer to, committed before it
         pieces[RAW_ROWS] = int(cast(dict[str, Any], raw.attrs.get(layout.RAW_ATTR, {})).get("rows", 0))
     write_attr(epochs, layout.PIECES_ATTR, pieces)
     if durable:
