@@ -72,8 +72,19 @@ DEFAULT_UNKNOWN_ROWS = 65536
 #: Decoded chunks a reader keeps per array for random access.
 DEFAULT_CACHED_CHUNKS = 4
 
-#: Compressor applied to every chunk before its CRC32C checksum.
+#: Compressor of every array's chunks, before their CRC32C checksum (where it pays: ``MIN_COMPRESSION_RATIO``).
 DEFAULT_COMPRESSOR: Final = "lz4"
+
+#: Least ratio of a field's bytes to its compressed bytes worth compressing for:
+#: a new array whose first rows Blosc shrinks by less (natural uint8 pixels
+#: without bit shuffle, encoded JPEG or PNG bytes, noise) stores its chunks
+#: uncompressed, checksummed still; compressing them cost the encoders most of
+#: their CPU for under a tenth of the bytes (issue 17).
+MIN_COMPRESSION_RATIO = 1.1
+
+#: Bytes of a new array's first rows (at least one row) that its compressor is
+#: tried on to choose the byte shuffle and whether to compress at all.
+CODEC_SAMPLE_BYTES = 256 * 1024
 
 #: Target uncompressed bytes an export reads per field at a time, rounded down
 #: to whole chunks (at least one chunk). Exports hold a few such blocks.

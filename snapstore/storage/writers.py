@@ -418,10 +418,12 @@ class RaggedSink:
     """Writes a ragged field as ``values`` (1-D), ``offsets`` and ``shapes`` arrays in ``group``.
 
     Rows arrive at increasing positions; their elements are appended to
-    ``values``. ``rows`` and ``values`` give where a resumed field continues.
+    ``values``. ``rows`` gives where a resumed field continues; ``sample``, its
+    first rows, what ``values``' codecs are chosen on (``chunks.create_rows_array``).
     """
 
-    def __init__(self, group: Group, info: FieldInfo, capacity: int, writer: ChunkWriter, *, rows: int = 0) -> None:
+    def __init__(self, group: Group, info: FieldInfo, capacity: int, writer: ChunkWriter, *, rows: int = 0,
+                 sample: np.ndarray | Ragged | None = None) -> None:
         def sink(name: str, part: FieldInfo, cap: int, **kw: Any) -> RowSink:
             array = child(group, name)
             if array is None:
@@ -436,7 +438,9 @@ class RaggedSink:
             last_shape = ChunkReader(self.shapes.array, rows=rows).read(rows - 1, rows)[0]
             self.next = int(last_offset + np.prod(last_shape))
         elements = max(1, config.DEFAULT_CHUNK_BYTES // numpy_dtype(info.dtype).itemsize)
-        self.values = sink(layout.VALUES, FieldInfo(info.kind, info.dtype, ()), elements, chunk=elements)
+        values = None if sample is None else (sample if isinstance(sample, Ragged) else Ragged.from_block(sample)).values
+        self.values = sink(layout.VALUES, FieldInfo(info.kind, info.dtype, ()), elements, chunk=elements,
+                           sample=values)
 
     def put(self, pos: int, rows: np.ndarray | Ragged) -> None:
         packed = rows if isinstance(rows, Ragged) else Ragged.from_block(rows)
@@ -475,31 +479,35 @@ class FieldSinks:
     def put(self, pos: int, path: str, info: FieldInfo, rows: np.ndarray | Ragged) -> None:
         sink = self.sinks.get(path)
         if sink is None or (info.ragged and isinstance(sink, RowSink)):
-            sink = self.sinks[path] = self._open(path, info, sink, pos)
+            sink = self.sinks[path] = self._open(path, info, sink, pos, rows)
         if isinstance(sink, RowSink):  # a field with one row shape: rows is one block
             sink.put(pos, cast(np.ndarray, rows))
         else:
             sink.put(pos, rows)
 
-    def _open(self, path: str, info: FieldInfo, fixed: RowSink | None, pos: int) -> RowSink | RaggedSink:
+    def _open(self, path: str, info: FieldInfo, fixed: RowSink | None, pos: int,
+              rows: np.ndarray | Ragged) -> RowSink | RaggedSink:
+        """The sink of field ``path``, its arrays made (their codecs chosen on ``rows``, its first rows) unless
+        a resumed recording made them."""
         name = f"{self.prefix}/{path}" if self.prefix else path
         if not info.ragged:
             array = child(self.group, name)
             if array is None:
-                array = create_rows_array(self.group, name, info, self.capacity, self.writer.compressor)
+                array = create_rows_array(self.group, name, info, self.capacity, self.writer.compressor,
+                                          sample=cast(np.ndarray, rows))
             return RowSink(array, self.writer, resume_at=self.resume)
         ragged_group = require_group(self.group, f"{layout.RAGGED_GROUP}/{path}")
         resumed = self.resume if path in self.ragged else 0
-        sink = RaggedSink(ragged_group, info, self.capacity, self.writer, rows=resumed)
+        sink = RaggedSink(ragged_group, info, self.capacity, self.writer, rows=resumed, sample=rows)
         if path not in self.ragged:
             old = fixed.array if fixed is not None else child(self.group, name)
             if fixed is not None:
                 fixed.flush()
                 self.writer.wait()  # its chunks are read back just below
             if old is not None:  # rows written before the field turned ragged
-                rows = ChunkReader(old, rows=pos)
+                before = ChunkReader(old, rows=pos)
                 for lo in range(0, pos, old.chunks[0]):
-                    sink.put(lo, rows.read(lo, min(pos, lo + old.chunks[0])))
+                    sink.put(lo, before.read(lo, min(pos, lo + old.chunks[0])))
                 self._replaced.append(name)
             self.ragged.append(path)
         return sink

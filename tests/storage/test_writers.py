@@ -4,10 +4,13 @@ fields are stored as values, offsets and shapes."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 import pytest
+import torch
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -173,3 +176,112 @@ def test_sync_returns_after_each_chunk_file_and_its_folders_are_fsynced_once(tmp
     chunks = sorted(p for p in tmp_path_of(array).iterdir() if p.name.startswith("c."))
     assert len(chunks) == 3 and sorted(p for p in synced if p.name.startswith("c.")) == chunks
     assert {tmp_path_of(array) / "zarr.json", tmp_path_of(array), tmp_path} <= set(synced)
+
+
+def _photo_crops(n: int) -> np.ndarray:
+    """``n`` uint8 (3, 32, 32) crops of scikit-learn's two sample photographs, as a CIFAR-like dataset holds."""
+    from sklearn.datasets import load_sample_images
+
+    photos = [np.ascontiguousarray(p.transpose(2, 0, 1)) for p in load_sample_images().images]
+    rng = np.random.default_rng(0)
+    crops = []
+    for k in range(n):
+        p = photos[k % 2]
+        y, x = rng.integers(0, p.shape[1] - 32), rng.integers(0, p.shape[2] - 32)
+        crops.append(p[:, y : y + 32, x : x + 32])
+    return np.stack(crops)
+
+
+SHUFFLES = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
+            "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
+
+
+def _blosc(array) -> dict | None:
+    codecs = {c["name"]: c.get("configuration") for c in array.metadata.to_dict()["codecs"]}
+    assert list(codecs)[-1] == "crc32c"
+    return codecs.get("blosc")
+
+
+class PhotoFields(torch.utils.data.Dataset):
+    """A photo crop (uint8), the same crop as float32 in [0, 1], PNG bytes of it (incompressible, ragged), a
+    label; what the codec choice is made on."""
+
+    def __init__(self, n: int) -> None:
+        self.crops = _photo_crops(n)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(self.crops[i].transpose(1, 2, 0)).save(buf, format="PNG")
+        png = np.frombuffer(buf.getvalue(), dtype=np.uint8).copy()
+        return {"pixels": self.crops[i], "image": self.crops[i].astype(np.float32) / 255, "png": png, "label": i % 10}
+
+
+def _collate_photos(items: list[dict]) -> dict:
+    return {"pixels": torch.from_numpy(np.stack([d["pixels"] for d in items])),
+            "image": torch.from_numpy(np.stack([d["image"] for d in items])),
+            "png": [torch.from_numpy(d["png"]) for d in items],
+            "label": torch.tensor([d["label"] for d in items])}
+
+
+@pytest.mark.parametrize("compressor", ["lz4", "zstd"])
+def test_each_array_takes_the_codec_its_first_rows_compress_best_with(tmp_path, compressor):
+    data = PhotoFields(256)
+    loader = DataLoader(data, batch_size=64, shuffle=True, num_workers=2, collate_fn=_collate_photos)
+    with snapstore.record(loader, tmp_path / "s", raw=None, compressor=compressor) as stream:
+        seen = [batch for batch in stream]
+    root = zarr.open_group(str(tmp_path / "s"), mode="r")
+    epoch = root["train/epochs/0"]
+    pixels, image, label = epoch["seen/pixels"], epoch["seen/image"], epoch["seen/label"]
+    png = epoch["ragged/png/values"]
+    assert _blosc(pixels)["shuffle"] == "bitshuffle"  # natural uint8 pixels: bit planes compress, bytes hardly
+    assert _blosc(image)["shuffle"] == "noshuffle"  # floats with 256 values: whole words repeat
+    assert _blosc(label)["shuffle"] == "shuffle"  # too few bytes to try (64 labels): the usual shuffle
+    assert _blosc(png) is None  # already compressed: stored as it is, checksummed
+    assert all(_blosc(a)["cname"] == compressor for a in (pixels, image, label))
+    stored = sum(f.stat().st_size for f in (tmp_path / "s/train/epochs/0/seen/pixels").glob("c.*"))
+    assert stored < 0.8 * data.crops.nbytes
+    ep = snapstore.open(tmp_path / "s")["train"].epoch(0)
+    for b, batch in enumerate(seen):
+        rows = ep.batch(b)
+        np.testing.assert_array_equal(rows["pixels"], batch["pixels"].numpy())
+        np.testing.assert_array_equal(rows["image"], batch["image"].numpy())
+        for got, want in zip(rows["png"], batch["png"]):
+            np.testing.assert_array_equal(got, want.numpy())
+
+
+@settings(max_examples=30, deadline=None)
+@given(dtype=st.sampled_from(DTYPES), rows=st.integers(1, 300), noise=st.booleans(), data=st.data())
+def test_a_codec_chosen_on_first_rows_stores_them_smallest_and_reads_them_back(tmp_path_factory, dtype, rows,
+                                                                              noise, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    pixels = _photo_crops(rows).reshape(rows, -1)[:, :64]
+    sample = (rng.integers(0, 256, pixels.shape, dtype=np.uint8) if noise else pixels).astype(dtype)
+    root = zarr.open_group(zarr.storage.LocalStore(tmp_path_factory.mktemp("codec")), mode="w", zarr_format=3)
+    array = storage.create_rows_array(root, "a", FieldInfo("ndarray", dtype, (64,)), rows, "lz4", sample=sample)
+    blosc = _blosc(array)
+    if sample.nbytes < 4096:
+        assert blosc is not None and blosc["shuffle"] == ("shuffle" if sample.dtype.kind in "iu"
+                                                          and sample.itemsize > 1 else "noshuffle")
+    else:
+        first = sample[: 256 * 1024 // (64 * sample.itemsize)]  # the 256 KiB of first rows it is chosen on
+        shuffles = ("noshuffle", "bitshuffle") if sample.itemsize == 1 else ("shuffle", "noshuffle")
+        tried = {s: len(numcodecs.Blosc("lz4", 5, SHUFFLES[s], typesize=sample.itemsize).encode(first))
+                 for s in shuffles}
+        least = min(tried.values())
+        assert (blosc is None) == (first.nbytes < 1.1 * least)
+        if blosc is not None:
+            assert tried[blosc["shuffle"]] == least
+    writer = storage.ChunkWriter("lz4")
+    for c in range(-(-rows // array.chunks[0])):
+        block = np.zeros(array.chunks, dtype=array.dtype)
+        part = sample[c * array.chunks[0] : (c + 1) * array.chunks[0]]
+        block[: len(part)] = part
+        writer.write(array, c, block, len(part))
+    writer.wait()
+    writer.close()
+    np.testing.assert_array_equal(zarr.open_array(root.store, path="a", mode="r")[:], sample)
