@@ -18,6 +18,7 @@ existed); a row that hashes to 0 (probability 2**-64) is stored as 1.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ HASH_INFO = FieldInfo("ndarray", "uint64", ())
 #: Stored for rows whose hash was never recorded.
 NO_HASH = 0
 
-_xxh3 = xxhash.xxh3_64_intdigest
+_xxh3: Callable[[Any], int] = xxhash.xxh3_64_intdigest  # any buffer: bytes, a row's ndarray view
 
 _LITTLE = np.little_endian
 
@@ -92,7 +93,7 @@ def row_hashes(rows: Any) -> npt.NDArray[np.uint64]:
         if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and not _LITTLE):
             a = a.astype(a.dtype.newbyteorder("<"))
         rows_bytes = np.ascontiguousarray(a).reshape(n, -1).view(np.uint8) if n else ()
-        out = np.fromiter(map(_xxh3, rows_bytes), dtype=np.uint64, count=n)  # no bytecode a row: ~15 % less GIL time
+        out = np.fromiter(map(_xxh3, rows_bytes), dtype=np.uint64, count=n)  # no bytecode a row (issue 17)
     out[out == NO_HASH] = 1
     return out
 

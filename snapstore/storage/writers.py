@@ -438,9 +438,9 @@ class RaggedSink:
             last_shape = ChunkReader(self.shapes.array, rows=rows).read(rows - 1, rows)[0]
             self.next = int(last_offset + np.prod(last_shape))
         elements = max(1, config.DEFAULT_CHUNK_BYTES // numpy_dtype(info.dtype).itemsize)
-        values = None if sample is None else (sample if isinstance(sample, Ragged) else Ragged.from_block(sample)).values
+        packed = sample if sample is None or isinstance(sample, Ragged) else Ragged.from_block(sample)
         self.values = sink(layout.VALUES, FieldInfo(info.kind, info.dtype, ()), elements, chunk=elements,
-                           sample=values)
+                           sample=None if packed is None else packed.values)
 
     def put(self, pos: int, rows: np.ndarray | Ragged) -> None:
         packed = rows if isinstance(rows, Ragged) else Ragged.from_block(rows)
