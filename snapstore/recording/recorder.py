@@ -53,11 +53,12 @@ class Recorder:
         in the fewest bytes (bit shuffle for uint8 photo pixels: 1.47x instead
         of 1.13x), and no compression where that saves less than a tenth of
         them (``config.MIN_COMPRESSION_RATIO``: encoded image bytes, noise).
-        Measured on the CIFAR-like benchmark (``benchmarks/RESULTS.md``):
-        ``"lz4"`` (Blosc-LZ4) stores 0.61x the raw bytes at 327 MB/s;
-        ``"zstd"`` (Blosc-Zstd level 1) 0.48x at 140 MB/s; ``"none"`` 1.0x at
-        414 MB/s. Use ``"zstd"`` to keep fewer bytes; with ``"lz4"`` the
-        training loop itself slowed the least.
+        Measured on the CIFAR-like benchmark (``benchmarks/RESULTS.md``, one
+        run): ``"lz4"`` (Blosc-LZ4) stores 0.57x the raw bytes at 486 MB/s;
+        ``"zstd"`` (Blosc-Zstd level 1) 0.44x at 319 MB/s; ``"none"`` 1.0x at
+        676 MB/s. Use ``"zstd"`` to keep fewer bytes, ``"none"`` when the
+        disk is cheap and the CPUs are busy; with ``"lz4"`` the training loop
+        itself slowed the least in most runs.
     on_error : {"raise", "warn"}, default "raise"
         When recording itself fails (disk full, permission denied, the store
         vanished): ``"raise"`` raises ``RecordingError`` in the training loop
