@@ -90,33 +90,34 @@ def switched_off(replaced: list[tuple[Any, str, Any]]) -> Iterator[None]:
             setattr(owner, name, value)
 
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu() -> collections.Counter:
-    """CPU seconds so far of this process's threads, summed by group: training, writer, encoders, zarr, other."""
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of each of this process's threads (Linux ``schedstat``: time on a CPU), by thread
+    id, with its group: training, writer, encoders, zarr, other."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    out: collections.Counter = collections.Counter()
+    out = {}
     for tid in os.listdir("/proc/self/task"):
         try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                seconds = int(f.read().split()[0]) / 1e9
         except FileNotFoundError:  # the thread ended
             continue
         name = names.get(int(tid), "")
         group = ("training" if name == "MainThread" else "writer" if name == "snapstore-writer"
                  else "encoders" if name.startswith("snapstore-encode")
                  else "zarr" if name == "zarr_io" or name.startswith("asyncio_") else "other")
-        out[group] += (int(fields[11]) + int(fields[12])) / _TICKS
+        out[int(tid)] = (group, seconds)
     return out
 
 
 def _epoch(start: Any, put: Any = None, finish: Any = None) -> tuple[float, collections.Counter]:
+    """Seconds of one timed epoch, and the CPU seconds its threads spent in it by group (threads that end
+    during the epoch are not counted)."""
     before = thread_cpu()
     seconds = timed_epoch(start, 0.0, put, finish)["seconds"]
-    after = thread_cpu()
-    after.subtract(before)
-    return seconds, after
+    cpu: collections.Counter = collections.Counter()
+    for tid, (group, spent) in thread_cpu().items():
+        cpu[group] += spent - before.get(tid, (group, 0.0))[1]
+    return seconds, cpu
 
 
 def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) -> dict[str, Any]:
