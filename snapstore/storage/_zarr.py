@@ -16,13 +16,16 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 import zarr
+from zarr.core.array import AsyncArray
 from zarr.core.array_spec import ArrayConfig
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata import ArrayV3Metadata
+from zarr.core.metadata.io import save_metadata
 from zarr.core.sync import sync
 from zarr.storage._local import _put
 
-__all__ = ["as_buffer", "chunk_codecs", "decode", "encode", "list_dir", "list_prefix", "local_put", "run"]
+__all__ = ["as_buffer", "chunk_codecs", "create_array", "decode", "encode", "list_dir", "list_prefix", "local_put",
+           "run"]
 
 T = TypeVar("T")
 
@@ -32,6 +35,18 @@ _CHUNK_CONFIG = ArrayConfig(order="C", write_empty_chunks=True)
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run one of zarr's coroutines (a store call) on zarr's own event loop and return its result."""
     return sync(coroutine)
+
+
+def create_array(group: zarr.Group, name: str, **options: Any) -> zarr.Array:
+    """``group.create_array(name, **options)`` where ``name``'s parent groups all exist: the same ``zarr.json``
+    (zarr parses ``options`` into it, in memory), written with one store call. zarr's own
+    ``create_array`` also checks and rewrites every parent's ``zarr.json`` up to the root, two store
+    calls a level through its threads: 5.3 vs 1.1 ms an array five levels deep, and an epoch makes a
+    dozen (issue 17)."""
+    template = zarr.create_array(zarr.storage.MemoryStore(), **options)
+    where = group.store_path / name
+    sync(save_metadata(where, template.metadata))
+    return zarr.Array(AsyncArray(metadata=template.metadata, store_path=where, config=template.async_array.config))
 
 
 def chunk_codecs(array: zarr.Array, coords: tuple[int, ...]) -> list[tuple[Any, Any]]:

@@ -110,7 +110,8 @@ def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, c
     dtype = numpy_dtype(info.dtype)
     fill = np.nan if dtype.kind in "fc" else None
     parent, _, base = name.rpartition("/")
-    return (require_group(group, parent) if parent else group).create_array(
+    return _zarr.create_array(
+        require_group(group, parent) if parent else group,
         base,
         shape=(capacity, *_fixed(info)),
         dtype=str if info.dtype == "str" else dtype,

@@ -20,15 +20,19 @@ def _parameters(fn: object) -> list[str]:
 
 
 def test_the_private_apis_exist_with_the_signatures_used():
+    from zarr.core.array import AsyncArray
     from zarr.core.array_spec import ArrayConfig
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.metadata import ArrayV3Metadata
+    from zarr.core.metadata.io import save_metadata
     from zarr.core.sync import sync
     from zarr.storage._local import _put
 
     assert _parameters(ArrayConfig)[:2] == ["order", "write_empty_chunks"]
     assert callable(default_buffer_prototype) and callable(sync)
     assert _parameters(_put)[:2] == ["path", "value"]
+    assert _parameters(save_metadata) == ["store_path", "metadata", "ensure_parents"]
+    assert _parameters(AsyncArray)[:3] == ["metadata", "store_path", "config"]
     assert _parameters(ArrayV3Metadata.get_chunk_spec)[1:4] == ["_chunk_coords", "array_config", "prototype"]
     codecs = (BloscCodec(cname="lz4"), Crc32cCodec(), zarr.codecs.BytesCodec(), zarr.codecs.VLenUTF8Codec())
     for codec in codecs:  # called positionally: (data, spec of the data)
@@ -48,3 +52,21 @@ def test_a_chunk_encoded_and_stored_through_them_reads_back_with_plain_zarr(tmp_
     np.testing.assert_array_equal(_zarr.decode(codecs, _zarr.get(where)), block)
     assert sorted(_zarr.list_prefix(array.store_path.store, "")) == ["c/1/0", "zarr.json"]
     assert _zarr.list_dir(array.store_path.store, "c") == ["1"]
+
+
+def test_an_array_made_without_zarrs_parent_checks_is_the_array_zarr_makes(tmp_path):
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+    deep = root.require_group("train/epochs/1/hashes")
+    options = dict(shape=(10, 3), dtype="float32", chunks=(4, 3), fill_value=np.nan, dimension_names=("row", "dim_1"),
+                   chunk_key_encoding={"name": "default", "separator": "."}, attributes={"field": {"kind": "ndarray"}},
+                   compressors=[BloscCodec(cname="lz4", shuffle="noshuffle"), Crc32cCodec()],
+                   config={"write_empty_chunks": True})
+    ours = _zarr.create_array(deep, "ours", **options)
+    theirs = deep.create_array("theirs", **options)
+    folder = tmp_path / "s.zarr/train/epochs/1/hashes"
+    assert (folder / "ours/zarr.json").read_bytes() == (folder / "theirs/zarr.json").read_bytes()
+    assert ours.path == "train/epochs/1/hashes/ours" and ours.async_array.config == theirs.async_array.config
+    ours[4:8] = np.ones((4, 3), dtype=np.float32)
+    reopened = zarr.open_group(tmp_path / "s.zarr", mode="r")["train/epochs/1/hashes/ours"]
+    np.testing.assert_array_equal(reopened[4:8], 1)
+    assert np.isnan(reopened[:4]).all()
