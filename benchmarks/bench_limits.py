@@ -37,7 +37,6 @@ figure can be read against the floor it cannot go below on this machine:
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import queue
@@ -325,12 +324,7 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help="the full CIFAR-like epoch (50,000 samples)")
-    ap.add_argument("--repeat", type=int, help="runs per loop measurement (default 3 full, 1 tiny)")
-    args = ap.parse_args(argv)
-    run(args.full, args.repeat)
-    return 0
+    return workloads.cli(run, __doc__, argv, "runs per loop measurement (default 3 full, 1 tiny)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ event-loop threads, and any other.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import os
@@ -170,12 +169,7 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help="the full CIFAR-like epoch (50,000 samples)")
-    ap.add_argument("--repeat", type=int, help="rounds (default 3 full, 1 tiny)")
-    args = ap.parse_args(argv)
-    run(args.full, args.repeat)
-    return 0
+    return workloads.cli(run, __doc__, argv, "rounds (default 3 full, 1 tiny)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ epoch. Items are ``(image, label, index)``.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,3 +125,14 @@ def premade_batches(w: Workload, seed: int = 0) -> list[tuple[torch.Tensor, torc
         out.append((seen, torch.from_numpy(ds.crops[idx]), torch.from_numpy(ds.labels[idx]),
                     torch.from_numpy(idx.astype(np.int64))))
     return out
+
+
+def cli(run: Callable[[bool, int | None], Any], doc: str, argv: list[str] | None, rounds: str) -> int:
+    """The command line of a benchmark whose ``run(full, repeat)`` prints its tables: ``--full`` (the CIFAR-like
+    epoch of 50,000 samples) and ``--repeat`` (``rounds`` says what one is and the defaults)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true", help="the full CIFAR-like epoch (50,000 samples)")
+    ap.add_argument("--repeat", type=int, help=rounds)
+    args = ap.parse_args(argv)
+    run(args.full, args.repeat)
+    return 0
