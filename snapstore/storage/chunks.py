@@ -61,6 +61,13 @@ def _fixed(info: FieldInfo) -> tuple[int, ...]:
 _SHUFFLES: dict[bool, tuple[Literal["noshuffle", "shuffle", "bitshuffle"], ...]] = {
     True: ("noshuffle", "bitshuffle"), False: ("shuffle", "noshuffle")}
 
+_BLOSC_SHUFFLE = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
+                  "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
+
+#: Fewest bytes of first rows a compressor is tried on: Blosc leaves tiny buffers uncompressed (a batch's
+#: labels, a batch size), which says nothing of the whole chunks an array will hold.
+_LEAST_SAMPLE_BYTES = 4096
+
 
 def _codecs(dtype: np.dtype, compressor: str, sample: np.ndarray | None) -> list[Any]:
     """The codec chain of a new array: Blosc with ``compressor`` (LZ4 level 5 or Zstd level 1) and the byte
@@ -85,14 +92,6 @@ def _codecs(dtype: np.dtype, compressor: str, sample: np.ndarray | None) -> list
     if rows.nbytes < config.MIN_COMPRESSION_RATIO * stored[best]:
         return [checksum]
     return [BloscCodec(cname=cname, clevel=clevel, shuffle=best), checksum]
-
-
-#: Fewest bytes of first rows a compressor is tried on: Blosc leaves tiny buffers uncompressed (a batch's
-#: labels, a batch size), which says nothing of the whole chunks an array will hold.
-_LEAST_SAMPLE_BYTES = 4096
-
-_BLOSC_SHUFFLE = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
-                  "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
 
 
 def create_rows_array(group: Group, name: str, info: FieldInfo, capacity: int, compressor: str, *,
