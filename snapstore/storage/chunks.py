@@ -55,14 +55,13 @@ def _fixed(info: FieldInfo) -> tuple[int, ...]:
     return cast(tuple[int, ...], info.shape)
 
 
-#: Blosc's byte shuffles a new array's compressor is tried with, by item size: one-byte items (uint8 pixels,
-#: masks) often compress better bit-shuffled (photo crops: 1.47x vs 1.13x with Blosc-LZ4); wider ones
-#: byte-shuffled (integers, model outputs) or as they are (floats made from uint8 pixels: 2.0x vs 1.5x).
-_SHUFFLES: dict[bool, tuple[Literal["noshuffle", "shuffle", "bitshuffle"], ...]] = {
-    True: ("noshuffle", "bitshuffle"), False: ("shuffle", "noshuffle")}
-
-_BLOSC_SHUFFLE = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
-                  "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
+#: Blosc's byte shuffles a new array's compressor is tried with (zarr's name: numcodecs' code), by whether
+#: its items are one byte, the first winning a tie: one-byte items (uint8 pixels, masks) often compress
+#: better bit-shuffled (photo crops: 1.47x vs 1.13x with Blosc-LZ4); wider ones byte-shuffled (integers,
+#: model outputs) or as they are (floats made from uint8 pixels: 2.0x vs 1.5x).
+_SHUFFLES: dict[bool, dict[Literal["noshuffle", "shuffle", "bitshuffle"], int]] = {
+    True: {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE},
+    False: {"shuffle": numcodecs.Blosc.SHUFFLE, "noshuffle": numcodecs.Blosc.NOSHUFFLE}}
 
 #: Fewest bytes of first rows a compressor is tried on: Blosc leaves tiny buffers uncompressed (a batch's
 #: labels, a batch size), which says nothing of the whole chunks an array will hold.
@@ -86,9 +85,9 @@ def _codecs(dtype: np.dtype, compressor: str, sample: np.ndarray | None) -> list
         return [BloscCodec(cname=cname, clevel=clevel, shuffle=usual), checksum]
     shuffles = _SHUFFLES[dtype.itemsize == 1]
     rows = np.ascontiguousarray(sample[: max(1, config.CODEC_SAMPLE_BYTES * len(sample) // sample.nbytes)], dtype)
-    stored = {s: len(numcodecs.Blosc(cname, clevel, _BLOSC_SHUFFLE[s], typesize=dtype.itemsize).encode(rows))
-              for s in shuffles}
-    best = min(shuffles, key=stored.__getitem__)
+    stored = {name: len(numcodecs.Blosc(cname, clevel, code, typesize=dtype.itemsize).encode(rows))
+              for name, code in shuffles.items()}
+    best = min(stored, key=stored.__getitem__)
     if rows.nbytes < config.MIN_COMPRESSION_RATIO * stored[best]:
         return [checksum]
     return [BloscCodec(cname=cname, clevel=clevel, shuffle=best), checksum]
