@@ -2,7 +2,9 @@
 
 Starting threads for each call cost more than the work at an epoch's end
 (8 fsync threads: ~2.3 ms a call vs ~1 ms on kept ones, several calls an
-epoch), so the pools that serve short, frequent calls are kept here.
+epoch), so the pools that serve short, frequent calls are kept here: the
+recorders' encoders (``writers.ChunkWriter``), the readers' decoders and the
+fsyncs of durable commits.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ import collections
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, cast
 
@@ -201,7 +202,7 @@ class Buffers:
 
 
 class ChunkWriter:
-    """Encodes and stores whole chunks on a pool of threads, one per CPU.
+    """Encodes and stores whole chunks on the process's encoder threads (``pools``), one per CPU.
 
     ``write`` hands a chunk over: one pool thread encodes it with its array's
     own codecs (each in turn, CRC32C last: the bytes
@@ -226,8 +227,7 @@ class ChunkWriter:
         self.compressor = compressor
         self._in_flight = in_flight
         self._pending: collections.deque[tuple[str, Future[None]]] = collections.deque()
-        self._pool = ThreadPoolExecutor(min(config.MAX_CODEC_THREADS, os.cpu_count() or 1),
-                                        thread_name_prefix="snapstore-encode")
+        self._pool = pool("encode", min(config.MAX_CODEC_THREADS, os.cpu_count() or 1))  # kept for the process
         self.buffers = Buffers(keep=2, max_bytes=config.DEFAULT_QUEUE_BYTES)  # chunk staging buffers
         self._unsynced: set[Path] = set()  # zarr.json of the arrays written to since the last sync
         # array path -> (rows per chunk, {chunk: (rows hashed, hash)}, row the table starts at): what the
@@ -328,8 +328,9 @@ class ChunkWriter:
         _fsync_all(files, self._root)
 
     def close(self) -> None:
-        """Stop the pool after the queued writes (their failures are not raised: see ``wait``)."""
-        self._pool.shutdown(wait=True)
+        """Return once the queued writes are done (their failures are not raised: see ``wait``)."""
+        futures.wait([job for _, job in self._pending])
+        self._pending.clear()
 
 
 class RowSink:
