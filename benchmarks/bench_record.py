@@ -23,7 +23,7 @@ What is measured (medians of ``--repeat`` runs; bare and recorded runs alternate
   and the peer's call over the bare loop's ``next()``; and its CPU time,
   ``time.thread_time``, over the bare loop's), CPU-seconds (``getrusage`` of the
   process and its reaped workers) per GB recorded over the bare loop's, and
-  peak RSS over the bare loop's. The loop's own work per batch is
+  peak PSS over the bare loop's. The loop's own work per batch is
   ``images.sum()`` (it reads every element once); ``num_workers=0`` runs with
   ``torch.set_num_threads(1)``.
 * writer throughput: the same epoch as pre-made batches ``(image float32, raw
@@ -37,8 +37,8 @@ What is measured (medians of ``--repeat`` runs; bare and recorded runs alternate
   and the median latency of random single-sample reads, cold (files evicted and
   no in-process cache before each read), warm (the same sample read just before)
   and again (its fifth read in a row: every cache of every layer warm).
-* bytes on disk (sum of file sizes) per sample, files created, and peak RSS
-  (this process and its worker processes, sampled every 50 ms) above the bare loop.
+* bytes on disk (sum of file sizes) per sample, files created, and peak PSS
+  (this process and its child processes, sampled every 50 ms) above the bare loop.
 """
 
 from __future__ import annotations
@@ -105,11 +105,14 @@ class Evictor:
             os.close(fd)
 
 
-def _rss(pid: int) -> int:
+def _pss(pid: int) -> int:
+    """Proportional set size of process ``pid`` (bytes): its resident pages, each shared page divided by the
+    processes sharing it. RSS would count the pages a forked process (a loader worker, snapstore's writer)
+    shares with its parent once in each."""
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (FileNotFoundError, ProcessLookupError):
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+    except (FileNotFoundError, ProcessLookupError, StopIteration):
         return 0
 
 
@@ -124,10 +127,10 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-class PeakRss:
-    """Peak resident memory of this process plus its child processes while the block runs (bytes)."""
+class PeakPss:
+    """Peak memory (PSS: ``_pss``) of this process and its child processes while the block runs (bytes)."""
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> PeakPss:
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -137,7 +140,7 @@ class PeakRss:
     def _sample(self) -> None:
         me = os.getpid()
         while True:
-            self.peak = max(self.peak, _rss(me) + sum(_rss(c) for c in _children(me)))
+            self.peak = max(self.peak, _pss(me) + sum(_pss(c) for c in _children(me)))
             if self._stop.wait(0.05):  # sampling /proc every 5 ms cost the bare loop ~1/3 of its speed
                 return
 
@@ -161,16 +164,16 @@ def train_loop(iterable: Any) -> int:
 
 
 def run_recorded(ds: Any, w: Workload, workers: int, path: str, **options: Any) -> tuple[float, int]:
-    """(seconds, peak RSS) of one epoch of the loop recorded by snapstore, ``close()`` included."""
+    """(seconds, peak PSS) of one epoch of the loop recorded by snapstore, ``close()`` included."""
     loader = workloads.make_loader(ds, w, workers)
     shutil.rmtree(path, ignore_errors=True)  # deleting the previous run is not the recorder's cost
-    with PeakRss() as rss:
+    with PeakPss() as pss:
         t = time.perf_counter()
         with snapstore.Recorder(path, **options) as rec:
             n = train_loop(rec.wrap(loader, name="train"))
         dt = time.perf_counter() - t
     assert n == w.samples
-    return dt, rss.peak
+    return dt, pss.peak
 
 
 #: Simulated accelerator step per batch, seconds: 0 is the loader-bound loop; in the others the training
@@ -180,9 +183,20 @@ LOOP_RECORDERS = ("snapstore", "torch.save per batch", "preallocated NumPy", "h5
 
 
 def _cpu() -> float:
-    """CPU seconds of this process (every thread) and of its reaped children (the loader's workers)."""
+    """CPU seconds of this process (every thread) and of its children, reaped (``getrusage``) or alive
+    (``/proc``): the loader's workers, snapstore's writer process."""
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime + sum(_live_cpu(pid) for pid in _children(os.getpid()))
+
+
+def _live_cpu(pid: int) -> float:
+    """CPU seconds so far of the live process ``pid`` (user + system: ``/proc/<pid>/stat`` fields 14 and 15)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_epoch(start: Callable[[], Any], step: float, put: Callable[..., None] | None = None,
@@ -190,7 +204,7 @@ def timed_epoch(start: Callable[[], Any], step: float, put: Callable[..., None] 
     """One epoch of the training loop: ``next()`` of the iterator ``start()`` makes, the recorder's ``put`` of
     the batch (peers), ``images.sum()`` and a ``step``-second sleep (the accelerator); ``finish()`` after the
     last batch. ``inside``: seconds the training thread spent in ``start``, ``next``, ``put`` and ``finish``."""
-    with PeakRss() as rss:
+    with PeakPss() as pss:
         t, cpu, thread = time.perf_counter(), _cpu(), time.thread_time()
         it = start()
         inside = time.perf_counter() - t
@@ -217,7 +231,7 @@ def timed_epoch(start: Callable[[], Any], step: float, put: Callable[..., None] 
         seconds = time.perf_counter() - t
         thread = time.thread_time() - thread
         cpu = _cpu() - cpu
-    return {"seconds": seconds, "cpu": cpu, "inside": inside, "thread": thread, "rss": rss.peak,
+    return {"seconds": seconds, "cpu": cpu, "inside": inside, "thread": thread, "pss": pss.peak,
             "batches": batches, "samples": n}
 
 
@@ -387,7 +401,7 @@ def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str
     """Medians over ``repeat`` runs of ``loop_lines`` (at full size after a bare epoch not counted) of
     each line: samples/s, ratio to the bare epoch of the same run, training-thread ms a batch in the recorder
     (wall: ``next`` + ``put`` over the bare loop's ``next``; CPU: ``thread_time`` over the bare loop's),
-    CPU-seconds per GB recorded over the bare loop's, peak RSS over the bare loop's."""
+    CPU-seconds per GB recorded over the bare loop's, peak PSS over the bare loop's."""
     threads = torch.get_num_threads()
     if workers == 0:
         torch.set_num_threads(1)
@@ -418,7 +432,7 @@ def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str
                 "inside ms": 1e3 * (s["inside"] - bare["inside"]) / nb,
                 "thread ms": 1e3 * (s["thread"] - bare["thread"]) / nb,
                 "cpu s/GB": (s["cpu"] - bare["cpu"]) / (s["bytes"] / 1e9) if "bytes" in s else float("nan"),
-                "rss": s["rss"] - bare["rss"],
+                "pss": s["pss"] - bare["pss"],
             })
         out[line] = {k: median([p[k] for p in per]) for k in per[0]}
     return out
@@ -439,16 +453,16 @@ def loop_table(results: dict[Any, dict[str, dict[str, float]]], ws: dict[str, Wo
         p(f"| {wname} | {step * 1e3:.0f} ms | {nw} | {_fmt(lines['bare']['samples/s'])} | " + " | ".join(cells) + " |")
     p("\nPer line: training-thread time a batch in the recorder (wall in next() + put() over the bare loop's "
       "next(); CPU: thread_time over the bare loop's), CPU-seconds (process + workers) per GB recorded over the "
-      "bare loop's, peak RSS over the bare loop's.\n")
+      "bare loop's, peak PSS over the bare loop's.\n")
     p("| workload | step | num_workers | recorder | samples/s | ratio | ms/batch in recorder, wall | CPU | "
-      "CPU-s per GB | RSS over bare |")
+      "CPU-s per GB | PSS over bare |")
     p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (wname, step, nw), lines in results.items():
         for name, r in lines.items():
             if name == "bare":
                 continue
             p(f"| {wname} | {step * 1e3:.0f} ms | {nw} | {name} | {_fmt(r['samples/s'])} | {r['ratio']:.3f} "
-              f"| {r['inside ms']:.2f} | {r['thread ms']:.2f} | {_fmt(r['cpu s/GB'], 2)} | {r['rss'] / MB:.0f} MB |")
+              f"| {r['inside ms']:.2f} | {r['thread ms']:.2f} | {_fmt(r['cpu s/GB'], 2)} | {r['pss'] / MB:.0f} MB |")
 
 
 # -- 2. writers ----------------------------------------------------------------
@@ -481,9 +495,9 @@ def measure_writers(writers: dict[str, Callable[..., None]], batches: list[peers
                 continue
             shutil.rmtree(where[name], ignore_errors=True)
             os.makedirs(where[name])
-            base = _rss(os.getpid())
+            base = _pss(os.getpid())
             try:
-                with PeakRss() as rss:
+                with PeakPss() as pss:
                     t = time.perf_counter()
                     write(batches, where[name])
                     dt = time.perf_counter() - t
@@ -491,7 +505,7 @@ def measure_writers(writers: dict[str, Callable[..., None]], batches: list[peers
                 skipped[name] = str(e)
                 continue
             times.setdefault(name, []).append(dt)
-            peaks.setdefault(name, []).append(rss.peak - base)
+            peaks.setdefault(name, []).append(pss.peak - base)
     n = sum(len(b[0]) for b in batches)
     data = sum(t.numel() * t.element_size() for b in batches for t in b)
     results = {}
@@ -499,7 +513,7 @@ def measure_writers(writers: dict[str, Callable[..., None]], batches: list[peers
         size, files = disk_usage(where[name])
         dt = median(ts)
         results[name] = {"MB/s": data / dt / MB, "samples/s": n / dt, "bytes/sample": size / n, "files": files,
-                         "seconds": dt, "rss": median(peaks[name])}
+                         "seconds": dt, "pss": median(peaks[name])}
         print(f"[bench] writer {name}: {results[name]}", file=sys.stderr, flush=True)
     return results, where, skipped
 
@@ -662,12 +676,12 @@ def print_table(results: dict[str, Any], ws: dict[str, Workload], repeat: int, r
     w = ws["cifar"]
     p(f"\n## Writers: the {w.name} epoch as {len(range(0, w.samples, w.batch))} pre-made batches of {w.batch} "
       f"(image float32 + raw uint8 + label + index, {w.sample_bytes:,} B/sample)\n")
-    p("| writer | MB/s | samples/s | bytes on disk / sample | files | peak RSS over start | snapstore / this |")
+    p("| writer | MB/s | samples/s | bytes on disk / sample | files | peak PSS over start | snapstore / this |")
     p("| --- | --- | --- | --- | --- | --- | --- |")
     ss = wr.get("snapstore", {}).get("MB/s", float("nan"))
     for name, r in wr.items():
         p(f"| {name} | {_fmt(r['MB/s'])} | {_fmt(r['samples/s'])} | {_fmt(r['bytes/sample'])} | {r['files']} "
-          f"| {r['rss'] / MB:.0f} MB | {ss / r['MB/s']:.2f}x |")
+          f"| {r['pss'] / MB:.0f} MB | {ss / r['MB/s']:.2f}x |")
     p(f"\nsnapstore / best peer writer: {ss / best:.2f}x; the ceiling for the default codecs / best peer: "
       f"{wr.get(CEILING, {}).get('MB/s', float('nan')) / best:.2f}x")
 

@@ -72,7 +72,7 @@ def test_whole_table_at_tiny_size(tmp_path: Path) -> None:
     for (name, step, nw), lines in results["loops"].items():
         assert set(lines) == {"bare"} | recorders
         for line, r in lines.items():
-            assert set(r) == {"samples/s", "ratio", "inside ms", "thread ms", "cpu s/GB", "rss"}
+            assert set(r) == {"samples/s", "ratio", "inside ms", "thread ms", "cpu s/GB", "pss"}
             assert r["samples/s"] > 0 and (line == "bare") == (r["cpu s/GB"] != r["cpu s/GB"])  # nan: bare only
         assert f"| {name} | {step * 1e3:.0f} ms | {nw} | snapstore epoch 1 |" in text
     assert "CPU-s per GB" in text and "ms/batch in recorder" in text
