@@ -27,8 +27,8 @@ snapstore functions for the duration of a line (the snapshots these lines
 write are not readable, and nothing reads them). Per line: the ratio of its
 samples/s to the bare epoch of the same round (bare and recorded epochs
 alternate, round after round), and CPU seconds of the epoch by thread: the
-training thread, snapstore's writer thread, its encoder threads, zarr's
-event-loop threads, and any other.
+training thread, the training process's other threads, snapstore's writer
+process's main thread, and its other threads (encoders, fsyncs, zarr's).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,32 +88,33 @@ def switched_off(replaced: list[tuple[Any, str, Any]]) -> Iterator[None]:
             setattr(owner, name, value)
 
 
-def thread_cpu() -> dict[int, tuple[str, float]]:
-    """CPU seconds so far of each of this process's threads (Linux ``schedstat``: time on a CPU), by thread
-    id, with its group: training, writer, encoders, zarr, other."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
+def thread_cpu(writer: int | None = None) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of each thread of this process and of the writer process ``writer`` (Linux
+    ``schedstat``: time on a CPU), by thread id, with its group: training (this process's main thread),
+    other (this process's other threads: zarr's, torch's), writer (the writer process's main thread),
+    writer threads (its encoders, fsyncs and zarr's threads, which the OS does not tell apart)."""
     out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                seconds = int(f.read().split()[0]) / 1e9
-        except FileNotFoundError:  # the thread ended
-            continue
-        name = names.get(int(tid), "")
-        group = ("training" if name == "MainThread" else "writer" if name == "snapstore-writer"
-                 else "encoders" if name.startswith("snapstore-encode")
-                 else "zarr" if name == "zarr_io" or name.startswith("asyncio_") else "other")
-        out[int(tid)] = (group, seconds)
+    for pid in ("self", *([writer] if writer else [])):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    seconds = int(f.read().split()[0]) / 1e9
+            except FileNotFoundError:  # the thread ended
+                continue
+            main = str(tid) == str(pid if pid != "self" else os.getpid())
+            group = ("training" if main else "other") if pid == "self" else ("writer" if main else "writer threads")
+            out[int(tid)] = (group, seconds)
     return out
 
 
-def _epoch(start: Any, put: Any = None, finish: Any = None) -> tuple[float, collections.Counter]:
-    """Seconds of one timed epoch, and the CPU seconds its threads spent in it by group (threads that end
-    during the epoch are not counted)."""
-    before = thread_cpu()
+def _epoch(start: Any, put: Any = None, finish: Any = None,
+           writer: int | None = None) -> tuple[float, collections.Counter]:
+    """Seconds of one timed epoch, and the CPU seconds its threads (and those of the writer process ``writer``)
+    spent in it by group (threads that end during the epoch are not counted)."""
+    before = thread_cpu(writer)
     seconds = timed_epoch(start, 0.0, put, finish)["seconds"]
     cpu: collections.Counter = collections.Counter()
-    for tid, (group, spent) in thread_cpu().items():
+    for tid, (group, spent) in thread_cpu(writer).items():
         cpu[group] += spent - before.get(tid, (group, 0.0))[1]
     return seconds, cpu
 
@@ -139,7 +139,8 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
                     recorder = Recorder(os.path.join(tmp, f"r{r}-{k}"))
                     stream = recorder.wrap(workloads.make_loader(ds, w, 0), name="train", raw=None)
                     timed_epoch(lambda: iter(stream), 0.0)
-                    seconds, cpu = _epoch(lambda: iter(stream))  # its end waits for its durable commit
+                    writer = recorder._session.writer_pid
+                    seconds, cpu = _epoch(lambda: iter(stream), writer=writer)  # to its durable commit
                     recorder.close()  # after the threads' CPU is read: its threads end there
                 ratios[label].append(bare / seconds)
                 cpus[label].append(cpu)
@@ -150,7 +151,7 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
-    groups = ("training", "writer", "encoders", "zarr", "other")
+    groups = ("training", "other", "writer", "writer threads")
     results = {label: {"ratio": statistics.median(ratios[label]) if label in ratios else 1.0,
                        "cpu": {g: statistics.median(c[g] for c in cpus[label]) for g in groups}}
                for label in ["bare", *(label for label, _ in STAGES), "minimal recorder"]}

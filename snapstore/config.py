@@ -21,36 +21,30 @@ DEFAULT_FLUSH_INTERVAL = 2.0
 #: next ``Recorder`` takes it over.
 WRITER_LEASE_SECONDS = 60.0
 
-#: Batches that may wait for the background writer before the training loop
-#: blocks (back-pressure).
-DEFAULT_QUEUE_BATCHES = 16
-
 #: Most bytes of a batch's rows the training thread copies and hands over at a
 #: time: larger batches (an ImageNet-sized batch of 256 is ~190 MB) go over in
-#: row slices, each waiting for room in ``DEFAULT_QUEUE_BYTES``, so the
+#: row slices, each waiting for room in the ``DEFAULT_QUEUE_BYTES`` ring, so the
 #: recorder never holds a whole copy of a large batch.
 HAND_OFF_BYTES = 16 * 1024 * 1024
 
-#: Bytes of handed-over rows that may wait for the background writer before
-#: the training loop blocks, whatever the batch size (one hand-off is always
-#: admitted when nothing waits).
+#: Bytes of the shared-memory ring handed-over rows wait in for the writer
+#: process (``recording.writer``): the training loop blocks while it is full,
+#: whatever the batch size.
 #:
-#: Memory the recorder adds to a training process is bounded, independent of
-#: the dataset size, by about::
+#: Memory recording adds is bounded, independent of the dataset size, by
+#: about::
 #:
-#:     max(DEFAULT_QUEUE_BYTES, one hand-off) + DEFAULT_QUEUE_BYTES
+#:     DEFAULT_QUEUE_BYTES + one hand-off by value
 #:         + fields * chunk bytes * 3 + CHUNKS_IN_FLIGHT * chunk bytes * 2
 #:
-#: where "one hand-off" is a slice of at most ``HAND_OFF_BYTES`` of a batch,
-#: the new raw samples of one batch, or a whole batch whose rows are ragged or
-#: on a GPU; the second ``DEFAULT_QUEUE_BYTES`` caps the free-list of recycled
-#: copy buffers (at most two per field shape), "fields" counts every recorded
-#: array (seen, raw, order, outputs, ...) and "chunk bytes" is at most
-#: ``DEFAULT_CHUNK_BYTES`` rounded up to a row (one staging buffer per array
-#: and two recycled ones per chunk layout; a chunk in flight holds its rows
-#: and, once encoded, its bytes). CIFAR-like (batch 256 of 15 KB samples): at
-#: most 64 + 64 + 6 x 2 x 3 + 8 x 2 x 2 MiB, about 200 MB; the
-#: ImageNet-like batches of 190 MB add no more than their raw samples (38 MB).
+#: where the ring is shared by the training process and the writer process,
+#: "one hand-off by value" is a batch's rows that are not plain arrays (ragged
+#: or strings), sent through a pipe, "fields" counts every recorded array
+#: (seen, raw, order, outputs, ...) and "chunk bytes" is at most
+#: ``DEFAULT_CHUNK_BYTES`` rounded up to a row (in the writer process: one
+#: staging buffer per array and two recycled ones per chunk layout; a chunk
+#: in flight holds its rows and, once encoded, its bytes). CIFAR-like (batch
+#: 256 of 15 KB samples): at most 64 + 6 x 2 x 3 + 8 x 2 x 2 MiB, about 140 MB.
 DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 
 #: Chunks handed to the encoders that may wait to be encoded and stored

@@ -12,7 +12,7 @@ matching builtin so ``except FileNotFoundError`` keeps working::
     ├── FormatVersionError      (+ ValueError)         written by a newer snapstore
     ├── SchemaError             (+ TypeError)          a batch the schema cannot hold
     ├── CorruptionError         (+ ValueError)         a chunk that fails to decode or checksum
-    ├── RecordingError          (+ RuntimeError)       the background writer failed
+    ├── RecordingError          (+ RuntimeError)       the writer process failed
     ├── SnapshotLockedError     (+ RuntimeError)       another Recorder is writing the snapshot
     ├── StoreAccessError        (+ OSError)            the object store cannot be reached or refuses access
     └── UsageError              (+ ValueError)         an argument snapstore cannot act on
@@ -92,7 +92,7 @@ class CorruptionError(SnapstoreError, ValueError):
 
 
 class RecordingError(SnapstoreError, RuntimeError):
-    """The background writer failed; the cause is chained."""
+    """The writer process failed; the cause is chained (its traceback there is in the cause's notes)."""
 
 
 class StoreAccessError(SnapstoreError, OSError):

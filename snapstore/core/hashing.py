@@ -1,7 +1,7 @@
 """Per-row content hashes: xxh3_64 of each row's bytes; no I/O here.
 
 The recorder hashes every seen row, raw sample and output row in its
-background writer thread and stores the hashes next to the data (see
+writer process and stores the hashes next to the data (see
 ``layout.py``), so that ``snapstore.diff`` and the audit's stability checks
 compare 8 bytes per row instead of the rows themselves.
 

@@ -22,8 +22,8 @@ from .manifest import FieldInfo, numpy_dtype
 class DeviceCopy:
     """A CUDA tensor being copied to pinned host memory without blocking the training step.
 
-    ``numpy()`` waits for the copy (the background writer calls it) and
-    returns the host rows.
+    ``numpy()`` waits for the copy (the training thread calls it when it hands the rows to the writer
+    process) and returns the host rows.
     """
 
     __slots__ = ("_event", "_host", "shape")

@@ -1,8 +1,8 @@
 """Record: what the model saw, written while it trains.
 
 ``Recorder`` and ``record()`` (``recorder``), the training-thread side of a
-stream (``loader``), the worker side (``capture``), the background writer
-(``background``) and its per-epoch state (``sinks``), and provenance.
+stream (``loader``), the worker side (``capture``), the writer process
+(``writer``) and its state (``sinks``), and provenance.
 """
 
 from __future__ import annotations

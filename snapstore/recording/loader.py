@@ -2,9 +2,9 @@
 
 It iterates the user's loader itself (its own class and ``__iter__``), takes
 the tags ``capture.CaptureCollate`` put on each batch (indices, worker, raw
-samples), checks the seen rows against the stream's schema, copies them and
-hands them to the recorder's background writer; ``log`` does the same for
-outputs.
+samples), checks the seen rows against the stream's schema, copies them into
+shared memory and sends them to the recorder's writer process (``writer``);
+``log`` does the same for outputs.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from .. import config, storage
 from ..core import layout
 from ..core.datasets import Untransformed, bases, is_wrapped, raw_source
 from ..core.manifest import EpochManifest, FieldInfo, RawManifest, StreamManifest
-from ..core.rows import DeviceCopy, Ragged
+from ..core.rows import DeviceCopy, Ragged, host_rows
 from ..core.schema import flatten, reconcile
 from ..core.seen import SeenPolicy
 from ..errors import SchemaError, UsageError
 from ..storage.tree import epoch_groups, epoch_pieces
-from .capture import CaptureCollate, RawBlock, Tagged, Tags, TeeLog, install_tees, remove_tees
+from .capture import CaptureCollate, RawBlock, Tagged, TeeLog, install_tees, remove_tees
 from .provenance import epoch_provenance, utc_now
 from .session import WriteSession
-from .sinks import EpochSink, RawSink
+from .sinks import unfinished
 
 
 def _expected_rows(loader: DataLoader) -> int | None:
@@ -73,7 +73,7 @@ class RecordingLoader:
 
         root = session.root
         group = storage.child(root, path)
-        if group is not None and _unfinished(group, layout.STREAM_ATTR):
+        if group is not None and unfinished(group, layout.STREAM_ATTR):
             # a writer killed between creating the stream's group and writing its manifest: readers skip
             # the empty group (storage.tree.manifested); the stream starts afresh in it
             storage.write_attr(group, layout.STREAM_ATTR,
@@ -99,7 +99,7 @@ class RecordingLoader:
             if self._manifest.seen != self._seen:  # the manifest names the policy the stream is recorded under now
                 self._manifest = dataclasses.replace(self._manifest, seen=self._seen)
                 storage.write_attr(group, layout.STREAM_ATTR, self._manifest.to_dict())
-        self._group = group
+        self._path = path
         where = f"{session.path}/{path}"
         storage.require_group(group, layout.EPOCHS_GROUP)
         epochs = epoch_groups(group, where)  # the epochs committed so far, by number
@@ -124,8 +124,7 @@ class RecordingLoader:
             if raw_rows and index is not None:
                 self._recorded.update(storage.ChunkReader(index, rows=raw_rows).read(0, raw_rows).tolist())
         capacity = dataset_len or config.DEFAULT_UNKNOWN_ROWS
-        self._raw_sink = RawSink(raw_group, raw_rows, committed.ragged, capacity, session.chunks)
-        session.raws.append(self._raw_sink)
+        session.send("open_stream", path, raw_rows, committed.ragged, capacity)
         if is_wrapped(loader.dataset) and not self._manifest.base_datasets:
             self._update_manifest(base_datasets=[_class_name(b) for b in bases(loader.dataset)])
 
@@ -230,22 +229,11 @@ class RecordingLoader:
             expected = len(self._loader)
         except TypeError:
             expected = None
-        cursor = _EpochCursor(number, expected)
+        cursor = _EpochCursor(number, expected, self._session.new_key())
         self._epoch = cursor
-        self._session.submit(self._open_sink, cursor, manifest, capacity)
+        self._session.send("open_epoch", cursor.key, self._path, manifest, capacity, self._seen,
+                           self._raw_plan is not None)
         return cursor
-
-    def _open_sink(self, cursor: _EpochCursor, manifest: EpochManifest, capacity: int) -> None:  # writer thread
-        name = layout.epoch_name(manifest.number)
-        if manifest.part:
-            name = f"{name}/{layout.CONTINUED_GROUP}/{manifest.part}"
-        epochs = self._group[layout.EPOCHS_GROUP]
-        group = storage.child(epochs, name)
-        if group is None or not _unfinished(group, layout.EPOCH_ATTR):  # (an unfinished one is taken over)
-            group = storage.create_group(epochs, name)
-        cursor.sink = EpochSink(group, manifest, capacity, self._session.chunks, seen=self._seen,
-                                raw=self._raw_sink if self._raw_plan is not None else None)
-        self._session.epochs.append(cursor.sink)
 
     def end_epoch(self) -> None:
         """End the epoch being iterated, if any: commit it durably and return once that is done (after a
@@ -263,14 +251,8 @@ class RecordingLoader:
         if not self._session.failed:
             complete = not cursor.failed and (cursor.ended or (cursor.expected is not None
                                                                and cursor.batches >= cursor.expected))
-            self._session.submit(self._close_sink, cursor, complete)
+            self._session.send("close_epoch", cursor.key, complete)
             self._session.drain()
-
-    def _close_sink(self, cursor: _EpochCursor, complete: bool) -> None:  # writer thread
-        for raw in self._session.raws:  # the raw samples its rows refer to, first
-            raw.commit(durable=True)
-        cursor.sink.commit(complete=complete, final=True)
-        self._session.epochs.remove(cursor.sink)
 
     def _tees_wanted(self) -> TeeLog | None:
         """The log to tee this epoch's transform inputs into: where raw samples come from them and some index
@@ -304,17 +286,18 @@ class RecordingLoader:
         infos = self._reconcile("structure", "fields", structure, fields, where)
         if tags.raw is not None:
             self._hand_off_raw(tags.raw)
-        buffers = self._session.buffers
         for lo, hi in _slices(n, [rows for _, rows in fields.values()]):
-            part = {p: rows if hi - lo == n else rows[lo:hi] for p, (_, rows) in fields.items()}
-            held = sum(_nbytes(rows) for rows in part.values())
-            if not self._session.reserve(held):
-                return
-            copies = {p: (infos[p], _copy(buffers, rows)) for p, rows in part.items()}
             base = None if tags.base is None else (tags.base[0][lo:hi], tags.base[1][lo:hi])
-            self._session.submit(_put_rows, cursor, cursor.rows + lo,
-                                 Tags(tags.indices[lo:hi], None, tags.worker, base), copies, buffers,
-                                 n if hi == n else None, release=held)
+            with self._session.turn:
+                copies = {p: (infos[p], self._hand_over(rows if hi - lo == n else rows[lo:hi]))
+                          for p, (_, rows) in fields.items()}
+                self._session.send("put_rows", cursor.key, cursor.rows + lo, tags.indices[lo:hi], tags.worker,
+                                   base, copies, n if hi == n else None)
+
+    def _hand_over(self, rows: Any) -> Any:
+        """``rows`` as the writer process reads them: copied now (the loop may change the batch in place
+        afterwards), into shared memory where they are a plain array (``WriteSession.share``)."""
+        return self._session.share(host_rows(rows)) if isinstance(rows, (np.ndarray, DeviceCopy)) else _private(rows)
 
     def _row_lists(self) -> frozenset[str] | None:
         """Fields that earlier batches showed to be lists of per-row tensors (None before the first batch)."""
@@ -351,18 +334,16 @@ class RecordingLoader:
             self._recorded[block.indices[keep]] = True
         if len(keep) == 0:
             return
-        if len(keep) == len(block.indices):  # every sample is new: the block is already the recorder's own
-            rows = {p: (infos[p], r) for p, (_, r) in block.fields.items()}
-        else:
-            rows = {p: (infos[p], r.take(keep) if isinstance(r, Ragged) else r[keep])
-                    for p, (_, r) in block.fields.items()}
-        held = sum(_nbytes(r) for _, r in rows.values())
-        if self._session.reserve(held):
-            self._session.submit(self._raw_sink.put, RawBlock(block.indices[keep], block.structure, rows), release=held)
+        every = len(keep) == len(block.indices)  # every sample is new: the block is the recorder's own already
+        kept = {p: r if every else r.take(keep) if isinstance(r, Ragged) else r[keep]
+                for p, (_, r) in block.fields.items()}
+        with self._session.turn:
+            rows = {p: (infos[p], self._session.share(r)) for p, r in kept.items()}
+            self._session.send("put_raw", self._path, block.indices[keep], rows)
 
     def _update_manifest(self, **changes: Any) -> None:
         self._manifest = dataclasses.replace(self._manifest, **changes)
-        self._session.submit(storage.write_attr, self._group, layout.STREAM_ATTR, self._manifest.to_dict())
+        self._session.send("write_attr", self._path, layout.STREAM_ATTR, self._manifest.to_dict())
 
     def log(self, *, batch_index: int | None = None, **outputs: Any) -> None:
         """Record per-row outputs of the batch just yielded (predictions, losses).
@@ -420,17 +401,20 @@ class RecordingLoader:
             elif old != info:
                 raise SchemaError(f"log({name}=...) got dtype {info.dtype} row shape {info.shape}; "
                                   f"earlier batches logged dtype {old.dtype} row shape {old.shape}")
-            staged[name] = (info, _private(rows))
-        self._session.submit(_put_outputs, cursor, pos, staged)
+            staged[name] = (info, rows)
+        with self._session.turn:
+            staged = {name: (info, self._hand_over(rows)) for name, (info, rows) in staged.items()}
+            self._session.send("put_outputs", cursor.key, pos, staged)
 
 
 class _EpochCursor:
     """Training-thread view of the epoch being iterated."""
 
-    __slots__ = ("number", "expected", "rows", "batches", "current", "starts", "ended", "failed", "iterator", "sink")
+    __slots__ = ("number", "expected", "key", "rows", "batches", "current", "starts", "ended", "failed", "iterator")
 
-    def __init__(self, number: int, expected: int | None) -> None:
+    def __init__(self, number: int, expected: int | None, key: int) -> None:
         self.number = number
+        self.key = key  # names the epoch in the operations sent to the writer process
         self.expected = expected  # len(loader): batches that make the epoch complete, when it has a len
         self.rows = 0
         self.batches = 0
@@ -439,7 +423,6 @@ class _EpochCursor:
         self.ended = False  # the loader's iterator ran to its end
         self.failed = False  # a batch raised instead of arriving
         self.iterator: _EpochIterator | None = None
-        self.sink: EpochSink  # set in the writer thread
 
 
 class _EpochIterator:
@@ -546,12 +529,6 @@ def _collating(loader: Any) -> Any:
     return loader
 
 
-def _unfinished(group: storage.Group, attr: str) -> bool:
-    """Whether ``group`` is what a writer killed right after creating it leaves: no manifest ``attr``
-    and nothing in it."""
-    return attr not in group.attrs and not storage.members(group, group.path)
-
-
 def _continuation(epochs: dict[int, tuple[storage.Group, str]], name: str) -> tuple[int, int]:
     """(epoch, piece) where a resumed run continues the stream's last epoch; UsageError if it is complete."""
     if not epochs:
@@ -564,27 +541,6 @@ def _continuation(epochs: dict[int, tuple[storage.Group, str]], name: str) -> tu
     return number, k + 1
 
 
-def _put_rows(cursor: _EpochCursor, pos: int, tags: Tags, fields: dict, buffers: storage.Buffers,
-              batch: int | None) -> None:
-    cursor.sink.put_rows(pos, tags, fields, batch)  # copies the rows into the chunk staging buffers
-    buffers.give_back(rows for _, rows in fields.values())
-
-
-def _copy(buffers: storage.Buffers, rows: Any) -> Any:
-    """A private copy of ``rows`` (see ``_private``); arrays go into recycled buffers (copying into
-    pages used before runs ~3x faster than into fresh ones, and the copy is most of what recording
-    costs the training thread)."""
-    if not isinstance(rows, np.ndarray):
-        return _private(rows)
-    buf = buffers.take(rows.shape, rows.dtype)
-    np.copyto(buf, rows)
-    return buf
-
-
-def _put_outputs(cursor: _EpochCursor, pos: int, outputs: dict) -> None:
-    cursor.sink.put_outputs(pos, outputs)
-
-
 def _slices(n: int, blocks: list[Any]) -> list[tuple[int, int]]:
     """Row ranges ``[lo, hi)`` a batch of ``n`` rows is handed over in: each at most
     ``config.HAND_OFF_BYTES`` of ``blocks`` (one range when a block is not a plain array)."""
@@ -595,21 +551,10 @@ def _slices(n: int, blocks: list[Any]) -> list[tuple[int, int]]:
     return [(lo, min(n, lo + step)) for lo in range(0, n, step)] or [(0, 0)]
 
 
-def _nbytes(rows: Any) -> int:
-    """Bytes of host memory a row block holds (or will hold, for a device copy)."""
-    if isinstance(rows, Ragged):
-        return int(rows.values.nbytes + rows.shapes.nbytes)
-    if isinstance(rows, np.ndarray):
-        return int(rows.nbytes)
-    return 0
-
-
 def _private(rows: Any) -> Any:
-    """Rows the training loop can no longer change: a copy of views into the batch.
-
-    Packed ragged rows and device copies are already snapstore's own memory.
-    """
-    return rows if isinstance(rows, (Ragged, DeviceCopy)) else np.array(rows, copy=True)
+    """Rows the training loop can no longer change: a copy of views into the batch (packed ragged rows are
+    already snapstore's own memory)."""
+    return rows if isinstance(rows, Ragged) else np.array(rows, copy=True)
 
 
 def _class_name(obj: Any) -> str:

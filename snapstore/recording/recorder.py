@@ -1,10 +1,10 @@
 """Recorder, RecordingLoader and record(): what the model saw, written while it trains.
 
 The training thread only captures and hands off: it flattens each batch into
-fields, checks them against the stream's schema, copies them (the loop may
-modify the batch in place afterwards) and queues a job. The background writer
-(``_writer.py``) stages rows into whole chunks and commits the epoch manifest
-every few seconds and at the end of the epoch.
+fields, checks them against the stream's schema, copies them into shared
+memory (the loop may modify the batch in place afterwards) and sends an
+operation. The writer process (``writer``) stages rows into whole chunks and
+commits the epoch manifest every few seconds and at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -68,23 +68,26 @@ class Recorder:
 
     Notes
     -----
-    Recording runs off the training thread: each batch is copied into
-    recycled buffers (in row slices of at most ``config.HAND_OFF_BYTES``)
-    and queued for one background writer thread, which
-    hashes rows and stages them into whole chunks; a thread per CPU
+    Recording runs off the training process: each batch is copied into a
+    ring of shared memory (in row slices of at most ``config.HAND_OFF_BYTES``)
+    and sent to a writer process forked for the ``Recorder``, which
+    hashes rows and stages them into whole chunks; a thread per CPU there
     compresses, checksums and stores each full chunk while the next are
     staged, and the epoch manifest is committed after the data every
     ``config.DEFAULT_FLUSH_INTERVAL`` (2 s); the end of an epoch and ``close()``
     return once their commit is durable (fsynced on a local disk; see the
     guarantees in docs/FORMAT.md). The memory it adds is bounded,
-    whatever the dataset size, by about ``max(DEFAULT_QUEUE_BYTES, one
-    hand-off) + DEFAULT_QUEUE_BYTES of recycled buffers + arrays x chunk bytes x 3
-    + CHUNKS_IN_FLIGHT x chunk bytes x 2`` (see ``config.DEFAULT_QUEUE_BYTES``);
-    the training loop blocks (back-pressure) while more than
-    ``DEFAULT_QUEUE_BYTES`` wait.
+    whatever the dataset size, by about ``DEFAULT_QUEUE_BYTES`` (the ring)
+    + arrays x chunk bytes x 3 + CHUNKS_IN_FLIGHT x chunk bytes x 2`` (see
+    ``config.DEFAULT_QUEUE_BYTES``); the training loop blocks
+    (back-pressure) while the ring is full. A ``memory://`` store cannot be
+    recorded into: it lives in the training process only.
 
     Raises
     ------
+    UsageError
+        An unknown ``mode``, ``on_error`` or ``compressor``, or a ``memory://`` URL (the recorder writes
+        from a process of its own: see ``recording.writer``).
     SnapshotExistsError
         ``mode="w"`` and something exists at ``path`` (pass ``overwrite=True``
         for a snapshot; anything else is never deleted).
@@ -124,6 +127,9 @@ class Recorder:
             raise UsageError(f"on_error={on_error!r} is not one of 'raise' or 'warn'")
         if compressor not in storage.COMPRESSORS:
             raise UsageError(f"compressor={compressor!r} is not one of {storage.COMPRESSORS}")
+        if self.path.startswith("memory://"):
+            raise UsageError(f"{self.path}: a memory:// store lives in one process, and snapstore writes from a "
+                             "process of its own; record into a directory or an object store")
         self.on_error = on_error
         self.rank, self.world_size = _rank_and_world()
         self._lock: SnapshotLock | ObjectLock | None = None
@@ -133,7 +139,7 @@ class Recorder:
             self._release()
             raise
         self._loaders: dict[str, RecordingLoader] = {}
-        self._session = WriteSession(self._root, self.path, compressor, on_error, lock=self._lock)
+        self._session = WriteSession(self._root, self.path, storage_options, compressor, on_error, lock=self._lock)
 
     def _open(self, mode: str, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
         if self.rank == 0:  # one writer per snapshot: rank 0 holds the lock for the ranks of its job
@@ -281,7 +287,7 @@ class Recorder:
     def close(self) -> None:
         """Finish open epochs (as incomplete), write and commit everything, stop the writer.
 
-        Raises ``RecordingError`` if the background writer failed (unless ``on_error="warn"``).
+        Raises ``RecordingError`` if the writer process failed (unless ``on_error="warn"``).
         """
         if self._session.closed:
             return

@@ -1,27 +1,30 @@
-"""The write session of a recording: the background writer, its error policy and what it keeps open.
+"""The write session of a recording: its writer process, its error policy and what it keeps open.
 
 A ``Recorder`` holds one ``WriteSession``; every ``RecordingLoader`` it
-makes hands its work to the session: ``reserve`` the bytes it is about to
-copy (back-pressure), ``submit`` the job that writes them. The jobs run in
-the background writer thread (``background.BackgroundWriter``), which
-commits every open epoch and the raw samples (``sinks``) every
-``config.DEFAULT_FLUSH_INTERVAL`` seconds and at close. When the writer fails, ``on_error``
-decides: ``"raise"`` raises ``RecordingError`` in the training loop,
-``"warn"`` warns once and lets training go on unrecorded.
+makes hands its work to the session: ``share`` the rows it hands over (a
+copy into shared memory, blocking while the writer is behind:
+back-pressure), ``send`` the operation that writes them. The operations run
+in the writer process (``writer.WriterProcess``) on its ``sinks.Sinks``,
+which commit every open epoch and the raw samples every
+``config.DEFAULT_FLUSH_INTERVAL`` seconds and at close. When the writer
+fails, ``on_error`` decides: ``"raise"`` raises ``RecordingError`` in the
+training loop, ``"warn"`` warns once and lets training go on unrecorded.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
-from collections.abc import Callable
 from typing import Any, Literal
+
+import numpy as np
 
 from .. import config, storage
 from ..errors import RecordingError, SnapstoreWarning, UsageError
 from ..storage.lock import ObjectLock, SnapshotLock
-from .background import BackgroundWriter
-from .sinks import EpochSink, RawSink
+from .sinks import Sinks
+from .writer import WriterProcess
 
 __all__ = ["WriteSession"]
 
@@ -29,7 +32,7 @@ OnError = Literal["raise", "warn"]
 
 
 class WriteSession:
-    """The writer side of one ``Recorder``: chunk writer, recycled buffers, background writer, open sinks.
+    """The training-process side of one ``Recorder``'s writing: its writer process and error policy.
 
     Parameters
     ----------
@@ -37,35 +40,46 @@ class WriteSession:
         The snapshot's root group, open for writing.
     path : str
         The snapshot's path, for messages.
+    storage_options : dict, optional
+        For a URL: what the writer process reopens the store with.
     compressor : str
-        One of ``storage.COMPRESSORS``.
+        One of ``storage.COMPRESSORS`` (checked by ``Recorder``).
     on_error : {"raise", "warn"}
         What a writer failure does to the training loop (see ``Recorder``).
     lock : SnapshotLock or ObjectLock, optional
-        The writer's lock, refreshed at each flush (an object store's lease); a lock lost to another
-        writer fails the writer like any write error.
+        The writer's lock, refreshed by the writer process at each flush (an object store's lease); a lock
+        lost to another writer fails the writer like any write error.
     """
 
-    def __init__(self, root: storage.Group, path: str, compressor: str, on_error: OnError, *,
-                 lock: SnapshotLock | ObjectLock | None = None) -> None:
+    def __init__(self, root: storage.Group, path: str, storage_options: dict[str, Any] | None, compressor: str,
+                 on_error: OnError, *, lock: SnapshotLock | ObjectLock | None = None) -> None:
         self.root = root
         self.lock = lock
         self.path = path
         self.on_error = on_error
-        self.chunks = storage.ChunkWriter(compressor)  # raises UsageError for an unknown compressor
-        self.buffers = storage.Buffers(keep=2, max_bytes=config.DEFAULT_QUEUE_BYTES)  # hand-off copies
-        self.epochs: list[EpochSink] = []  # open epochs, writer thread only
-        self.raws: list[RawSink] = []
         self.closed = False
+        self._keys = 0  # the last key given to an epoch
+        # held while rows are shared and the operation that reads them is sent: the child frees the ring up
+        # to where it was when an operation was sent, so no other thread's rows may land in between
+        self.turn = threading.RLock()
         self._stopped = False  # recording failed and on_error="warn": the loop goes on unrecorded
         self._reported = False  # a writer failure was raised in the loop
-        self._writer = BackgroundWriter(self._flush, maxsize=config.DEFAULT_QUEUE_BATCHES,
-                                        interval=config.DEFAULT_FLUSH_INTERVAL, max_bytes=config.DEFAULT_QUEUE_BYTES,
-                                        final=functools.partial(self._flush, durable=True))
+        self._writer = WriterProcess(functools.partial(Sinks, root, path, storage_options, compressor, lock),
+                                     interval=config.DEFAULT_FLUSH_INTERVAL, ring_bytes=config.DEFAULT_QUEUE_BYTES)
+
+    @property
+    def writer_pid(self) -> int:
+        """The writer process's id."""
+        return self._writer.pid
+
+    def new_key(self) -> int:
+        """A key no other epoch of this session has, naming it in the operations sent."""
+        self._keys += 1
+        return self._keys
 
     @property
     def failed(self) -> bool:
-        """Whether the background writer has failed."""
+        """Whether the writer process has failed."""
         return self._writer.failed
 
     def check_open(self) -> None:
@@ -78,52 +92,50 @@ class WriteSession:
         if self._stopped:
             return False
         if self._writer.failed:
-            if self.on_error == "raise":
-                self._reported = True
+            try:
                 self._writer.check()
-            self._stopped = True
-            warnings.warn(
-                f"recording into {self.path} stopped: {self._writer.error!r}; training goes on unrecorded and "
-                "everything committed before the failure is readable",
-                SnapstoreWarning,
-                stacklevel=4,
-            )
+            except RecordingError as e:
+                if self.on_error == "raise":
+                    self._reported = True
+                    raise
+                self._stopped = True
+                warnings.warn(
+                    f"recording into {self.path} stopped: {e.__cause__!r}; training goes on unrecorded and "
+                    "everything committed before the failure is readable",
+                    SnapstoreWarning,
+                    stacklevel=4,
+                )
             return False
         return True
 
-    def submit(self, fn: Callable[..., Any], *args: Any, release: int = 0) -> None:
-        """Queue ``fn(*args)`` for the writer thread; ``release``: bytes ``reserve`` counted for it."""
+    def send(self, name: str, *args: Any) -> None:
+        """Queue operation ``name(*args)`` of ``sinks.Sinks`` for the writer process (nothing once recording
+        has stopped)."""
         if self.recording():
             try:
-                self._writer.submit(functools.partial(self._run, fn, *args), release=release)
+                with self.turn:
+                    self._writer.send(name, *args)
             except RecordingError:
-                if self.recording():  # the writer failed while we waited: raise or warn now
+                if self.recording():  # the writer failed: raise or warn now
                     raise
 
-    def reserve(self, nbytes: int) -> bool:
-        """Block while the rows waiting for the writer exceed the byte budget (back-pressure, before
-        the copy); False once recording has stopped (``on_error="warn"``)."""
-        if not self.recording():
-            return False
+    def share(self, rows: Any) -> Any:
+        """``rows`` (a private copy: see ``loader._private``) as the writer process will read them: a plain
+        numeric array copied into shared memory (a ``writer.Shared``; blocks while the rows waiting for
+        the writer fill ``config.DEFAULT_QUEUE_BYTES``), anything else as it is, sent by value. Hold
+        ``turn`` from the first ``share`` to the ``send`` of the operation that reads the rows."""
+        if not (isinstance(rows, np.ndarray) and rows.dtype.kind in "biufc"):
+            return rows
         try:
-            self._writer.reserve(nbytes)
+            return self._writer.share(rows)
         except RecordingError:
             if self.recording():  # the writer failed while we waited: raise or warn now
                 raise
-            return False
-        return True
-
-    def _run(self, fn: Callable[..., Any], *args: Any) -> None:  # writer thread
-        # Every job may create files (a group, a manifest, a chunk): none once the snapshot is gone, or
-        # zarr would recreate its folders around them (one stat on a local disk; object stores rely on
-        # the flush's check).
-        if storage.root_gone(self.root):
-            storage.check_exists(self.root, self.path)
-        fn(*args)
+            return rows
 
     def drain(self) -> None:
-        """Return once every job submitted so far has run (the training thread waits for a durable commit);
-        raises or warns as ``submit`` does after a writer failure."""
+        """Return once every operation sent so far has run (the training thread waits for a durable commit);
+        raises or warns as ``send`` does after a writer failure."""
         if self.recording():
             try:
                 self._writer.drain()
@@ -131,25 +143,16 @@ class WriteSession:
                 if self.recording():  # the writer failed while we waited: raise or warn now
                     raise
 
-    def _flush(self, *, durable: bool = False) -> None:  # writer thread
-        storage.check_exists(self.root, self.path)
-        if self.lock is not None:  # still this writer's, before its commits
-            self.lock.refresh()
-        for raw in self.raws:  # the raw samples first: an epoch's rows refer to them
-            raw.commit(durable=durable)
-        for epoch in self.epochs:
-            epoch.commit(durable=durable)
-
     def close(self) -> None:
-        """Run the queued jobs, commit, stop the writer; raise its failure unless already raised or warned."""
+        """Run the queued operations, commit, stop the writer; raise its failure unless already raised or
+        warned."""
         if self.closed:
             return
         self.closed = True
         try:
-            try:
-                self._writer.close()
-            finally:
-                self.chunks.close()
+            lease = self._writer.close()
+            if lease is not None and isinstance(self.lock, ObjectLock):  # refreshed by the writer process
+                self.lock.adopt(lease)
         except RecordingError as e:
             if self.on_error == "raise" and not self._reported:  # not yet raised in the loop
                 raise

@@ -1,7 +1,8 @@
-"""Writer-thread state of a recording: an epoch's arrays and commit record, a stream's raw samples.
+"""Writer-process state of a recording: its open streams and epochs, an epoch's arrays and commit record, a
+stream's raw samples.
 
-Runs in the background writer thread only; the training thread hands rows
-over through ``loader.RecordingLoader``.
+Runs in the writer process only (``writer.WriterProcess``): ``Sinks``' methods are the operations the
+training process sends it through ``loader.RecordingLoader``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from ..core import hashing, layout
 from ..core.manifest import EpochManifest, FieldInfo, RawManifest
 from ..core.rows import Ragged, host_rows
 from ..core.seen import SeenPolicy
-from .capture import RawBlock, Tags
 from .provenance import utc_now
 
 _INT64 = FieldInfo("ndarray", "int64", ())
@@ -64,23 +64,26 @@ class EpochSink:
                                             chunk=WHERE_CHUNK_ROWS)
             for name, rows in ((layout.WHERE_OFFSETS, capacity + 1), (layout.WHERE_POSITIONS, capacity))}
 
-    def put_rows(self, pos: int, tags: Tags, fields: dict[str, tuple[FieldInfo, Any]], batch: int | None) -> None:
-        """Stage rows ``pos ..`` of the epoch: a whole batch, or a slice of one. ``batch`` (the
-        batch's row count) marks the slice that ends a batch; commits cover whole batches only."""
-        n = len(tags.indices)
-        self.positions.put(pos, layout.ORDER, _INT64, tags.indices)
-        self.positions.put(pos, layout.WORKER, _INT32, np.full(n, tags.worker, dtype=np.int32))
-        if tags.base is not None:
-            self.positions.put(pos, layout.BASE_DATASET, _INT32, tags.base[0])
-            self.positions.put(pos, layout.BASE_ORDER, _INT64, tags.base[1])
-        self.order.append(np.array(tags.indices, dtype=np.int64))
-        full = self.policy.full_rows(self.manifest.number, self.batches, tags.indices)
+    def put_rows(self, pos: int, indices: np.ndarray, worker: int, base: tuple[np.ndarray, np.ndarray] | None,
+                 fields: dict[str, tuple[FieldInfo, Any]], batch: int | None) -> None:
+        """Stage rows ``pos ..`` of the epoch: a whole batch, or a slice of one, of dataset ``indices``
+        (int64, (n,)) fetched by ``worker`` (-1: the training process), with ``base`` (base dataset and base
+        index of each row, int32 and int64, (n,)) when the dataset wraps others. ``batch`` (the batch's row
+        count) marks the slice that ends a batch; commits cover whole batches only."""
+        n = len(indices)
+        self.positions.put(pos, layout.ORDER, _INT64, indices)
+        self.positions.put(pos, layout.WORKER, _INT32, np.full(n, worker, dtype=np.int32))
+        if base is not None:
+            self.positions.put(pos, layout.BASE_DATASET, _INT32, base[0])
+            self.positions.put(pos, layout.BASE_ORDER, _INT64, base[1])
+        self.order.append(np.array(indices, dtype=np.int64))
+        full = self.policy.full_rows(self.manifest.number, self.batches, indices)
         if self.policy.mode == "sampled":
             self.positions.put(pos, layout.FULL, _UINT8, full.astype(np.uint8))
         host = {path: (info, host_rows(rows)) for path, (info, rows) in fields.items()}
         hashes = hashing.hash_fields(host)
         if self.raw is not None:  # rows bitwise equal to their raw sample are stored there only
-            same = self.raw.same_rows(tags.indices, host, hashes) & full
+            same = self.raw.same_rows(indices, host, hashes) & full
             self.positions.put(pos, layout.SEEN_RAW, _UINT8, same.astype(np.uint8))
             full = full & ~same
         if full.any():
@@ -229,21 +232,23 @@ class RawSink:
             same &= inside & (table[np.where(inside, indices, 0)] == hashes[path][1])
         return same & bool(fields)
 
-    def put(self, block: RawBlock) -> None:
-        self.index.put(self.rows, layout.RAW_INDEX, _INT64, block.indices)
-        for path, (info, rows) in block.fields.items():
+    def put(self, indices: np.ndarray, fields: dict[str, tuple[FieldInfo, Any]]) -> None:
+        """Stage the raw samples of dataset ``indices`` (int64, (n,)), first seen now: ``fields``, path ->
+        (field, rows)."""
+        self.index.put(self.rows, layout.RAW_INDEX, _INT64, indices)
+        for path, (info, rows) in fields.items():
             self.fields.put(self.rows, path, info, rows)
-        hashes = hashing.hash_fields(block.fields)
+        hashes = hashing.hash_fields(fields)
         for path, (info, rows) in hashes.items():
             self.hashes.put(self.rows, layout.raw_hashes_path(path), info, rows)
-        for path, (info, rows) in block.fields.items():
+        for path, (info, rows) in fields.items():
             host = host_rows(rows)
             if info.ragged or not isinstance(host, np.ndarray):
                 self.known[path] = None
             else:
-                self._learn(path, host.dtype, tuple(host.shape[1:]), np.asarray(block.indices),
+                self._learn(path, host.dtype, tuple(host.shape[1:]), np.asarray(indices),
                             hashes[path][1] if path in hashes else None)
-        self.rows += len(block.indices)
+        self.rows += len(indices)
         self.dirty = True
 
     def commit(self, *, durable: bool = False) -> None:
@@ -267,3 +272,113 @@ class RawSink:
             self.fields.after_commit()
             self.dirty = False
             self.unsynced = not durable
+
+
+class Sinks:
+    """The writer process's state of one recording: its chunk writer, open streams (raw samples) and epochs.
+
+    Made in the writer process (``writer.WriterProcess``), whose operations are ``run`` by name, in the
+    order the training process sent them: ``open_stream``, ``write_attr``, ``open_epoch``, ``put_rows``,
+    ``put_raw``, ``put_outputs``, ``close_epoch``. ``flush`` commits every open epoch and the raw
+    samples (every ``config.DEFAULT_FLUSH_INTERVAL`` seconds, and durably at the end).
+
+    Parameters
+    ----------
+    root : zarr.Group
+        The snapshot's root group as the training process opened it (reopened here on object storage,
+        whose clients do not survive a fork).
+    path, storage_options : the snapshot's location, for messages and reopening.
+    compressor : str
+        One of ``storage.COMPRESSORS``.
+    lock : SnapshotLock or ObjectLock, optional
+        The writer's lock, refreshed at each flush (an object store's lease); a lock lost to another
+        writer fails the writer like any write error.
+    """
+
+    def __init__(self, root: storage.Group, path: str, storage_options: dict[str, Any] | None, compressor: str,
+                 lock: Any = None) -> None:
+        if "://" in path:
+            root = storage.open_group(path, mode="a", storage_options=storage_options)
+            if lock is not None:
+                lock.after_fork()
+        self.root = root
+        self.path = path
+        self.lock = lock
+        self.chunks = storage.ChunkWriter(compressor)
+        self.streams: dict[str, tuple[storage.Group, RawSink]] = {}  # by the stream group's path
+        self.epochs: dict[int, EpochSink] = {}  # open epochs, by the key the training process gave them
+
+    def run(self, name: str, args: tuple[Any, ...]) -> None:
+        """Run operation ``name(*args)``. Every operation may create files (a group, a manifest, a chunk):
+        none once the snapshot is gone, or zarr would recreate its folders around them (one stat on a local
+        disk; object stores rely on the flush's check); an operation that fails because it went while the
+        operation ran raises what ``storage.check_exists`` raises."""
+        try:
+            if storage.root_gone(self.root):
+                storage.check_exists(self.root, self.path)
+            getattr(self, name)(*args)
+        except Exception:
+            if storage.root_gone(self.root):
+                storage.check_exists(self.root, self.path)
+            raise
+
+    def open_stream(self, path: str, raw_rows: int, ragged: list[str], capacity: int) -> None:
+        """Stream group ``path`` (made by the training process) records raw samples; ``raw_rows`` of them were
+        committed by earlier recordings, with fields ``ragged`` stored ragged."""
+        group = storage.child(self.root, path)
+        raw_group = storage.child(group, layout.RAW_GROUP)
+        self.streams[path] = (group, RawSink(raw_group, raw_rows, ragged, capacity, self.chunks))
+
+    def write_attr(self, path: str, key: str, value: dict[str, Any]) -> None:
+        """Attribute ``key`` of stream ``path`` (its manifest) is ``value`` now."""
+        storage.write_attr(self.streams[path][0], key, value)
+
+    def open_epoch(self, key: int, path: str, manifest: EpochManifest, capacity: int, seen: SeenPolicy,
+                   raw: bool) -> None:
+        """Epoch ``key`` of stream ``path`` starts (its ``manifest``, ``capacity`` rows expected); ``raw``: its
+        rows may refer to the stream's raw samples."""
+        name = layout.epoch_name(manifest.number)
+        if manifest.part:
+            name = f"{name}/{layout.CONTINUED_GROUP}/{manifest.part}"
+        group, raw_sink = self.streams[path]
+        epochs = storage.child(group, layout.EPOCHS_GROUP)
+        epoch = storage.child(epochs, name)
+        if epoch is None or not unfinished(epoch, layout.EPOCH_ATTR):  # (an unfinished one is taken over)
+            epoch = storage.create_group(epochs, name)
+        self.epochs[key] = EpochSink(epoch, manifest, capacity, self.chunks, seen=seen, raw=raw_sink if raw else None)
+
+    def put_rows(self, key: int, *args: Any) -> None:
+        self.epochs[key].put_rows(*args)
+
+    def put_raw(self, path: str, indices: np.ndarray, fields: dict[str, tuple[FieldInfo, Any]]) -> None:
+        self.streams[path][1].put(indices, fields)
+
+    def put_outputs(self, key: int, pos: int, outputs: dict[str, tuple[FieldInfo, np.ndarray]]) -> None:
+        self.epochs[key].put_outputs(pos, outputs)
+
+    def close_epoch(self, key: int, complete: bool) -> None:
+        """Commit epoch ``key`` durably, after the raw samples its rows refer to."""
+        for _, raw in self.streams.values():
+            raw.commit(durable=True)
+        self.epochs.pop(key).commit(complete=complete, final=True)
+
+    def flush(self, *, durable: bool = False) -> None:
+        storage.check_exists(self.root, self.path)
+        if self.lock is not None:  # still this writer's, before its commits
+            self.lock.refresh()
+        for _, raw in self.streams.values():  # the raw samples first: an epoch's rows refer to them
+            raw.commit(durable=durable)
+        for epoch in self.epochs.values():
+            epoch.commit(durable=durable)
+
+    def close(self) -> tuple[str | None, float] | None:
+        """Return once the chunks handed over are written; the object lock's lease, which the training
+        process takes back (``ObjectLock.adopt``), if this process refreshed it."""
+        self.chunks.close()
+        return self.lock.lease() if "://" in self.path and self.lock is not None else None
+
+
+def unfinished(group: storage.Group, attr: str) -> bool:
+    """Whether ``group`` is what a writer killed right after creating it leaves: no manifest ``attr``
+    and nothing in it."""
+    return attr not in group.attrs and not storage.members(group, group.path)

@@ -67,7 +67,7 @@ class SnapshotLock:
             return
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd)
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -112,6 +112,24 @@ class SnapshotLock:
         self.release()
 
 
+#: Seconds a lock held by another process is waited for: the writer process of a training process killed
+#: a moment ago holds the lock until it notices (``recording.writer``: within 0.1 s and one operation).
+_GRACE_SECONDS = 2.0
+
+
+def _flock(fd: int) -> None:
+    """``flock(LOCK_EX)`` on ``fd``, tried for up to ``_GRACE_SECONDS`` while another process holds it."""
+    deadline = time.monotonic() + _GRACE_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def writer_lock(path: str, storage_options: dict[str, Any] | None) -> SnapshotLock | ObjectLock:
     """The writer's lock on the snapshot at ``path``: ``ObjectLock`` for a URL, ``SnapshotLock`` otherwise."""
     return ObjectLock(path, storage_options) if "://" in path else SnapshotLock(path)
@@ -144,6 +162,8 @@ class ObjectLock:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None) -> None:
         self.path = url
+        self._storage_options = storage_options
+        self._pid = os.getpid()
         self._fs, root = filesystem(url, storage_options)
         self._key = f"{root}/{LOCK_KEY}"
         self._etag: str | None = None
@@ -159,7 +179,7 @@ class ObjectLock:
             self._take()
 
     def _body(self) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": self._since,
+        return json.dumps({"host": socket.gethostname(), "pid": self._pid, "since": self._since,
                            "refreshed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            "lease_s": self._lease, "token": self._token}).encode()
 
@@ -226,6 +246,20 @@ class ObjectLock:
     def held(self) -> bool:
         """Whether the lock is held (``False`` where the store has no conditional writes, or after ``release``)."""
         return self._etag is not None
+
+    def after_fork(self) -> None:
+        """In the recorder's writer process, forked from the lock's holder: a client of its own (an object
+        store's client does not survive a fork), through which it refreshes the lock from now on."""
+        self._fs, _ = filesystem(self.path, self._storage_options)
+
+    def lease(self) -> tuple[str | None, float]:
+        """The lock's ETag and when it was last written (``time.monotonic()``): what the writer process hands
+        back to the training process when it ends, for ``adopt``."""
+        return self._etag, self._refreshed
+
+    def adopt(self, lease: tuple[str | None, float]) -> None:
+        """Take over the lease the writer process refreshed (``lease``), so that ``release`` finds it ours."""
+        self._etag, self._refreshed = lease
 
     def follow(self) -> None:
         """Write the lock again if it is gone (zarr deletes everything under the snapshot when it creates the

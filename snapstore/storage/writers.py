@@ -1,6 +1,6 @@
 """Writing rows into Zarr arrays: creating them (chunking rule, codec chain),
 staging rows into whole chunks, and encoding and storing those chunks off
-the training thread. Used by the recorder's background writer only.
+the training thread. Used by the recorder's writer process only.
 """
 
 from __future__ import annotations

@@ -110,20 +110,23 @@ def test_permission_denied(tmp_path):
 
 
 def test_snapshot_deleted_while_recording(tmp_path):
+    """Deleted between epochs, while the writer process is idle (deleted under a write in flight, a folder
+    can come back with it), the snapshot's loss is raised in the loop."""
     path = tmp_path / "run.snap"
     loader = DataLoader(torch.utils.data.TensorDataset(torch.arange(400.0)), batch_size=4)
     with pytest.raises(snapstore.RecordingError, match="vanished while recording"):
         with snapstore.record(loader, path) as s:
-            for j, _ in enumerate(s):
-                if j == 10:
+            for e in range(2):
+                if e == 1:
                     shutil.rmtree(path)
-                if j > 10:
-                    time.sleep(0.05)
+                for _ in s:
+                    time.sleep(0.001)
 
 
 def test_on_error_warn_trains_on_after_the_snapshot_is_deleted(tmp_path):
-    """A real failure mid-run (the snapshot deleted): every later batch, ``log()`` and epoch still works,
-    with one warning, and nothing is written where the snapshot was."""
+    """A real failure mid-run (the snapshot deleted between epochs, while the writer process is idle, so
+    that no write in flight recreates a folder): every later batch, ``log()`` and epoch still works, with
+    one warning, and nothing is written where the snapshot was."""
     path = tmp_path / "run.snap"
     loader = DataLoader(torch.utils.data.TensorDataset(torch.arange(400.0)), batch_size=4)
     seen = []
@@ -132,9 +135,9 @@ def test_on_error_warn_trains_on_after_the_snapshot_is_deleted(tmp_path):
         with snapstore.Recorder(path, on_error="warn") as rec:
             stream = rec.wrap(loader, name="train")
             for e in range(3):
-                for j, (x,) in enumerate(stream):
-                    if e == 0 and j == 10:
-                        shutil.rmtree(path)
+                if e == 1:  # epoch 0 is committed, and the writer idle
+                    shutil.rmtree(path)
+                for x, in stream:
                     stream.log(loss=x * 2)
                     seen.append(len(x))
     assert seen == [4] * 300  # every batch of every epoch reached the loop
@@ -170,3 +173,9 @@ def test_on_error_warn_trains_on_when_the_store_turns_read_only(tmp_path):
     assert len(ours) == 1 and "PermissionError" in str(ours[0].message)
     ep = snapstore.open(path)["train"].epoch(0)
     assert ep.complete and ep.outputs["loss"].tolist() == list(range(40))
+
+
+def test_a_memory_store_is_refused_before_anything_is_recorded():
+    """The writer process cannot write into the training process's memory: ``memory://`` is refused with the fix."""
+    with pytest.raises(snapstore.UsageError, match="record into a directory or an object store"):
+        snapstore.Recorder("memory://snapstore-test/run.snap")

@@ -1,0 +1,276 @@
+"""The writer process: a child forked for each recording, fed through a shared-memory ring.
+
+The training process only captures and hands off. Each ``share`` copies a
+block of rows into a ring of shared memory (an anonymous ``MAP_SHARED``
+mapping made before the fork, so the child sees it at once); each ``send``
+queues one operation, ``(name, args)``, whose arrays are references into the
+ring, through a pipe. The child runs the operations in order on its
+``sinks.Sinks`` (staging, hashing, encoding and storing rows, and committing
+every ``interval`` seconds), and after each one moves the ring's tail past the
+rows that operation was handed, in the ring's header, which the training
+process reads without a system call.
+
+Why a process: in a thread of the training process, the writer's Python
+(staging rows, hashing them, encoding chunks through zarr's codecs) took the
+GIL from the training thread after each call that released it. The same
+writer work fed from a thread ran the loader-bound loop at 0.43-0.69 of bare,
+fed from a process at 0.75-0.90 (``benchmarks/RESULTS.md``, issue 17).
+
+A fork, not a fresh interpreter: the child starts in milliseconds with the
+recorder's state (its open store, its flock lock, which the child then holds
+too, so a snapshot stays locked until the last writer of it is gone), and
+imports nothing. The child runs no torch and no code of the user's. It leaves
+when the training process closes the recording, when an operation fails (the
+failure is sent back and raised by the next ``check``), and within
+``_WATCH_SECONDS`` of the training process's death, without committing more.
+
+Back-pressure: ``share`` blocks while the ring has no room for the block, so
+rows waiting for the writer never exceed the ring (``config.DEFAULT_QUEUE_BYTES``);
+a block larger than the ring (one hand-off is at most ``config.HAND_OFF_BYTES``)
+and rows that are not a plain numeric array go through the pipe by value.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple, NoReturn
+
+import numpy as np
+
+from ..errors import RecordingError
+
+#: The ring's header: the tail (bytes the child is done with, counted from the start) and the failure flag.
+_HEADER = 64
+#: Every block starts on a cache line.
+_ALIGN = 64
+#: How often the child checks that the training process is alive, and the training process that the
+#: child is, while waiting for it (seconds).
+_WATCH_SECONDS = 0.1
+
+
+class Shared(NamedTuple):
+    """A block of rows in the ring: ``offset`` bytes past the header, ``shape``, ``dtype`` (its ``str``)."""
+
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class WriterProcess:
+    """The training process's handle on its writer process.
+
+    Parameters
+    ----------
+    target : callable
+        Called in the child once, after the fork: returns the object that runs the operations
+        (``sinks.Sinks``): its ``run(name, args)``, ``flush(durable=False)`` (every ``interval`` seconds
+        and, durable, at ``close``) and ``close()``.
+    interval : float
+        Seconds between the child's flushes.
+    ring_bytes : int
+        Bytes of shared memory rows wait in.
+    """
+
+    def __init__(self, target: Callable[[], Any], *, interval: float, ring_bytes: int) -> None:
+        self._ring = mmap.mmap(-1, _HEADER + ring_bytes)  # MAP_SHARED | MAP_ANONYMOUS: the child sees it
+        self._header = np.frombuffer(self._ring, dtype=np.int64, count=2)  # tail, failed
+        self._size = ring_bytes
+        self._head = 0  # bytes handed to the ring so far, counted from the start (the child's tail follows)
+        self._sent = 0  # the head when the last operation was sent: how far the child's tail can move
+        self._error: BaseException | None = None
+        self._conn, child = Pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the caller's frames
+            code = 1
+            try:
+                self._conn.close()
+                code = _serve(child, target, self._ring, self._header, parent, interval)
+            finally:
+                os._exit(code)
+        child.close()
+        self.pid = pid
+        self._exit: int | None = None
+
+    # -- handing over ----------------------------------------------------------
+    def share(self, rows: np.ndarray) -> Shared | np.ndarray:
+        """Copy ``rows`` into the ring and return the reference the child reads them through; blocks while
+        the ring is full. Rows that would not fit even once the child has read every operation sent so far
+        (larger than the ring, or than what the rows shared for the next operation leave of it) are
+        returned as a copy, sent by value."""
+        n = -(-rows.nbytes // _ALIGN) * _ALIGN
+        offset = self._head % self._size
+        skip = self._size - offset if offset + n > self._size else 0  # no room before the ring's end: its start
+        if n == 0 or self._head + skip + n - self._sent > self._size:
+            return np.array(rows, copy=True)
+        self._head += skip
+        offset = (offset + skip) % self._size
+        while self._head + n - int(self._header[0]) > self._size:
+            self._wait()
+        np.copyto(np.ndarray(rows.shape, rows.dtype, self._ring, _HEADER + offset), rows)
+        self._head += n
+        return Shared(offset, tuple(rows.shape), rows.dtype.str)
+
+    def send(self, name: str, *args: Any) -> None:
+        """Queue operation ``name(*args)`` for the child; ``RecordingError`` if it has failed."""
+        self.check()
+        self._sent = self._head
+        try:
+            self._conn.send((name, args, self._head))
+        except OSError as e:  # the child is gone: its failure, if it sent one, says why
+            self._stopped(e)
+
+    def drain(self) -> None:
+        """Return once the child has run every operation sent so far; ``RecordingError`` if it failed."""
+        self.send("drain")
+        self._reply("drained")
+
+    def close(self) -> Any:
+        """Run the remaining operations, flush durably, let the child exit and return what its ``close()``
+        returned; re-raise its failure if any."""
+        result = None
+        if not self._conn.closed:
+            try:
+                if not self.failed:
+                    self.send("stop")
+                    result = self._reply("stopped")
+            except RecordingError:
+                pass
+            finally:
+                if self._exit is None:
+                    self._exit = os.waitpid(self.pid, 0)[1]
+                self._conn.close()
+        self.check()
+        return result
+
+    # -- failures --------------------------------------------------------------
+    @property
+    def failed(self) -> bool:
+        """Whether the child has failed (or died)."""
+        return self._error is not None or bool(self._header[1])
+
+    @property
+    def error(self) -> BaseException | None:
+        """The child's failure, once ``check`` has read it."""
+        return self._error
+
+    def check(self) -> None:
+        """Raise ``RecordingError``, chained to the child's failure, if it has failed."""
+        if self._error is None and self._header[1]:
+            self._error = self._failure()
+        if self._error is not None:
+            self._raise()
+
+    def _raise(self) -> NoReturn:
+        raise RecordingError(
+            f"recording failed in the writer process: {self._error!r}; everything committed before "
+            "the failure is readable with snapstore.open"
+        ) from self._error
+
+    def _failure(self) -> BaseException:
+        """The failure the child sent before it exited."""
+        try:
+            while True:
+                message = self._conn.recv()
+                if message[0] == "failed":
+                    return message[1]
+        except (EOFError, OSError):
+            return RecordingError("the writer process stopped unexpectedly")
+        except Exception as e:  # noqa: BLE001 - sent, but it cannot be rebuilt here
+            return RecordingError(f"the writer process failed; its error cannot be read here: {e!r}")
+
+    def _stopped(self, cause: BaseException | None = None) -> NoReturn:
+        """Raise the child's failure: the one it sent, or that it stopped (``cause``: what showed it)."""
+        if self._error is None:
+            self._error = self._failure() if self._header[1] else RecordingError(
+                f"the writer process stopped unexpectedly ({cause!r})" if cause else
+                "the writer process stopped unexpectedly")
+        self._raise()
+
+    def _alive(self) -> bool:
+        """Whether the child is running (reaping it once it has exited)."""
+        if self._exit is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == 0:
+                return True
+            self._exit = status
+        return False
+
+    def _wait(self) -> None:
+        """Wait a little for the child to move the ring's tail; raise if it failed or died."""
+        self.check()
+        if not self._alive():
+            self._stopped()
+        time.sleep(0.0002)
+
+    def _reply(self, expected: str) -> Any:
+        """The payload of the child's next ``expected`` message."""
+        while True:
+            self.check()
+            if self._conn.poll(_WATCH_SECONDS):
+                try:
+                    message = self._conn.recv()
+                except (EOFError, OSError) as e:
+                    self._stopped(e)
+                if message[0] == expected:
+                    return message[1] if len(message) > 1 else None
+                if message[0] == "failed":
+                    self._error = message[1]
+                    self.check()
+            elif not self._alive():
+                self._stopped()
+
+
+def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header: np.ndarray, parent: int,
+           interval: float) -> int:
+    """The child's loop: run operations in order, flush every ``interval`` seconds; 0 once stopped, 1 after a
+    failure (sent to the training process first) or the training process's death."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle: it closes us
+    try:
+        state = target()
+        last = time.monotonic()
+        while True:
+            if conn.poll(max(0.0, min(_WATCH_SECONDS, last + interval - time.monotonic()))):
+                name, args, mark = conn.recv()
+                if os.getppid() != parent:  # the training process died: commit nothing more
+                    return 1
+                if name == "stop":
+                    state.flush(durable=True)
+                    conn.send(("stopped", state.close()))
+                    return 0
+                if name == "drain":
+                    conn.send(("drained",))
+                else:
+                    state.run(name, _resolve(args, ring))
+                header[0] = mark  # the rows this operation was handed are free again
+            elif os.getppid() != parent:  # the training process died: commit nothing more
+                return 1
+            if time.monotonic() - last >= interval:
+                state.flush()
+                last = time.monotonic()
+    except BaseException as e:  # handed to the training process, raised by its next check()
+        e.add_note("in snapstore's writer process:\n" + "".join(traceback.format_exception(e)).rstrip())
+        try:
+            conn.send(("failed", e))
+        except Exception:  # noqa: BLE001 - an exception that cannot be sent is sent as its repr
+            conn.send(("failed", RecordingError(repr(e))))
+        header[1] = 1
+        return 1
+
+
+def _resolve(obj: Any, ring: mmap.mmap) -> Any:
+    """``obj`` with each ``Shared`` in it (in tuples and dict values) replaced by its rows in ``ring``."""
+    if isinstance(obj, Shared):
+        return np.ndarray(obj.shape, np.dtype(obj.dtype), ring, _HEADER + obj.offset)
+    if type(obj) is tuple:
+        return tuple(_resolve(o, ring) for o in obj)
+    if type(obj) is dict:
+        return {k: _resolve(v, ring) for k, v in obj.items()}
+    return obj

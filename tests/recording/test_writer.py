@@ -1,0 +1,166 @@
+"""``snapstore.recording.writer``: the writer process, fed through a shared-memory ring, writes exactly what
+the loop handed over (the ring wrapping around, rows larger than it, several threads at once), tells the loop
+why it failed, and does not outlive the training process or hold its lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
+
+import snapstore
+from snapstore import config
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=12), row=st.integers(1, 700),
+       ring=st.sampled_from([4096, 16384]))
+def test_rows_round_trip_through_a_ring_that_wraps(tmp_path_factory, monkeypatch, sizes, row, ring):
+    """Batches of any size through a ring of a few KiB: the ring wraps around many times, and a batch larger
+    than the ring goes by value; every row reads back bitwise, in order."""
+    monkeypatch.setattr(config, "DEFAULT_QUEUE_BYTES", ring)
+    n = sum(sizes)
+    data = torch.from_numpy(np.random.default_rng(n).standard_normal((n, row), dtype=np.float32))
+    batches = [list(range(lo, lo + s)) for lo, s in zip(np.cumsum([0, *sizes[:-1]]).tolist(), sizes)]
+    path = tmp_path_factory.mktemp("ring") / "run.snap"
+    with snapstore.Recorder(path) as rec:
+        stream = rec.wrap(DataLoader(TensorDataset(data), batch_sampler=batches), name="train", raw=None)
+        seen = [x.clone() for x, in stream]
+    ep = snapstore.open(path)["train"].epoch(0)
+    assert ep.complete and ep.order.tolist() == list(range(n))
+    np.testing.assert_array_equal(ep.to_numpy()["0"], torch.cat(seen).numpy())
+
+
+def test_streams_recorded_from_two_threads_at_once(tmp_path, monkeypatch):
+    """Two loaders of one Recorder iterated by two threads at the same time (a validation loop beside the
+    training loop): the rows each thread handed over are interleaved in a small ring that wraps around
+    often, and each stream reads back bitwise."""
+    monkeypatch.setattr(config, "DEFAULT_QUEUE_BYTES", 64 * 1024)
+    path = tmp_path / "run.snap"
+    make = lambda k: TensorDataset(torch.full((600, 256), float(k)) + torch.arange(600.0)[:, None])  # noqa: E731
+    failures: list[BaseException] = []
+    with snapstore.Recorder(path) as rec:
+        streams = [rec.wrap(DataLoader(make(k), batch_size=7, shuffle=True), name=f"s{k}", raw=None)
+                   for k in range(2)]
+
+        def loop(stream):
+            try:
+                for _ in range(3):
+                    for _ in stream:
+                        pass
+            except BaseException as e:  # noqa: BLE001 - raised below, in the test's thread
+                failures.append(e)
+
+        threads = [threading.Thread(target=loop, args=(s,)) for s in streams]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not failures
+    snap = snapstore.open(path)
+    for k in range(2):
+        for e in range(3):
+            ep = snap[f"s{k}"].epoch(e)
+            assert ep.complete and sorted(ep.order.tolist()) == list(range(600))
+            np.testing.assert_array_equal(ep.to_numpy()["0"], make(k).tensors[0][ep.order].numpy())
+
+
+def test_a_failure_names_where_it_happened_in_the_writer_process(tmp_path):
+    """The writer process's exception reaches the loop as the cause of ``RecordingError``, with the
+    traceback it had there in its notes."""
+    path = tmp_path / "run.snap"
+    epochs = path / "train" / "epochs"
+    loader = DataLoader(TensorDataset(torch.arange(40.0)), batch_size=4)
+    with pytest.raises(snapstore.RecordingError, match="writer process") as err:
+        with snapstore.record(loader, path) as stream:
+            list(stream)
+            if subprocess.run(["chattr", "+i", str(epochs)], capture_output=True).returncode:
+                pytest.skip("chattr is not available on this filesystem")
+            try:  # epoch 1's group cannot be made, even by root
+                list(stream)
+            finally:
+                subprocess.run(["chattr", "-i", str(epochs)], check=True)
+    assert isinstance(err.value.__cause__, PermissionError)
+    notes = "".join(err.value.__cause__.__notes__)
+    assert "in snapstore's writer process" in notes and "open_epoch" in notes
+
+
+KILLED = textwrap.dedent('''
+    import sys, torch, snapstore
+    from torch.utils.data import DataLoader, TensorDataset
+
+    rec = snapstore.Recorder(sys.argv[1])
+    stream = rec.wrap(DataLoader(TensorDataset(torch.randn(100000, 256)), batch_size=64), name="train")
+    for b, _ in enumerate(stream):
+        if b == 20:
+            print(rec._session.writer_pid, flush=True)
+            sys.stdin.readline()  # killed here
+''')
+
+
+def test_the_writer_process_does_not_outlive_a_killed_training_process(tmp_path):
+    """SIGKILL to the training process: its writer process leaves within moments, commits nothing more, and
+    lets go of the snapshot's lock, so the next run can append."""
+    path = tmp_path / "run.snap"
+    with subprocess.Popen([sys.executable, "-c", KILLED, str(path)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            writer = int(proc.stdout.readline())
+            assert alive(writer)
+        finally:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while alive(writer) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(writer)
+    with snapstore.Recorder(path, mode="a") as rec:  # the lock is free
+        list(rec.wrap(DataLoader(TensorDataset(torch.randn(100000, 256)), batch_size=64), name="train"))
+    assert snapstore.open(path)["train"].epoch(1).complete
+
+
+INTERRUPTED = textwrap.dedent('''
+    import sys, time, torch, snapstore
+    from torch.utils.data import DataLoader, TensorDataset
+
+    with snapstore.Recorder(sys.argv[1]) as rec:
+        stream = rec.wrap(DataLoader(TensorDataset(torch.arange(1000.0)), batch_size=10), name="train")
+        for b, _ in enumerate(stream):
+            if b == 30:
+                print("interrupt me", flush=True)
+                time.sleep(60)
+''')
+
+
+def test_ctrl_c_interrupts_the_loop_and_the_writer_process_commits_what_it_was_handed(tmp_path):
+    """Ctrl-C signals the whole process group: the writer process ignores it, and the training process,
+    leaving the ``with`` block, has it commit the 31 batches handed over, as an incomplete epoch."""
+    path = tmp_path / "run.snap"
+    with subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        assert proc.stdout.readline() == "interrupt me\n"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    ep = snapstore.open(path)["train"].epoch(0)
+    assert not ep.complete and len(ep) == 310
+    np.testing.assert_array_equal(ep.to_numpy()["0"], np.arange(310.0, dtype=np.float32))
