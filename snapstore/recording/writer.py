@@ -19,15 +19,19 @@ fed from a process at 0.75-0.90 (``benchmarks/RESULTS.md``, issue 17).
 A fork, not a fresh interpreter: the child starts in milliseconds with the
 recorder's state (its open store, its flock lock, which the child then holds
 too, so a snapshot stays locked until the last writer of it is gone), and
-imports nothing. The child runs no torch and no code of the user's. It leaves
+imports nothing. The child runs no torch and no code of the user's (it
+ignores the signals the training process handles: ``_SIGNALS``). It leaves
 when the training process closes the recording, when an operation fails (the
 failure is sent back and raised by the next ``check``), and within
-``_WATCH_SECONDS`` of the training process's death, without committing more.
+``_WATCH_SECONDS`` and one operation of the training process's death,
+without committing more.
 
 Back-pressure: ``share`` blocks while the ring has no room for the block, so
-rows waiting for the writer never exceed the ring (``config.DEFAULT_QUEUE_BYTES``);
-a block larger than the ring (one hand-off is at most ``config.HAND_OFF_BYTES``)
-and rows that are not a plain numeric array go through the pipe by value.
+rows waiting for the writer never exceed the ring (``config.DEFAULT_QUEUE_BYTES``).
+A block that cannot fit even once the child has run every operation sent
+(larger than what the rows already shared for the next operation leave of the
+ring), and rows that are not a plain numeric array, go through the pipe by
+value: an operation never waits for room its own rows hold.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ from ..errors import RecordingError
 _HEADER = 64
 #: Every block starts on a cache line.
 _ALIGN = 64
+#: Signals the child ignores: Ctrl-C and a job scheduler's notices (SLURM sends SIGTERM or SIGUSR1 to every
+#: process of a job before preempting it) reach the whole process group, and the training process's
+#: handlers, inherited through the fork, are not the child's to run.
+_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
 #: How often the child checks that the training process is alive, and the training process that the
 #: child is, while waiting for it (seconds).
 _WATCH_SECONDS = 0.1
@@ -232,7 +240,8 @@ def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header:
            interval: float) -> int:
     """The child's loop: run operations in order, flush every ``interval`` seconds; 0 once stopped, 1 after a
     failure (sent to the training process first) or the training process's death."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle: it closes us
+    for name in _SIGNALS:  # the training process's to handle (it closes us); not its handlers' to run here
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     try:
         state = target()
         last = time.monotonic()

@@ -139,9 +139,13 @@ def test_the_writer_process_does_not_outlive_a_killed_training_process(tmp_path)
 
 
 INTERRUPTED = textwrap.dedent('''
-    import sys, time, torch, snapstore
+    import signal, sys, time, torch, snapstore
     from torch.utils.data import DataLoader, TensorDataset
 
+    def stop(signum, frame):  # what a job scheduler's notice does in a training script
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     with snapstore.Recorder(sys.argv[1]) as rec:
         stream = rec.wrap(DataLoader(TensorDataset(torch.arange(1000.0)), batch_size=10), name="train")
         for b, _ in enumerate(stream):
@@ -151,14 +155,16 @@ INTERRUPTED = textwrap.dedent('''
 ''')
 
 
-def test_ctrl_c_interrupts_the_loop_and_the_writer_process_commits_what_it_was_handed(tmp_path):
-    """Ctrl-C signals the whole process group: the writer process ignores it, and the training process,
-    leaving the ``with`` block, has it commit the 31 batches handed over, as an incomplete epoch."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_process_group_stops_the_loop_and_the_writer_commits_what_it_was_handed(tmp_path, signum):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM reaches the whole process group: the writer process ignores
+    it (it does not run the training script's handler), and the training process, leaving the ``with``
+    block, has it commit the 31 batches handed over, as an incomplete epoch."""
     path = tmp_path / "run.snap"
     with subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(path)], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
         assert proc.stdout.readline() == "interrupt me\n"
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     ep = snapstore.open(path)["train"].epoch(0)
