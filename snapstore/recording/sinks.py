@@ -17,6 +17,7 @@ from ..core import hashing, layout
 from ..core.manifest import EpochManifest, FieldInfo, RawManifest
 from ..core.rows import Ragged, host_rows
 from ..core.seen import SeenPolicy
+from ..storage.lock import ObjectLock, SnapshotLock
 from .provenance import utc_now
 
 _INT64 = FieldInfo("ndarray", "int64", ())
@@ -296,11 +297,11 @@ class Sinks:
     """
 
     def __init__(self, root: storage.Group, path: str, storage_options: dict[str, Any] | None, compressor: str,
-                 lock: Any = None) -> None:
+                 lock: SnapshotLock | ObjectLock | None = None) -> None:
         if "://" in path:
             root = storage.open_group(path, mode="a", storage_options=storage_options)
-            if lock is not None:
-                lock.after_fork()
+        if isinstance(lock, ObjectLock):
+            lock.after_fork()
         self.root = root
         self.path = path
         self.lock = lock
@@ -311,8 +312,8 @@ class Sinks:
     def run(self, name: str, args: tuple[Any, ...]) -> None:
         """Run operation ``name(*args)``. Every operation may create files (a group, a manifest, a chunk):
         none once the snapshot is gone, or zarr would recreate its folders around them (one stat on a local
-        disk; object stores rely on the flush's check); an operation that fails because it went while the
-        operation ran raises what ``storage.check_exists`` raises."""
+        disk; object stores rely on the flush's check). An operation that fails because the snapshot vanished
+        while it ran raises what ``storage.check_exists`` raises: that it vanished."""
         try:
             if storage.root_gone(self.root):
                 storage.check_exists(self.root, self.path)
@@ -375,7 +376,7 @@ class Sinks:
         """Return once the chunks handed over are written; the object lock's lease, which the training
         process takes back (``ObjectLock.adopt``), if this process refreshed it."""
         self.chunks.close()
-        return self.lock.lease() if "://" in self.path and self.lock is not None else None
+        return self.lock.lease() if isinstance(self.lock, ObjectLock) else None
 
 
 def unfinished(group: storage.Group, attr: str) -> bool:

@@ -340,6 +340,25 @@ def test_a_writer_whose_lock_was_taken_over_stops_writing(s3, monkeypatch):
     assert fs.cat_file(lock_object(url, s3)) == b'{"host": "elsewhere", "pid": 1}'  # not deleted at close
 
 
+def test_the_lease_the_writer_process_refreshed_is_released_at_close(s3, monkeypatch):
+    """The writer process refreshes the lock, which changes its ETag; ``close()`` takes that lease back, so
+    the lock object is deleted and the next Recorder takes the snapshot at once."""
+    import fsspec
+
+    url = f"s3://{BUCKET}/refreshed.snap"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, **s3)
+    monkeypatch.setattr(snapstore.config, "WRITER_LEASE_SECONDS", 0.001)  # refreshed at every flush
+    rec = snapstore.Recorder(url, storage_options=s3)
+    taken = fs.info(lock_object(url, s3))["ETag"]
+    list(rec.wrap(loader(), name="train"))
+    time.sleep(1.1)  # the lock's body names the second it was refreshed in: the last refresh writes a new one
+    rec.close()
+    assert not fs.exists(lock_object(url, s3)), f"the lock written as {taken} was left behind"
+    with snapstore.Recorder(url, mode="a", storage_options=s3) as again:
+        list(again.wrap(loader(), name="train"))
+    assert snapstore.open(url, storage_options=s3)["train"].epochs == [0, 1]
+
+
 def test_a_store_without_conditional_writes_records_unlocked_with_one_warning(caplog, tmp_path):
     url = f"file://{tmp_path}/unlocked.snap"  # fsspec's local file system: no conditional writes
     with caplog.at_level(logging.WARNING, logger="snapstore"):
