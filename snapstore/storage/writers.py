@@ -160,7 +160,7 @@ def name_piece(piece: Group, *, seal: bool = False, durable: bool = False) -> No
 
 
 class Buffers:
-    """Recycled host buffers: the rows the training thread hands over, and chunk staging buffers.
+    """Recycled host buffers: the chunk staging buffers of a ``ChunkWriter`` (in the recorder's writer process).
 
     Writing into pages used before runs ~3x faster than into fresh ones (9.5
     vs 2.8 GB/s measured here, PERF-NOTES). ``take`` returns a free buffer of
