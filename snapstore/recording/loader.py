@@ -20,7 +20,7 @@ from .. import config, storage
 from ..core import layout
 from ..core.datasets import Untransformed, bases, is_wrapped, raw_source
 from ..core.manifest import EpochManifest, FieldInfo, RawManifest, StreamManifest
-from ..core.rows import DeviceCopy, Ragged, host_rows
+from ..core.rows import Ragged, host_rows
 from ..core.schema import flatten, reconcile
 from ..core.seen import SeenPolicy
 from ..errors import SchemaError, UsageError
@@ -286,18 +286,12 @@ class RecordingLoader:
         infos = self._reconcile("structure", "fields", structure, fields, where)
         if tags.raw is not None:
             self._hand_off_raw(tags.raw)
-        for lo, hi in _slices(n, [rows for _, rows in fields.values()]):
+        host = {p: host_rows(rows) for p, (_, rows) in fields.items()}  # a device copy waited for
+        for lo, hi in _slices(n, list(host.values())):
             base = None if tags.base is None else (tags.base[0][lo:hi], tags.base[1][lo:hi])
-            with self._session.turn:
-                copies = {p: (infos[p], self._hand_over(rows if hi - lo == n else rows[lo:hi]))
-                          for p, (_, rows) in fields.items()}
-                self._session.send("put_rows", cursor.key, cursor.rows + lo, tags.indices[lo:hi], tags.worker,
-                                   base, copies, n if hi == n else None)
-
-    def _hand_over(self, rows: Any) -> Any:
-        """``rows`` as the writer process reads them: copied now (the loop may change the batch in place
-        afterwards), into shared memory where they are a plain array (``WriteSession.share``)."""
-        return self._session.share(host_rows(rows)) if isinstance(rows, (np.ndarray, DeviceCopy)) else _private(rows)
+            part = {p: (infos[p], rows if hi - lo == n else rows[lo:hi]) for p, rows in host.items()}
+            self._session.send("put_rows", cursor.key, cursor.rows + lo, tags.indices[lo:hi], tags.worker, base,
+                               part, n if hi == n else None)
 
     def _row_lists(self) -> frozenset[str] | None:
         """Fields that earlier batches showed to be lists of per-row tensors (None before the first batch)."""
@@ -334,12 +328,10 @@ class RecordingLoader:
             self._recorded[block.indices[keep]] = True
         if len(keep) == 0:
             return
-        every = len(keep) == len(block.indices)  # every sample is new: the block is the recorder's own already
-        kept = {p: r if every else r.take(keep) if isinstance(r, Ragged) else r[keep]
+        every = len(keep) == len(block.indices)
+        rows = {p: (infos[p], r if every else r.take(keep) if isinstance(r, Ragged) else r[keep])
                 for p, (_, r) in block.fields.items()}
-        with self._session.turn:
-            rows = {p: (infos[p], self._session.share(r)) for p, r in kept.items()}
-            self._session.send("put_raw", self._path, block.indices[keep], rows)
+        self._session.send("put_raw", self._path, block.indices[keep], rows)
 
     def _update_manifest(self, **changes: Any) -> None:
         self._manifest = dataclasses.replace(self._manifest, **changes)
@@ -401,10 +393,8 @@ class RecordingLoader:
             elif old != info:
                 raise SchemaError(f"log({name}=...) got dtype {info.dtype} row shape {info.shape}; "
                                   f"earlier batches logged dtype {old.dtype} row shape {old.shape}")
-            staged[name] = (info, rows)
-        with self._session.turn:
-            staged = {name: (info, self._hand_over(rows)) for name, (info, rows) in staged.items()}
-            self._session.send("put_outputs", cursor.key, pos, staged)
+            staged[name] = (info, host_rows(rows))
+        self._session.send("put_outputs", cursor.key, pos, staged)
 
 
 class _EpochCursor:
@@ -549,12 +539,6 @@ def _slices(n: int, blocks: list[Any]) -> list[tuple[int, int]]:
     row_bytes = sum(b.nbytes for b in blocks) // max(n, 1)
     step = max(1, config.HAND_OFF_BYTES // max(row_bytes, 1))
     return [(lo, min(n, lo + step)) for lo in range(0, n, step)] or [(0, 0)]
-
-
-def _private(rows: Any) -> Any:
-    """Rows the training loop can no longer change: a copy of views into the batch (packed ragged rows are
-    already snapstore's own memory)."""
-    return rows if isinstance(rows, Ragged) else np.array(rows, copy=True)
 
 
 def _class_name(obj: Any) -> str:

@@ -1,9 +1,9 @@
 """The write session of a recording: its writer process, its error policy and what it keeps open.
 
 A ``Recorder`` holds one ``WriteSession``; every ``RecordingLoader`` it
-makes hands its work to the session: ``share`` the rows it hands over (a
-copy into shared memory, blocking while the writer is behind:
-back-pressure), ``send`` the operation that writes them. The operations run
+makes hands its work to the session: ``send`` the operation that writes the
+rows it hands over (copied into shared memory, blocking while the writer is
+behind: back-pressure). The operations run
 in the writer process (``writer.WriterProcess``) on its ``sinks.Sinks``,
 which commit every open epoch and the raw samples every
 ``config.DEFAULT_FLUSH_INTERVAL`` seconds and at close. When the writer
@@ -14,11 +14,8 @@ training loop, ``"warn"`` warns once and lets training go on unrecorded.
 from __future__ import annotations
 
 import functools
-import threading
 import warnings
 from typing import Any, Literal
-
-import numpy as np
 
 from .. import config, storage
 from ..errors import RecordingError, SnapstoreWarning, UsageError
@@ -59,9 +56,6 @@ class WriteSession:
         self.on_error = on_error
         self.closed = False
         self._keys = 0  # the last key given to an epoch
-        # held while rows are shared and the operation that reads them is sent: the child frees the ring up
-        # to where it was when an operation was sent, so no other thread's rows may land in between
-        self.turn = threading.RLock()
         self._stopped = False  # recording failed and on_error="warn": the loop goes on unrecorded
         self._reported = False  # a writer failure was raised in the loop
         self._writer = WriterProcess(functools.partial(Sinks, root, path, storage_options, compressor, lock),
@@ -110,28 +104,15 @@ class WriteSession:
 
     def send(self, name: str, *args: Any) -> None:
         """Queue operation ``name(*args)`` of ``sinks.Sinks`` for the writer process (nothing once recording
-        has stopped)."""
+        has stopped). Its arrays are copied before it returns (``WriterProcess.send``): the loop may change
+        the batch in place afterwards. Blocks while the rows waiting for the writer fill
+        ``config.DEFAULT_QUEUE_BYTES``."""
         if self.recording():
             try:
-                with self.turn:
-                    self._writer.send(name, *args)
+                self._writer.send(name, *args)
             except RecordingError:
-                if self.recording():  # the writer failed: raise or warn now
+                if self.recording():  # the writer failed, maybe while we waited: raise or warn now
                     raise
-
-    def share(self, rows: Any) -> Any:
-        """``rows`` (a private copy: see ``loader._private``) as the writer process will read them: a plain
-        numeric array copied into shared memory (a ``writer.Shared``; blocks while the rows waiting for
-        the writer fill ``config.DEFAULT_QUEUE_BYTES``), anything else as it is, sent by value. Hold
-        ``turn`` from the first ``share`` to the ``send`` of the operation that reads the rows."""
-        if not (isinstance(rows, np.ndarray) and rows.dtype.kind in "biufc"):
-            return rows
-        try:
-            return self._writer.share(rows)
-        except RecordingError:
-            if self.recording():  # the writer failed while we waited: raise or warn now
-                raise
-            return rows
 
     def drain(self) -> None:
         """Return once every operation sent so far has run (the training thread waits for a durable commit);

@@ -1,10 +1,10 @@
 """The writer process: a child forked for each recording, fed through a shared-memory ring.
 
-The training process only captures and hands off. Each ``share`` copies a
-block of rows into a ring of shared memory (an anonymous ``MAP_SHARED``
-mapping made before the fork, so the child sees it at once); each ``send``
-queues one operation, ``(name, args)``, whose arrays are references into the
-ring, through a pipe. The child runs the operations in order on its
+The training process only captures and hands off. Each ``send`` queues one
+operation, ``(name, args)``, through a pipe: it copies the operation's numeric
+arrays into a ring of shared memory (an anonymous ``MAP_SHARED`` mapping made
+before the fork, so the child sees it at once) and sends references to them,
+and pickles everything else. The child runs the operations in order on its
 ``sinks.Sinks`` (staging, hashing, encoding and storing rows, and committing
 every ``interval`` seconds), and after each one moves the ring's tail past the
 rows that operation was handed, in the ring's header, which the training
@@ -26,12 +26,11 @@ failure is sent back and raised by the next ``check``), and within
 ``_WATCH_SECONDS`` and one operation of the training process's death,
 without committing more.
 
-Back-pressure: ``share`` blocks while the ring has no room for the block, so
+Back-pressure: ``send`` blocks while the ring has no room for an array, so
 rows waiting for the writer never exceed the ring (``config.DEFAULT_QUEUE_BYTES``).
-A block that cannot fit even once the child has run every operation sent
-(larger than what the rows already shared for the next operation leave of the
-ring), and rows that are not a plain numeric array, go through the pipe by
-value: an operation never waits for room its own rows hold.
+An array that cannot fit even once the child has run every operation sent
+(larger than what the operation's arrays before it leave of the ring) goes
+through the pipe by value: an operation never waits for room its own rows hold.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from __future__ import annotations
 import mmap
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -93,6 +93,7 @@ class WriterProcess:
         self._head = 0  # bytes handed to the ring so far, counted from the start (the child's tail follows)
         self._sent = 0  # the head when the last operation was sent: how far the child's tail can move
         self._error: BaseException | None = None
+        self._lock = threading.Lock()  # one operation at a time: the child frees the ring up to where it was sent
         self._conn, child = Pipe()
         parent = os.getpid()
         pid = os.fork()
@@ -108,16 +109,31 @@ class WriterProcess:
         self._exit: int | None = None
 
     # -- handing over ----------------------------------------------------------
-    def share(self, rows: np.ndarray) -> Shared | np.ndarray:
+    def send(self, name: str, *args: Any) -> None:
+        """Queue operation ``name(*args)`` for the child; ``RecordingError`` if it has failed. Thread-safe.
+
+        The numeric arrays in ``args`` (and in its tuples and dict values) are copied into the ring, blocking
+        while it is full; everything else is pickled now. Either way the caller may change them once this
+        returns."""
+        with self._lock:
+            self.check()
+            args = _shared(args, self._share)
+            self._sent = self._head
+            try:
+                self._conn.send((name, args, self._head))
+            except OSError as e:  # the child is gone: its failure, if it sent one, says why
+                self._stopped(e)
+
+    def _share(self, rows: np.ndarray) -> Shared | np.ndarray:
         """Copy ``rows`` into the ring and return the reference the child reads them through; blocks while
         the ring is full. Rows that would not fit even once the child has read every operation sent so far
-        (larger than the ring, or than what the rows shared for the next operation leave of it) are
-        returned as a copy, sent by value."""
+        (larger than the ring, or than what the rows shared for this operation leave of it) are returned as
+        they are, to be pickled."""
         n = -(-rows.nbytes // _ALIGN) * _ALIGN
         offset = self._head % self._size
         skip = self._size - offset if offset + n > self._size else 0  # no room before the ring's end: its start
         if n == 0 or self._head + skip + n - self._sent > self._size:
-            return np.array(rows, copy=True)
+            return rows
         self._head += skip
         offset = (offset + skip) % self._size
         while self._head + n - int(self._header[0]) > self._size:
@@ -125,15 +141,6 @@ class WriterProcess:
         np.copyto(np.ndarray(rows.shape, rows.dtype, self._ring, _HEADER + offset), rows)
         self._head += n
         return Shared(offset, tuple(rows.shape), rows.dtype.str)
-
-    def send(self, name: str, *args: Any) -> None:
-        """Queue operation ``name(*args)`` for the child; ``RecordingError`` if it has failed."""
-        self.check()
-        self._sent = self._head
-        try:
-            self._conn.send((name, args, self._head))
-        except OSError as e:  # the child is gone: its failure, if it sent one, says why
-            self._stopped(e)
 
     def drain(self) -> None:
         """Return once the child has run every operation sent so far; ``RecordingError`` if it failed."""
@@ -163,11 +170,6 @@ class WriterProcess:
     def failed(self) -> bool:
         """Whether the child has failed (or died)."""
         return self._error is not None or bool(self._header[1])
-
-    @property
-    def error(self) -> BaseException | None:
-        """The child's failure, once ``check`` has read it."""
-        return self._error
 
     def check(self) -> None:
         """Raise ``RecordingError``, chained to the child's failure, if it has failed."""
@@ -246,10 +248,11 @@ def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header:
         state = target()
         last = time.monotonic()
         while True:
-            if conn.poll(max(0.0, min(_WATCH_SECONDS, last + interval - time.monotonic()))):
+            ready = conn.poll(max(0.0, min(_WATCH_SECONDS, last + interval - time.monotonic())))
+            if os.getppid() != parent:  # the training process died: commit nothing more
+                return 1
+            if ready:
                 name, args, mark = conn.recv()
-                if os.getppid() != parent:  # the training process died: commit nothing more
-                    return 1
                 if name == "stop":
                     state.flush(durable=True)
                     conn.send(("stopped", state.close()))
@@ -259,8 +262,6 @@ def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header:
                 else:
                     state.run(name, _resolve(args, ring))
                 header[0] = mark  # the rows this operation was handed are free again
-            elif os.getppid() != parent:  # the training process died: commit nothing more
-                return 1
             if time.monotonic() - last >= interval:
                 state.flush()
                 last = time.monotonic()
@@ -272,6 +273,17 @@ def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header:
             conn.send(("failed", RecordingError(repr(e))))
         header[1] = 1
         return 1
+
+
+def _shared(obj: Any, share: Callable[[np.ndarray], Any]) -> Any:
+    """``obj`` with each numeric array in it (in tuples and dict values) replaced by ``share(array)``."""
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc":
+        return share(obj)
+    if type(obj) is tuple:
+        return tuple(_shared(o, share) for o in obj)
+    if type(obj) is dict:
+        return {k: _shared(v, share) for k, v in obj.items()}
+    return obj
 
 
 def _resolve(obj: Any, ring: mmap.mmap) -> Any:
