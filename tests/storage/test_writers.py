@@ -18,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 from torch.utils.data import DataLoader
 
 import snapstore
+from benchmarks.workloads import photo_crops  # scikit-learn's photographs, cropped as the benchmarks do
 from snapstore import storage
 from snapstore.core.manifest import FieldInfo
 from tests.support.datasets import Sentences, pad_with_lengths
@@ -178,20 +179,6 @@ def test_sync_returns_after_each_chunk_file_and_its_folders_are_fsynced_once(tmp
     assert {tmp_path_of(array) / "zarr.json", tmp_path_of(array), tmp_path} <= set(synced)
 
 
-def _photo_crops(n: int) -> np.ndarray:
-    """``n`` uint8 (3, 32, 32) crops of scikit-learn's two sample photographs, as a CIFAR-like dataset holds."""
-    from sklearn.datasets import load_sample_images
-
-    photos = [np.ascontiguousarray(p.transpose(2, 0, 1)) for p in load_sample_images().images]
-    rng = np.random.default_rng(0)
-    crops = []
-    for k in range(n):
-        p = photos[k % 2]
-        y, x = rng.integers(0, p.shape[1] - 32), rng.integers(0, p.shape[2] - 32)
-        crops.append(p[:, y : y + 32, x : x + 32])
-    return np.stack(crops)
-
-
 SHUFFLES = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
             "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
 
@@ -207,7 +194,7 @@ class PhotoFields(torch.utils.data.Dataset):
     label; what the codec choice is made on."""
 
     def __init__(self, n: int) -> None:
-        self.crops = _photo_crops(n)
+        self.crops = photo_crops(n, 32)[0]
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -259,7 +246,7 @@ def test_each_array_takes_the_codec_its_first_rows_compress_best_with(tmp_path, 
 def test_a_codec_chosen_on_first_rows_stores_them_smallest_and_reads_them_back(tmp_path_factory, dtype, rows,
                                                                               noise, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    pixels = _photo_crops(rows).reshape(rows, -1)[:, :64]
+    pixels = photo_crops(rows, 32)[0].reshape(rows, -1)[:, :64]
     sample = (rng.integers(0, 256, pixels.shape, dtype=np.uint8) if noise else pixels).astype(dtype)
     root = zarr.open_group(zarr.storage.LocalStore(tmp_path_factory.mktemp("codec")), mode="w", zarr_format=3)
     array = storage.create_rows_array(root, "a", FieldInfo("ndarray", dtype, (64,)), rows, "lz4", sample=sample)
