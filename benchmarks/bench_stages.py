@@ -17,14 +17,15 @@ loop:
 2. no fsync of chunk files (nor of the commits);
 3. no chunk stored: encoded, then dropped;
 4. no chunk encoded: the encoder threads return at once (no chunk hash, Blosc, CRC32C);
-5. no row hashes in the writer thread;
-6. no rows staged into chunks: the writer thread receives each batch's rows and drops them.
+5. no row hashes in the writer process;
+6. no rows staged into chunks: the writer process receives each batch's rows and drops them.
 
 What line 6 still costs is the training thread's capture, copy and hand-off.
 The minimal recorder (``bench_limits.py``: copy, background LZ4, crc32c, one
 file) is the last line, for reference. Stages are switched off by replacing
-snapstore functions for the duration of a line (the snapshots these lines
-write are not readable, and nothing reads them). Per line: the ratio of its
+snapstore functions for the duration of a line, before its ``Recorder`` forks
+its writer process, which inherits them (the snapshots these lines write are
+not readable, and nothing reads them). Per line: the ratio of its
 samples/s to the bare epoch of the same round (bare and recorded epochs
 alternate, round after round), and CPU seconds of the epoch by thread: the
 training thread, the training process's other threads, snapstore's writer
