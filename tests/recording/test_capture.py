@@ -1,5 +1,6 @@
 """The worker side of recording (``record.capture``): raw samples stacked field by field (the fast path)
-equal the general per-sample flatten-and-join and cross from a worker through shared memory; exact
+equal the general per-sample flatten-and-join and cross from a worker through shared memory; the raw
+items the transform tee rebuilds are the items with each transform input in its output's place; exact
 indices, worker ids and stream positions; raw samples of different sizes."""
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import pytest
 import torch
 import torch.multiprocessing  # noqa: F401 - registers the tensor reductions a DataLoader uses
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
 from snapstore.core.rows import Ragged
 from snapstore.core.schema import flatten
 from snapstore.errors import SchemaError
-from snapstore.recording.capture import _join, stack_raw
+from snapstore.recording.capture import _join, _tee_samples, stack_raw
 from tests.support.datasets import Indexed, Stream, image_of
 from tests.support.recording import run, same
-from tests.support.strategies import raw_sample_lists
+from tests.support.strategies import Row, raw_sample_lists
 
 
 def _rows(v):
@@ -67,6 +69,85 @@ def test_raw_blocks_cross_from_workers_through_shared_memory():
         np.testing.assert_array_equal(back.fields[p][1], rows)
     wide = stack_raw(np.arange(2), [np.full(8192, k, np.longdouble) for k in range(2)])  # no tensor type: by value
     np.testing.assert_array_equal(pickle.loads(ForkingPickler.dumps(wide)).fields["value"][1], wide.fields["value"][1])
+
+
+HOLE = object()  # where an item layout holds its transform's output
+
+_layouts = st.recursive(
+    st.one_of(st.integers(0, 9), st.text(max_size=3), st.none()),
+    lambda c: st.one_of(st.lists(c, min_size=1, max_size=3).map(tuple), st.lists(c, min_size=1, max_size=3),
+                        st.dictionaries(st.sampled_from("abc"), c, min_size=1, max_size=3),
+                        st.tuples(c, c).map(lambda t: Row(*t))),
+    max_leaves=5,
+)
+
+
+def _holed(layout, k):
+    """``layout`` with its ``k``-th leaf (depth first; ``k`` past the last: the layout itself) made ``HOLE``."""
+    count = [0]
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {key: walk(v) for key, v in node.items()}
+        if isinstance(node, Row):
+            return Row(*map(walk, node))
+        if isinstance(node, (list, tuple)):
+            return type(node)(map(walk, node))
+        count[0] += 1
+        return HOLE if count[0] - 1 == k else node
+
+    out = walk(layout)
+    return out if count[0] > k else HOLE
+
+
+def _filled(layout, value):
+    """An item laid out as ``layout`` with ``value`` in its hole: what a dataset returns."""
+    if layout is HOLE:
+        return value
+    if isinstance(layout, dict):
+        return {key: _filled(v, value) for key, v in layout.items()}
+    if isinstance(layout, Row):
+        return Row(*(_filled(v, value) for v in layout))
+    if isinstance(layout, (list, tuple)):
+        return type(layout)(_filled(v, value) for v in layout)
+    return layout
+
+
+def _alike(got, want):
+    """Same containers, the transform inputs themselves (not copies) and equal other leaves."""
+    assert type(got) is type(want)
+    if isinstance(want, dict):
+        assert list(got) == list(want)
+        for key in want:
+            _alike(got[key], want[key])
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            _alike(g, w)
+    elif isinstance(want, np.ndarray):
+        assert got is want
+    else:
+        assert got == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(layout=_layouts, hole=st.integers(0, 5), other=st.integers(0, 5), odd=st.integers(-1, 4),
+       n=st.integers(1, 5), extra=st.booleans(), data=st.data())
+def test_tee_places_each_transform_input_where_its_output_is(layout, hole, other, odd, n, extra, data):
+    # items of one layout, or one item (``odd``) laid out with its hole elsewhere; each item made by one call
+    # transform(x_k) -> y_k; the raw item is the item with x_k in y_k's place (one call too many: not understood)
+    layouts = [_holed(layout, other if k == odd else hole) for k in range(n)]
+    given_, made = [np.array([k]) for k in range(n)], [torch.tensor([k]) for k in range(n)]
+    items = [_filled(lay, y) for lay, y in zip(layouts, made)]
+    calls = list(zip(given_, made)) + ([(np.array([-1]), torch.tensor([-1]))] if extra else [])
+    new = np.array(sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1))))
+    raws = _tee_samples(items, calls, new)
+    if extra:
+        assert raws is None
+        return
+    assert len(raws) == len(new)
+    for raw, k in zip(raws, new.tolist()):
+        _alike(raw, _filled(layouts[k], given_[k]))
 
 
 class Photos(Dataset):
