@@ -19,11 +19,13 @@ figure can be read against the floor it cannot go below on this machine:
   appends, then hands the slot back (the design that takes the writer's
   interpreter work out of the training process).
 * step-bound floor: the loop with a 30 ms simulated accelerator step a batch
-  (as ``bench_record.py``'s step-bound lines), bare and with only the copy
-  (the batch and its raw crops into recycled buffers, nothing written), in
-  alternating pairs: the ratio, and the copy's own time a batch on the
-  training thread. No asynchronous recorder that keeps what the loop saw
-  exact can cost the step less than this copy.
+  (as ``bench_record.py``'s step-bound lines), bare, with only the copy
+  (the batch and its raw crops into recycled buffers, nothing written), and
+  with the copy and a background thread that Blosc-LZ4-encodes every copied
+  block and drops it (no checksum, nothing stored), in alternating runs: the
+  ratios, and the copy's own time a batch on the training thread. No
+  asynchronous recorder that keeps what the loop saw exact can cost the step
+  less than the copy, nor one that compresses less than the encoding.
 * interference: the same loop's slowdown while a background thread streams
   memory (``np.copyto`` of 3 MB blocks) vs. computes in its cache (``np.sort`` of
   1.6 MB): on a 2-core machine whose cores share the memory system, moving
@@ -37,6 +39,7 @@ figure can be read against the floor it cannot go below on this machine:
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import queue
@@ -101,30 +104,48 @@ def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool | N
 STEP = 0.030  # the step-bound loop's simulated accelerator step, seconds (as in bench_record.py)
 
 
-def step_floor(ds: Any, w: workloads.Workload, workers: int, copy: bool) -> tuple[float, float]:
+def step_floor(ds: Any, w: workloads.Workload, workers: int, mode: str) -> tuple[float, float]:
     """``(seconds, copy seconds a batch)`` of one epoch of the step-bound loop (a ``STEP``-second sleep a
-    batch, the GIL released): bare, or with only the copy every safe asynchronous recorder makes on the
-    training thread (the batch and its raw crops into recycled buffers; nothing is written)."""
+    batch, the GIL released): ``"bare"``; ``"copy"``: with only the copy every safe asynchronous recorder
+    makes on the training thread (the batch and its raw crops into recycled buffers; nothing is written);
+    ``"encode"``: the copy, and a background thread Blosc-LZ4-encoding each copied block (nothing stored)."""
     loader = workloads.make_loader(ds, w, workers)
-    buffers: dict[tuple[Any, ...], np.ndarray] = {}
+    buffers: dict[tuple[Any, ...], collections.deque[np.ndarray]] = {}
+    encoding: queue.Queue = queue.Queue(maxsize=8)
 
-    def into(rows: np.ndarray) -> None:
-        buf = buffers.setdefault((rows.shape, rows.dtype.str), np.empty_like(rows))
+    in_flight = encoding.maxsize + 1 if mode == "encode" else 0  # blocks the encoder may still read
+
+    def into(rows: np.ndarray) -> np.ndarray:
+        kept = buffers.setdefault((rows.shape, rows.dtype.str), collections.deque())
+        buf = kept.popleft() if len(kept) > in_flight else np.empty_like(rows)
         np.copyto(buf, rows)
+        kept.append(buf)
+        return buf
 
+    def encode() -> None:
+        while (blocks := encoding.get()) is not None:
+            for b in blocks:
+                LZ4.encode(b)
+
+    encoder = threading.Thread(target=encode)
+    encoder.start()
     copying = batches = 0
     t = time.perf_counter()
-    for images, labels, index in loader:
-        if copy:
-            a = time.perf_counter()
-            idx = index.numpy()
-            for rows in (images.numpy(), labels.numpy(), idx):
-                into(rows)
-            into(ds.crops[idx])
-            copying += time.perf_counter() - a
-        images.sum()
-        time.sleep(STEP)
-        batches += 1
+    try:
+        for images, labels, index in loader:
+            if mode != "bare":
+                a = time.perf_counter()
+                idx = index.numpy()
+                blocks = [into(rows) for rows in (images.numpy(), labels.numpy(), idx, ds.crops[idx])]
+                if mode == "encode":
+                    encoding.put(blocks)
+                copying += time.perf_counter() - a
+            images.sum()
+            time.sleep(STEP)
+            batches += 1
+    finally:
+        encoding.put(None)
+        encoder.join()
     return time.perf_counter() - t, copying / max(1, batches)
 
 
@@ -281,12 +302,14 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
             torch.set_num_threads(1)
         med = {k: statistics.median(v) for k, v in loop.items()}
         step: dict[int, dict[str, float]] = {}
-        for workers in (0, 2):  # bare and copy-only epochs alternate, twice as many as the other lines
+        for workers in (0, 2):  # bare, copy-only and encoding epochs alternate, twice as many as the other lines
             torch.set_num_threads(1 if workers == 0 else threads)
-            runs = [(step_floor(ds, w, workers, False), step_floor(ds, w, workers, True)) for _ in range(2 * repeat)]
-            step[workers] = {"ratio": statistics.median(b[0] / c[0] for b, c in runs),
-                             "copy ms": 1e3 * statistics.median(c[1] for _, c in runs),
-                             "batch ms": 1e3 * statistics.median(b[0] for b, _ in runs) / -(-w.samples // w.batch)}
+            runs = [[step_floor(ds, w, workers, mode) for mode in ("bare", "copy", "encode")]
+                    for _ in range(2 * repeat)]
+            step[workers] = {"ratio": statistics.median(b[0] / c[0] for b, c, _ in runs),
+                             "encode ratio": statistics.median(b[0] / e[0] for b, _, e in runs),
+                             "copy ms": 1e3 * statistics.median(c[1] for _, c, _ in runs),
+                             "batch ms": 1e3 * statistics.median(b[0] for b, _, _ in runs) / -(-w.samples // w.batch)}
         torch.set_num_threads(1)
         images = np.stack([ds[i][0].numpy() for i in range(w.samples)])
         results = {
@@ -310,11 +333,12 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
                        ("bare nw=2", "bare loop"), ("lz4 nw=2", "loop + minimal recorder")]:
         workers, bare = (2, med["bare nw=2"]) if key.endswith("nw=2") else (0, med["bare"])
         p(f"| {label} | {workers} | {w.samples / med[key]:,.0f} | {bare / med[key]:.3f} |")
-    p(f"\nStep-bound floor ({STEP * 1e3:.0f} ms step a batch; medians of {2 * repeat} alternating pairs):\n")
-    p("| num_workers | bare ms a batch | copy only: ratio to bare | the copy, ms a batch (training thread) "
-      "| the copy as a share of the bare batch |\n| --- | --- | --- | --- | --- |")
+    p(f"\nStep-bound floor ({STEP * 1e3:.0f} ms step a batch; medians of {2 * repeat} alternating runs):\n")
+    p("| num_workers | bare ms a batch | copy only: ratio to bare | copy + background LZ4 encode: ratio to bare "
+      "| the copy, ms a batch (training thread) | the copy as a share of the bare batch |\n"
+      "| --- | --- | --- | --- | --- | --- |")
     for workers, r in step.items():
-        p(f"| {workers} | {r['batch ms']:.1f} | {r['ratio']:.3f} | {r['copy ms']:.2f} "
+        p(f"| {workers} | {r['batch ms']:.1f} | {r['ratio']:.3f} | {r['encode ratio']:.3f} | {r['copy ms']:.2f} "
           f"| {100 * r['copy ms'] / r['batch ms']:.1f} % |")
     p(f"\nbuffered disk write, 2 MiB files, no fsync: {results['disk MB/s']:,.0f} MB/s")
     p("replay ceiling, float32 images, one core: "
