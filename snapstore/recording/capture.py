@@ -497,14 +497,25 @@ def _placed_alike(items: list[Any], calls: list[tuple[Any, Any]]) -> list[Any] |
     if not items or len(calls) != len(items):
         return None
     keys = _find(items[0], calls[0][1])
-    if keys is None:
-        return None
-    try:
-        if any(_get(item, keys) is not out for item, (_, out) in zip(items, calls)):
-            return None
-    except (KeyError, IndexError, TypeError):  # an item laid out otherwise
+    if keys is None or any(_at(item, keys) is not out for item, (_, out) in zip(items, calls)):
         return None
     return [_put(item, keys, given) for item, (given, _) in zip(items, calls)]
+
+
+_ABSENT = object()
+
+
+def _at(node: Any, keys: tuple[Any, ...]) -> Any:
+    """The element at ``keys`` below ``node`` through tuples, lists and dicts only, as ``_find`` goes (so that
+    ``_put`` can rebuild each of them), or ``_ABSENT``."""
+    for k in keys:
+        if isinstance(node, dict):
+            node = node.get(k, _ABSENT)
+        elif isinstance(node, (list, tuple)) and type(k) is int and k < len(node):
+            node = node[k]
+        else:
+            return _ABSENT
+    return node
 
 
 def _fetch(frame: FrameType | None) -> tuple[Any, Any]:

@@ -5,6 +5,7 @@ indices, worker ids and stream positions; raw samples of different sizes."""
 
 from __future__ import annotations
 
+import collections.abc
 import pickle
 import re
 from multiprocessing.reduction import ForkingPickler
@@ -148,6 +149,30 @@ def test_tee_places_each_transform_input_where_its_output_is(layout, hole, other
     assert len(raws) == len(new)
     for raw, k in zip(raws, new.tolist()):
         _alike(raw, _filled(layouts[k], given_[k]))
+
+
+class Box(collections.abc.Mapping):
+    """A mapping that is not a dict: raw capture places transform outputs only in tuples, lists and dicts."""
+
+    def __init__(self, **items) -> None:
+        self.items_ = items
+
+    def __getitem__(self, key):
+        return self.items_[key]
+
+    def __iter__(self):
+        return iter(self.items_)
+
+    def __len__(self) -> int:
+        return len(self.items_)
+
+
+def test_tee_leaves_items_it_cannot_rebuild_to_a_second_fetch():
+    # the first item places its output at "x"; the second holds its own at "x" too, but in a container the
+    # tee cannot rebuild: not understood (the caller fetches the raw samples again), never an error
+    made = [torch.zeros(2), torch.ones(2)]
+    items = [{"x": made[0], "i": 0}, Box(x=made[1], i=1)]
+    assert _tee_samples(items, [(np.zeros(1), made[0]), (np.ones(1), made[1])], np.arange(2)) is None
 
 
 class Photos(Dataset):
