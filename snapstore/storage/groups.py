@@ -390,8 +390,12 @@ def _children(group: Group, where: str) -> dict[str, Group | Array]:
         return CorruptionError.damaged(f"{where}: {found or 'the zarr.json of one of its nodes'} "
                                        f"cannot be read ({what})")
 
+    # zarr's warnings are all recorded (one per skipped child, even where filters would show it once); any
+    # other keeps the caller's filters where it is raised: an "error" filter re-raised here would turn a
+    # warning from a finalizer that ran during the listing (an unclosed aiohttp session, collected in the
+    # writer process) into a failure of the listing
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", zarr.errors.ZarrUserWarning)
         try:
             nodes = dict(group.members())
         except SnapstoreError:  # the store cannot be reached or refuses access: no damage
