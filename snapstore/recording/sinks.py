@@ -2,7 +2,8 @@
 stream's raw samples.
 
 Runs in the writer process only (``writer.WriterProcess``): ``Sinks``' methods are the operations the
-training process sends it through ``loader.RecordingLoader``.
+training process sends it through ``loader.RecordingLoader``. Rows arrive in host memory, as arrays or
+``Ragged`` (the training process waits for a device copy before it sends one).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from .. import storage
 from ..core import hashing, layout
 from ..core.manifest import EpochManifest, FieldInfo, RawManifest
-from ..core.rows import Ragged, host_rows
+from ..core.rows import Ragged
 from ..core.seen import SeenPolicy
 from ..storage.lock import ObjectLock, SnapshotLock
 from .provenance import utc_now
@@ -81,14 +82,13 @@ class EpochSink:
         full = self.policy.full_rows(self.manifest.number, self.batches, indices)
         if self.policy.mode == "sampled":
             self.positions.put(pos, layout.FULL, _UINT8, full.astype(np.uint8))
-        host = {path: (info, host_rows(rows)) for path, (info, rows) in fields.items()}
-        hashes = hashing.hash_fields(host)
+        hashes = hashing.hash_fields(fields)
         if self.raw is not None:  # rows bitwise equal to their raw sample are stored there only
-            same = self.raw.same_rows(indices, host, hashes) & full
+            same = self.raw.same_rows(indices, fields, hashes) & full
             self.positions.put(pos, layout.SEEN_RAW, _UINT8, same.astype(np.uint8))
             full = full & ~same
         if full.any():
-            for path, (info, rows) in host.items():
+            for path, (info, rows) in fields.items():
                 self._put_seen(pos, path, info, rows, full)
         for path, (info, rows) in hashes.items():
             self.hashes.put(pos, layout.seen_hashes_path(path), info, rows)
@@ -127,7 +127,7 @@ class EpochSink:
 
     def put_outputs(self, pos: int, outputs: dict[str, tuple[FieldInfo, np.ndarray]]) -> None:
         for name, (info, rows) in outputs.items():
-            self.outputs.put(pos, name, info, host_rows(rows))
+            self.outputs.put(pos, name, info, rows)
         for name, (info, rows) in hashing.hash_fields(outputs).items():
             self.hashes.put(pos, layout.output_hashes_path(name), info, rows)
 
@@ -243,11 +243,10 @@ class RawSink:
         for path, (info, rows) in hashes.items():
             self.hashes.put(self.rows, layout.raw_hashes_path(path), info, rows)
         for path, (info, rows) in fields.items():
-            host = host_rows(rows)
-            if info.ragged or not isinstance(host, np.ndarray):
+            if info.ragged or not isinstance(rows, np.ndarray):
                 self.known[path] = None
             else:
-                self._learn(path, host.dtype, tuple(host.shape[1:]), np.asarray(indices),
+                self._learn(path, rows.dtype, tuple(rows.shape[1:]), np.asarray(indices),
                             hashes[path][1] if path in hashes else None)
         self.rows += len(indices)
         self.dirty = True
