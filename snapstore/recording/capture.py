@@ -178,17 +178,28 @@ def _stack_uniform(samples: list[Any]) -> tuple[Structure, dict[str, Any]] | Non
     return structure, fields
 
 
-def _get(obj: Any, keys: tuple[Any, ...]) -> Any:
+_ABSENT = object()
+
+
+def _at(node: Any, keys: tuple[Any, ...]) -> Any:
+    """The element at ``keys`` below ``node`` through tuples, lists and dicts only, as ``_find`` goes (so that
+    ``_put`` can rebuild each of them), or ``_ABSENT``."""
     for k in keys:
-        obj = obj[k]
-    return obj
+        if isinstance(node, dict):
+            node = node.get(k, _ABSENT)
+        elif isinstance(node, (list, tuple)) and type(k) is int and k < len(node):
+            node = node[k]
+        else:
+            return _ABSENT
+    return node
 
 
 def _values(samples: list[Any], keys: tuple[Any, ...]) -> list[Any]:
-    """``_get(s, keys)`` of each sample (one C-level pass for the usual one-level keys)."""
+    """``_at(s, keys)`` of each sample (one C-level pass for the usual one-level keys, which raises where a
+    sample has no such key)."""
     if len(keys) == 1:
         return list(map(operator.itemgetter(keys[0]), samples))
-    return [_get(s, keys) for s in samples]
+    return [_at(s, keys) for s in samples]
 
 
 def _join(parts: list[tuple[np.ndarray, Structure, dict[str, Any]]]) -> RawBlock:
@@ -500,22 +511,6 @@ def _placed_alike(items: list[Any], calls: list[tuple[Any, Any]]) -> list[Any] |
     if keys is None or any(_at(item, keys) is not out for item, (_, out) in zip(items, calls)):
         return None
     return [_put(item, keys, given) for item, (given, _) in zip(items, calls)]
-
-
-_ABSENT = object()
-
-
-def _at(node: Any, keys: tuple[Any, ...]) -> Any:
-    """The element at ``keys`` below ``node`` through tuples, lists and dicts only, as ``_find`` goes (so that
-    ``_put`` can rebuild each of them), or ``_ABSENT``."""
-    for k in keys:
-        if isinstance(node, dict):
-            node = node.get(k, _ABSENT)
-        elif isinstance(node, (list, tuple)) and type(k) is int and k < len(node):
-            node = node[k]
-        else:
-            return _ABSENT
-    return node
 
 
 def _fetch(frame: FrameType | None) -> tuple[Any, Any]:
