@@ -43,7 +43,8 @@ HAND_OFF_BYTES = 16 * 1024 * 1024
 #: (seen, raw, order, outputs, ...) and "chunk bytes" is at most
 #: ``DEFAULT_CHUNK_BYTES`` rounded up to a row (in the writer process: one
 #: staging buffer per array and two recycled ones per chunk layout; a chunk
-#: in flight holds its rows and, once encoded, its bytes). CIFAR-like (batch
+#: in flight holds its rows, in the ring when a batch held it whole, and, once
+#: encoded, its bytes). CIFAR-like (batch
 #: 256 of 15 KB samples): at most 64 + 6 x 2 x 3 + 8 x 2 x 2 MiB, about 140 MB.
 DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 

@@ -533,11 +533,12 @@ def _continuation(epochs: dict[int, tuple[storage.Group, str]], name: str) -> tu
 
 def _slices(n: int, blocks: list[Any]) -> list[tuple[int, int]]:
     """Row ranges ``[lo, hi)`` a batch of ``n`` rows is handed over in: each at most
-    ``config.HAND_OFF_BYTES`` of ``blocks`` (one range when a block is not a plain array)."""
+    ``config.HAND_OFF_BYTES`` of ``blocks`` (one range when a block is not a plain array), a power of two
+    rows long, so that slices split no chunk (``storage.chunk_rows``) the writer could store from the ring."""
     if not all(isinstance(b, np.ndarray) for b in blocks):
         return [(0, n)]
     row_bytes = sum(b.nbytes for b in blocks) // max(n, 1)
-    step = max(1, config.HAND_OFF_BYTES // max(row_bytes, 1))
+    step = 1 << (max(1, config.HAND_OFF_BYTES // max(row_bytes, 1)).bit_length() - 1)
     return [(lo, min(n, lo + step)) for lo in range(0, n, step)] or [(0, 0)]
 
 

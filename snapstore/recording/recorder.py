@@ -71,7 +71,8 @@ class Recorder:
     Recording runs off the training process: each batch is copied into a
     ring of shared memory (in row slices of at most ``config.HAND_OFF_BYTES``)
     and sent to a writer process forked for the ``Recorder``, which
-    hashes rows and stages them into whole chunks; a thread per CPU there
+    hashes rows and stages them into whole chunks (whole chunks of a batch
+    are encoded from the ring); a thread per CPU there
     compresses, checksums and stores each full chunk while the next are
     staged, and the epoch manifest is committed after the data every
     ``config.DEFAULT_FLUSH_INTERVAL`` (2 s); the end of an epoch and ``close()``

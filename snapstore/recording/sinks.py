@@ -309,14 +309,17 @@ class Sinks:
         self.epochs: dict[int, EpochSink] = {}  # open epochs, by the key the training process gave them
 
     def run(self, name: str, args: tuple[Any, ...]) -> None:
-        """Run operation ``name(*args)``. Every operation may create files (a group, a manifest, a chunk):
-        none once the snapshot is gone, or zarr would recreate its folders around them (one stat on a local
-        disk; object stores rely on the flush's check). An operation that fails because the snapshot vanished
-        while it ran raises what ``storage.check_exists`` raises: that it vanished."""
+        """Run operation ``name(*args)``; once it returns, no chunk is read from the rows the operation was
+        handed (``storage.ChunkWriter.release``), and the ring may take others. Every operation may create
+        files (a group, a manifest, a chunk): none once the snapshot is gone, or zarr would recreate its
+        folders around them (one stat on a local disk; object stores rely on the flush's check). An operation
+        that fails because the snapshot vanished while it ran raises what ``storage.check_exists`` raises:
+        that it vanished."""
         try:
             if storage.root_gone(self.root):
                 storage.check_exists(self.root, self.path)
             getattr(self, name)(*args)
+            self.chunks.release()
         except Exception:
             if storage.root_gone(self.root):
                 storage.check_exists(self.root, self.path)

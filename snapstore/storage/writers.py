@@ -209,7 +209,9 @@ class ChunkWriter:
     ``array[lo:hi] = block`` would store) and stores the key with one call.
     Blosc releases the GIL, so chunks encode on every core while the
     recorder's writer stages the next ones. ``block`` belongs to the writer
-    from then on and goes back to ``buffers`` once encoded. A chunk
+    from then on and goes back to ``buffers`` once encoded, unless it is
+    ``borrowed`` (rows in the writer process's ring): the caller's again once
+    ``release`` returns. A chunk
     written again (a flushed, partly filled chunk that later fills) waits for
     its earlier write, so the last version written is the one stored. At most
     ``in_flight`` chunks wait (back-pressure); ``wait`` returns once every
@@ -227,6 +229,7 @@ class ChunkWriter:
         self.compressor = compressor
         self._in_flight = in_flight
         self._pending: collections.deque[tuple[str, Future[None]]] = collections.deque()
+        self._borrowed: collections.deque[Future[None]] = collections.deque()  # jobs reading a caller's rows
         self._pool = pool("encode", min(config.MAX_CODEC_THREADS, os.cpu_count() or 1))  # kept for the process
         self.buffers = Buffers(keep=2, max_bytes=config.DEFAULT_QUEUE_BYTES)  # chunk staging buffers
         self._unsynced: set[Path] = set()  # zarr.json of the arrays written to since the last sync
@@ -236,10 +239,12 @@ class ChunkWriter:
         self.deleted: set[str] = set()  # arrays deleted (a fixed field moved to ragged arrays)
         self._root: Path | None = None  # the local store's root, once a chunk was written there
 
-    def write(self, array: Array, c: int, block: np.ndarray, rows: int | None = None) -> None:
+    def write(self, array: Array, c: int, block: np.ndarray, rows: int | None = None, *,
+              borrowed: bool = False) -> None:
         """Hand over ``block``, shape ``array.chunks``, to be stored as row-chunk ``c`` of ``array``; its first
         ``rows`` rows (all by default) hold data, and their hash (``merkle.chunk_hash``) is what the next commit
-        record names for the chunk."""
+        record names for the chunk. ``borrowed``: ``block`` stays the caller's (rows in the writer process's
+        ring, stored without staging them): never recycled, and read until ``release`` returns."""
         where = chunk_path(array, c)
         for key, done in self._pending:
             if key == where.path:
@@ -248,18 +253,22 @@ class ChunkWriter:
             self._pending.popleft()[1].result()
         n = len(block) if rows is None else rows
         table = self._table(array)
-        job = self._pool.submit(self._encode_and_store, where, chunk_codecs(array, c), block, table, c, n)
+        job = self._pool.submit(self._encode_and_store, where, chunk_codecs(array, c), block, table, c, n,
+                                not borrowed)
         self._pending.append((where.path, job))
+        if borrowed:
+            self._borrowed.append(job)
         path = local_file(where)
         if path is not None:  # to fsync at the next durable commit: its array's metadata and folders (the
             self._root = Path(where.store.root)  # chunk file itself is fsynced by the job that stores it)
             self._unsynced.add(self._root / array.path / "zarr.json")
 
     def _encode_and_store(self, where: Any, codecs: list[tuple[Any, Any]], block: np.ndarray,
-                          table: dict[int, tuple[int, int]], c: int, n: int) -> None:
+                          table: dict[int, tuple[int, int]], c: int, n: int, recycle: bool) -> None:
         table[c] = (n, chunk_hash(block[:n]))  # the rows as they are stored, hashed once, here
         data = _zarr.encode(codecs, block)
-        self.buffers.give_back([block])  # the encoded bytes never alias it (always checksummed)
+        if recycle:
+            self.buffers.give_back([block])  # the encoded bytes never alias it (always checksummed)
         path = local_file(where)
         if path is not None and not (Path(where.store.root) / "zarr.json").exists():
             raise vanished(where.store.root)  # storing would recreate its folders around a stray chunk
@@ -311,6 +320,12 @@ class ChunkWriter:
         return {path[len(base) + 1 :]: start for path, (_, _, start) in self._hashes.items()
                 if path.startswith(base + "/")}
 
+    def release(self) -> None:
+        """Return once no chunk handed over ``borrowed`` is read any more (each is encoded and stored); raise
+        the first failure."""
+        while self._borrowed:
+            self._borrowed.popleft().result()
+
     def wait(self) -> None:
         """Return once every chunk handed over so far is stored; raise the first failure."""
         while self._pending:
@@ -331,11 +346,15 @@ class ChunkWriter:
         """Return once the queued writes are done (their failures are not raised: see ``wait``)."""
         futures.wait([job for _, job in self._pending])
         self._pending.clear()
+        self._borrowed.clear()
 
 
 class RowSink:
     """Stages rows of one array and writes each chunk whole, once it is full.
 
+    Rows that hold a whole chunk, contiguous and of the array's dtype, are
+    not staged: the chunk is stored from them, borrowed (``ChunkWriter.write``),
+    and the caller keeps them unchanged until ``ChunkWriter.release`` returns.
     Rows arrive at increasing positions (gaps keep the fill value). ``flush``
     writes the partly filled current chunk so a commit can cover it; the chunk
     is written again, whole, when it fills. The array grows (never shrinks)
@@ -364,6 +383,7 @@ class RowSink:
         stop = start + len(rows)
         if stop > self.array.shape[0]:
             self.array.resize((max(stop, 2 * self.array.shape[0]), *self.array.shape[1:]))
+        lendable = rows.dtype == self.array.dtype and rows.flags.c_contiguous
         done = 0
         while done < len(rows):
             pos = start + done
@@ -372,6 +392,10 @@ class RowSink:
                 if self._chunk >= 0 and self._stored < self.rows:
                     self._dirty = True  # rows skipped at its end are final: store it whole, hashed whole
                 self._write(whole=True)
+                if pos % self.rows == 0 and len(rows) - done >= self.rows and lendable:
+                    self._lend(chunk, rows[done : done + self.rows])
+                    done += self.rows
+                    continue
                 self._start_chunk(chunk)
             lo = pos - chunk * self.rows
             n = min(len(rows) - done, self.rows - lo)
@@ -381,6 +405,14 @@ class RowSink:
             self._data = max(self._data, lo + n)
             done += n
             self._dirty = True
+
+    def _lend(self, chunk: int, block: np.ndarray) -> None:
+        # A whole chunk of the caller's rows is stored from where they are, not staged: a copy less of every
+        # row (issue 17). The caller keeps them unchanged until ``ChunkWriter.release``.
+        self.writer.write(self.array, chunk, block, borrowed=True)
+        self._chunk, self._buf = chunk, np.empty(0)
+        self._staged = self._data = self._stored = self.rows
+        self._dirty = False
 
     def _start_chunk(self, chunk: int) -> None:
         self._chunk = chunk

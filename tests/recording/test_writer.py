@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import snapstore
 from snapstore import config
+from snapstore.storage import _zarr
 
 
 def alive(pid: int) -> bool:
@@ -49,6 +50,28 @@ def test_rows_round_trip_through_a_ring_that_wraps(tmp_path_factory, monkeypatch
     ep = snapstore.open(path)["train"].epoch(0)
     assert ep.complete and ep.order.tolist() == list(range(n))
     np.testing.assert_array_equal(ep.to_numpy()["0"], torch.cat(seen).numpy())
+
+
+def test_chunks_stored_from_the_ring_are_encoded_before_it_is_reused(tmp_path, monkeypatch):
+    """Whole chunks of a batch are stored from the ring itself, not staged: the writer process hands an
+    operation's rows back only once every chunk stored from them is encoded. Encoding each chunk is slowed
+    (the forked writer inherits the slower function) and the ring holds two batches, so rows handed back
+    early would be overwritten by later batches before their chunks are encoded."""
+    monkeypatch.setattr(config, "DEFAULT_CHUNK_BYTES", 64 * 1024)  # 16 rows of 4 KiB a chunk
+    monkeypatch.setattr(config, "DEFAULT_QUEUE_BYTES", 2 * 32 * 4096 + 4096)  # two batches of 32 rows
+    encode = _zarr.encode
+
+    def slow(codecs, block):
+        time.sleep(0.005)
+        return encode(codecs, block)
+
+    monkeypatch.setattr(_zarr, "encode", slow)
+    data = torch.from_numpy(np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32))
+    path = tmp_path / "run.snap"
+    with snapstore.Recorder(path) as rec:
+        for _ in rec.wrap(DataLoader(TensorDataset(data), batch_size=32), name="train", raw=None):
+            pass
+    np.testing.assert_array_equal(snapstore.open(path)["train"].epoch(0).to_numpy()["0"], data.numpy())
 
 
 def test_streams_recorded_from_two_threads_at_once(tmp_path, monkeypatch):
