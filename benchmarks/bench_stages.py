@@ -60,9 +60,10 @@ else:  # run as a script: its folder is first on sys.path
 
 
 def _encode_nothing(self: writers.ChunkWriter, where: Any, codecs: Any, block: np.ndarray, table: dict, c: int,
-                    n: int) -> None:
+                    n: int, recycle: bool) -> None:
     table[c] = (n, 0)
-    self.buffers.give_back([block])
+    if recycle:
+        self.buffers.give_back([block])
 
 
 #: The stages line by line switches off, each with the snapstore functions it replaces while the line runs.
