@@ -74,6 +74,21 @@ def test_chunks_stored_from_the_ring_are_encoded_before_it_is_reused(tmp_path, m
     np.testing.assert_array_equal(snapstore.open(path)["train"].epoch(0).to_numpy()["0"], data.numpy())
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="scheduling policies are Linux's")
+def test_the_writer_process_and_its_threads_do_not_preempt_the_training_thread(tmp_path):
+    """The writer process runs at SCHED_BATCH, and so does every thread it started to encode and store chunks:
+    a batch handed over does not put the writer on the CPU ahead of the training thread that sent it."""
+    data = torch.from_numpy(np.random.default_rng(0).standard_normal((4096, 1024), dtype=np.float32))
+    with snapstore.Recorder(tmp_path / "run.snap") as rec:
+        for _ in rec.wrap(DataLoader(TensorDataset(data), batch_size=512), name="train", raw=None):
+            pass
+        pid = rec._session.writer_pid
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        assert len(threads) > 1  # its encoders
+        assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_BATCH}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the training process's own policy is left alone
+
+
 def test_streams_recorded_from_two_threads_at_once(tmp_path, monkeypatch):
     """Two loaders of one Recorder iterated by two threads at the same time (a validation loop beside the
     training loop): the rows each thread handed over are interleaved in a small ring that wraps around
