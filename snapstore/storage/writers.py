@@ -327,9 +327,11 @@ class ChunkWriter:
             self._borrowed.popleft().result()
 
     def wait(self) -> None:
-        """Return once every chunk handed over so far is stored; raise the first failure."""
+        """Return once every chunk handed over so far is stored (none borrowed is read any more); raise the
+        first failure."""
         while self._pending:
             self._pending.popleft()[1].result()
+        self._borrowed.clear()
 
     def sync(self) -> None:
         """Make every chunk handed over so far durable: ``wait`` (the job that stores a chunk file on a local
@@ -407,8 +409,7 @@ class RowSink:
             self._dirty = True
 
     def _lend(self, chunk: int, block: np.ndarray) -> None:
-        # A whole chunk of the caller's rows is stored from where they are, not staged: a copy less of every
-        # row (issue 17). The caller keeps them unchanged until ``ChunkWriter.release``.
+        # stored from the caller's rows, not staged: a copy less of every row (issue 17)
         self.writer.write(self.array, chunk, block, borrowed=True)
         self._chunk, self._buf = chunk, np.empty(0)
         self._staged = self._data = self._stored = self.rows
