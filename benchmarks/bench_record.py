@@ -135,7 +135,7 @@ class PeakPss:
     subtract them), every 50 ms or, where a sample costs more, as often as keeps the thread under ``DUTY``
     of a CPU. For each sample the kernel walks every process's page tables: 3-9 ms of CPU for the
     CIFAR-like training process and each of its loader workers, 7-14 ms for the ImageNet-like ones, 2 ms
-    for snapstore's writer. Sampled every 50 ms regardless, as before issue 17's session 13, the samples took
+    for snapstore's writer. Sampled every 50 ms regardless (until issue 17 measured it), the samples took
     22 ms of CPU every 50 ms in the CIFAR-like loop with two workers, 37 ms in the ImageNet-like one.
     """
 
