@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import snapstore
+from snapstore import storage
 
 
 class Rows(Dataset):
@@ -87,7 +88,9 @@ STAGES = textwrap.dedent('''
 
 
 def kill_at(path, mode: str, marker: str) -> list[str]:
-    """Run STAGES, SIGKILL it as soon as it prints ``marker``; the lines it printed."""
+    """Run STAGES, SIGKILL it as soon as it prints ``marker``, and return the lines it printed once its writer
+    process has left too: that runs one more operation before it notices (``recording.writer``), so the
+    snapshot is read once the lock it inherited is free, as the next ``Recorder`` takes it."""
     proc = subprocess.Popen([sys.executable, "-c", STAGES, str(path), mode], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     lines = []
@@ -105,6 +108,7 @@ def kill_at(path, mode: str, marker: str) -> list[str]:
         proc.stdin.close()
         proc.stdout.close()
     assert lines[-1] == marker
+    storage.SnapshotLock(str(path)).release()
     return lines
 
 
