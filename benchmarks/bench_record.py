@@ -220,7 +220,7 @@ def timed_epoch(start: Callable[[], Any], step: float, put: Callable[..., None] 
     the batch (peers), ``images.sum()`` and a ``step``-second sleep (the accelerator); ``finish()`` after the
     last batch. ``inside``: seconds the training thread spent in ``start``, ``next``, ``put`` and ``finish``."""
     with PeakPss() as pss:
-        t, cpu, thread = time.perf_counter(), _cpu(), time.thread_time()
+        t, cpu, thread, sampling = time.perf_counter(), _cpu(), time.thread_time(), pss.cpu
         it = start()
         inside = time.perf_counter() - t
         n = batches = 0
@@ -245,7 +245,7 @@ def timed_epoch(start: Callable[[], Any], step: float, put: Callable[..., None] 
             inside += time.perf_counter() - a
         seconds = time.perf_counter() - t
         thread = time.thread_time() - thread
-        cpu = _cpu() - cpu - pss.cpu
+        cpu = _cpu() - cpu - (pss.cpu - sampling)
     return {"seconds": seconds, "cpu": cpu, "inside": inside, "thread": thread, "pss": pss.peak,
             "batches": batches, "samples": n}
 
