@@ -13,19 +13,21 @@ figure can be read against the floor it cannot go below on this machine:
   them (Blosc-LZ4, as snapstore's default), checksums them (crc32c) and
   appends them to one file: the loop's samples/s over the bare loop's.
   Repeated with no compression (crc32c and the write only), and with the
-  background work in a writer process instead of a thread: the training
-  thread copies each batch into one of a few shared-memory slots and passes
-  the slot's number through a pipe; the process encodes, checksums and
-  appends, then hands the slot back (the design that takes the writer's
-  interpreter work out of the training process).
+  background work in a writer process instead of a thread (``process_floor``:
+  the training thread copies each batch into one of a few shared-memory slots
+  and passes the slot's number through a pipe; the process encodes, checksums
+  and appends, then hands the slot back: the design that takes the writer's
+  interpreter work out of the training process), and with that process storing
+  each 2 MiB chunk durably, a file each, fsynced (what a crash-consistent
+  chunked store such as snapstore's costs at the least).
 * step-bound floor: the loop with a 30 ms simulated accelerator step a batch
-  (as ``bench_record.py``'s step-bound lines), bare, with only the copy
-  (the batch and its raw crops into recycled buffers, nothing written), and
-  with the copy and a background thread that Blosc-LZ4-encodes every copied
-  block and drops it (no checksum, nothing stored), in alternating runs: the
-  ratios, and the copy's own time a batch on the training thread. No
-  asynchronous recorder that keeps what the loop saw exact can cost the step
-  less than the copy, nor one that compresses less than the encoding.
+  (as ``bench_record.py``'s step-bound lines), in alternating runs: bare; with
+  only the training thread's copy into shared memory (nothing written); with a
+  writer process that LZ4-encodes the copies and drops them; that stores them
+  durably as above; and that does so with the raw crops too (epoch 0's bytes;
+  the others are a later epoch's: images, labels, indices). No recorder built
+  as snapstore's (a writer process fed through shared memory) can cost the step
+  less than the line that does its work.
 * interference: the same loop's slowdown while a background thread streams
   memory (``np.copyto`` of 3 MB blocks) vs. computes in its cache (``np.sort`` of
   1.6 MB): on a 2-core machine whose cores share the memory system, moving
@@ -39,7 +41,6 @@ figure can be read against the floor it cannot go below on this machine:
 
 from __future__ import annotations
 
-import collections
 import multiprocessing
 import os
 import queue
@@ -59,10 +60,10 @@ import torch
 
 if __package__:  # imported from the package `benchmarks` (tests/benchmarks/test_bench_limits.py)
     from . import workloads
-    from .bench_record import Evictor, train_loop
+    from .bench_record import Evictor
 else:  # run as a script: its folder is first on sys.path
     import workloads
-    from bench_record import Evictor, train_loop
+    from bench_record import Evictor
 
 CHUNK = 2 * 1024 * 1024
 LZ4 = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
@@ -75,13 +76,10 @@ def _append(f: Any, block: Any, compress: bool = True) -> None:
     f.write(google_crc32c.value(data).to_bytes(4, "little"))
 
 
-def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool | None, workers: int = 0) -> float:
-    """Seconds for one epoch: bare (``compress=None``) or with the minimal recorder."""
+def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool, workers: int = 0) -> float:
+    """Seconds for one epoch with the minimal recorder: the training thread copies each batch and its raw crops,
+    a background thread LZ4-encodes them (unless ``compress`` is false), checksums and appends them."""
     loader = workloads.make_loader(ds, w, workers)
-    if compress is None:
-        t = time.perf_counter()
-        train_loop(loader)
-        return time.perf_counter() - t
     jobs: queue.Queue = queue.Queue(maxsize=8)
 
     def store() -> None:
@@ -104,100 +102,129 @@ def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool | N
 STEP = 0.030  # the step-bound loop's simulated accelerator step, seconds (as in bench_record.py)
 
 
-def step_floor(ds: Any, w: workloads.Workload, workers: int, mode: str) -> tuple[float, float]:
-    """``(seconds, copy seconds a batch)`` of one epoch of the step-bound loop (a ``STEP``-second sleep a
-    batch, the GIL released): ``"bare"``; ``"copy"``: with only the copy every safe asynchronous recorder
-    makes on the training thread (the batch and its raw crops into recycled buffers; nothing is written);
-    ``"encode"``: the copy, and a background thread Blosc-LZ4-encoding each copied block (nothing stored)."""
-    loader = workloads.make_loader(ds, w, workers)
-    buffers: dict[tuple[Any, ...], collections.deque[np.ndarray]] = {}
-    encoding: queue.Queue = queue.Queue(maxsize=8)
-
-    in_flight = encoding.maxsize + 1 if mode == "encode" else 0  # blocks the encoder may still read
-
-    def into(rows: np.ndarray) -> np.ndarray:
-        kept = buffers.setdefault((rows.shape, rows.dtype.str), collections.deque())
-        buf = kept.popleft() if len(kept) > in_flight else np.empty_like(rows)
-        np.copyto(buf, rows)
-        kept.append(buf)
-        return buf
-
-    def encode() -> None:
-        while (blocks := encoding.get()) is not None:
-            for b in blocks:
-                LZ4.encode(b)
-
-    encoder = threading.Thread(target=encode)
-    encoder.start()
-    copying = batches = 0
-    t = time.perf_counter()
+def _writer(name: str, slot_bytes: int, todo: Any, free: Any, folder: str, mode: str) -> None:
+    """The writer process of ``process_floor``: does what ``mode`` says with each slot's blocks, then hands the
+    slot back; in ``"durable"`` mode it fsyncs the folder once every block is stored (the epoch's commit).
+    It runs at ``SCHED_BATCH``, as snapstore's writer does."""
     try:
-        for images, labels, index in loader:
-            if mode != "bare":
-                a = time.perf_counter()
-                idx = index.numpy()
-                blocks = [into(rows) for rows in (images.numpy(), labels.numpy(), idx, ds.crops[idx])]
-                if mode == "encode":
-                    encoding.put(blocks)
-                copying += time.perf_counter() - a
-            images.sum()
-            time.sleep(STEP)
-            batches += 1
-    finally:
-        encoding.put(None)
-        encoder.join()
-    return time.perf_counter() - t, copying / max(1, batches)
-
-
-def _store_slots(name: str, slot_bytes: int, todo: Any, free: Any, path: str) -> None:
-    """The writer process of ``recording_floor_process``: encode, checksum and append each slot's blocks."""
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
     shm = shared_memory.SharedMemory(name=name)
+    slab = np.ndarray((shm.size,), np.uint8, buffer=shm.buf)
+    chunks = 0
     try:
-        with open(path, "wb") as f:
+        with open(os.path.join(folder, "floor.bin"), "wb") as f:
             while (job := todo.recv()) is not None:
                 slot, sizes = job
                 at = slot * slot_bytes
                 for n in sizes:
-                    _append(f, shm.buf[at : at + n])
+                    block = slab[at : at + n]
+                    if mode == "encode":
+                        LZ4.encode(block)
+                    elif mode == "append":
+                        _append(f, block)
+                    else:
+                        for lo in range(0, n, CHUNK):
+                            _store_durably(os.path.join(folder, f"c{chunks}"), block[lo : lo + CHUNK])
+                            chunks += 1
                     at += n
+                del block
                 free.put(slot)
-    finally:
-        shm.close()
-
-
-def recording_floor_process(ds: Any, w: workloads.Workload, tmp: str, slots: int = 8) -> float:
-    """Seconds for one epoch with the minimal recorder's work in a writer process (``num_workers=0``)."""
-    loader = workloads.make_loader(ds, w, 0)
-    row = 3 * w.size * w.size
-    slot_bytes = w.batch * (row * 4 + row + 2 * 8)  # float32 image, uint8 crop, label, index
-    shm = shared_memory.SharedMemory(create=True, size=slot_bytes * slots)
-    ctx = multiprocessing.get_context("fork")  # the child imports nothing; its start is not the loop's cost
-    todo, send = ctx.Pipe(duplex=False)
-    free = ctx.SimpleQueue()
-    for s in range(slots):
-        free.put(s)
-    writer = ctx.Process(target=_store_slots, args=(shm.name, slot_bytes, todo, free, os.path.join(tmp, "floor.bin")))
-    writer.start()
-    slab = np.ndarray((slots * slot_bytes,), np.uint8, buffer=shm.buf)
-    try:
-        t = time.perf_counter()
-        for images, labels, index in loader:
-            images.sum()
-            slot = free.get()
-            at, sizes = slot * slot_bytes, []
-            for a in (images.numpy(), ds.crops[index.numpy()], labels.numpy(), index.numpy()):
-                b = a.reshape(-1).view(np.uint8)
-                slab[at : at + b.nbytes] = b
-                at += b.nbytes
-                sizes.append(b.nbytes)
-            send.send((slot, sizes))
-        send.send(None)
-        writer.join()
-        return time.perf_counter() - t
+        if mode == "durable":
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     finally:
         del slab
         shm.close()
+
+
+def _store_durably(path: str, block: np.ndarray) -> None:
+    """One chunk as a crash-consistent store writes it: LZ4 + crc32c into a temp file, renamed, fsynced."""
+    with open(path + ".partial", "wb") as f:
+        _append(f, block)
+    os.replace(path + ".partial", path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def process_floor(ds: Any, w: workloads.Workload, tmp: str, mode: str, *, workers: int = 0, step: float = 0.0,
+                  raw: bool = True, slots: int = 8) -> tuple[float, float]:
+    """``(seconds, ms a batch on the training thread)`` of one epoch of the loop (``step`` seconds of sleep a
+    batch) with the least a recorder built as snapstore's is (a writer process fed through shared memory)
+    can do: the training thread copies each batch (its images, labels and indices, and with ``raw`` its raw
+    crops: the bytes of snapstore's epoch 0; without, those of its later epochs) into one of ``slots``
+    shared-memory slots and sends the slot's number through a pipe; the writer process hands the slot
+    back once it has done with them what ``mode`` says:
+
+    * ``"copy"``: there is no writer process (the training thread's copy only);
+    * ``"encode"``: LZ4-encodes them and drops the bytes;
+    * ``"append"``: LZ4 + crc32c, appended to one file (no fsync);
+    * ``"durable"``: LZ4 + crc32c a 2 MiB chunk, each chunk its own file (temp file, rename, fsync).
+
+    The epoch ends once the writer has done so with every block."""
+    loader = workloads.make_loader(ds, w, workers)
+    row = 3 * w.size * w.size
+    slot_bytes = w.batch * (row * 4 + (row if raw else 0) + 2 * 8)
+    shm = shared_memory.SharedMemory(create=True, size=slot_bytes * slots)
+    slab = np.ndarray((slots * slot_bytes,), np.uint8, buffer=shm.buf)
+    ctx = multiprocessing.get_context("fork")  # the child imports nothing; its start is not the loop's cost
+    todo, send = ctx.Pipe(duplex=False)
+    free = ctx.SimpleQueue()
+    writer = None
+    if mode != "copy":
+        for s in range(slots):
+            free.put(s)
+        folder = tempfile.mkdtemp(dir=tmp)
+        writer = ctx.Process(target=_writer, args=(shm.name, slot_bytes, todo, free, folder, mode))
+        writer.start()
+    handing = 0.0
+    batches = 0
+    try:
+        t = time.perf_counter()
+        for images, labels, index in loader:
+            a = time.perf_counter()
+            slot = free.get() if writer is not None else batches % slots
+            idx = index.numpy()
+            at, sizes = slot * slot_bytes, []
+            for block in (images.numpy(), labels.numpy(), idx, *((ds.crops[idx],) if raw else ())):
+                b = block.reshape(-1).view(np.uint8)
+                slab[at : at + b.nbytes] = b
+                at += b.nbytes
+                sizes.append(b.nbytes)
+            if writer is not None:
+                send.send((slot, sizes))
+            handing += time.perf_counter() - a
+            images.sum()
+            if step:
+                time.sleep(step)
+            batches += 1
+        if writer is not None:
+            send.send(None)
+            writer.join()
+        return time.perf_counter() - t, 1e3 * handing / max(1, batches)
+    finally:
+        if writer is not None and writer.is_alive():
+            writer.kill()
+        del slab
+        shm.close()
         shm.unlink()
+
+
+def bare_epoch(ds: Any, w: workloads.Workload, workers: int = 0, step: float = 0.0) -> float:
+    """Seconds of one epoch of the bare loop (``step`` seconds of sleep a batch)."""
+    t = time.perf_counter()
+    for images, _labels, _index in workloads.make_loader(ds, w, workers):
+        images.sum()
+        if step:
+            time.sleep(step)
+    return time.perf_counter() - t
 
 
 def interference(ds: Any, w: workloads.Workload, kind: str) -> float:
@@ -216,7 +243,7 @@ def interference(ds: Any, w: workloads.Workload, kind: str) -> float:
     th = threading.Thread(target=background)
     th.start()
     try:
-        return recording_floor(ds, w, "", None)
+        return bare_epoch(ds, w)
     finally:
         stop.set()
         th.join()
@@ -287,29 +314,33 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        loop: dict[str, list[float]] = {k: [] for k in ("bare", "lz4", "process", "none", "stream", "compute",
-                                                        "bare nw=2", "lz4 nw=2")}
+        loop: dict[str, list[float]] = {k: [] for k in ("bare", "lz4", "process", "durable", "none", "stream",
+                                                        "compute", "bare nw=2", "lz4 nw=2", "durable nw=2")}
         for _ in range(repeat):
-            loop["bare"].append(recording_floor(ds, w, tmp, None))
+            loop["bare"].append(bare_epoch(ds, w))
             loop["lz4"].append(recording_floor(ds, w, tmp, True))
-            loop["process"].append(recording_floor_process(ds, w, tmp))
+            loop["process"].append(process_floor(ds, w, tmp, "append")[0])
+            loop["durable"].append(process_floor(ds, w, tmp, "durable")[0])
             loop["none"].append(recording_floor(ds, w, tmp, False))
             loop["stream"].append(interference(ds, w, "stream"))
             loop["compute"].append(interference(ds, w, "compute"))
             torch.set_num_threads(threads)  # as bench_record.py: one intra-op thread only when the loop fetches too
-            loop["bare nw=2"].append(recording_floor(ds, w, tmp, None, 2))
+            loop["bare nw=2"].append(bare_epoch(ds, w, 2))
             loop["lz4 nw=2"].append(recording_floor(ds, w, tmp, True, 2))
+            loop["durable nw=2"].append(process_floor(ds, w, tmp, "durable", workers=2)[0])
             torch.set_num_threads(1)
         med = {k: statistics.median(v) for k, v in loop.items()}
         step: dict[int, dict[str, float]] = {}
-        for workers in (0, 2):  # bare, copy-only and encoding epochs alternate, twice as many as the other lines
+        for workers in (0, 2):  # the step-bound lines alternate, twice as many runs as the other lines
             torch.set_num_threads(1 if workers == 0 else threads)
-            runs = [[step_floor(ds, w, workers, mode) for mode in ("bare", "copy", "encode")]
+            runs = [{"bare": (bare_epoch(ds, w, workers, STEP), 0.0),
+                     **{mode: process_floor(ds, w, tmp, mode, workers=workers, step=STEP, raw=False)
+                        for mode in ("copy", "encode", "durable")},
+                     "durable, raw": process_floor(ds, w, tmp, "durable", workers=workers, step=STEP)}
                     for _ in range(2 * repeat)]
-            step[workers] = {"ratio": statistics.median(b[0] / c[0] for b, c, _ in runs),
-                             "encode ratio": statistics.median(b[0] / e[0] for b, _, e in runs),
-                             "copy ms": 1e3 * statistics.median(c[1] for _, c, _ in runs),
-                             "batch ms": 1e3 * statistics.median(b[0] for b, _, _ in runs) / -(-w.samples // w.batch)}
+            step[workers] = {line: statistics.median(r["bare"][0] / r[line][0] for r in runs) for line in runs[0]}
+            step[workers]["copy ms"] = statistics.median(r["copy"][1] for r in runs)
+            step[workers]["batch ms"] = 1e3 * statistics.median(r["bare"][0] for r in runs) / -(-w.samples // w.batch)
         torch.set_num_threads(1)
         images = np.stack([ds[i][0].numpy() for i in range(w.samples)])
         results = {
@@ -327,19 +358,24 @@ def run(full: bool = False, repeat: int | None = None, out: Any = sys.stdout) ->
     for key, label in [("bare", "bare loop"),
                        ("lz4", "loop + copy + background LZ4 + crc32c + write (minimal recorder)"),
                        ("process", "loop + copy into shared memory + the same work in a writer process"),
+                       ("durable", "loop + copy into shared memory + a writer process storing 2 MiB chunks "
+                                   "durably (LZ4 + crc32c, a file each, fsynced)"),
                        ("none", "loop + copy + background crc32c + write, no compression"),
                        ("stream", "loop + a background thread streaming memory (np.copyto)"),
                        ("compute", "loop + a background thread computing in its cache (np.sort)"),
-                       ("bare nw=2", "bare loop"), ("lz4 nw=2", "loop + minimal recorder")]:
+                       ("bare nw=2", "bare loop"), ("lz4 nw=2", "loop + minimal recorder"),
+                       ("durable nw=2", "loop + the writer process storing chunks durably")]:
         workers, bare = (2, med["bare nw=2"]) if key.endswith("nw=2") else (0, med["bare"])
         p(f"| {label} | {workers} | {w.samples / med[key]:,.0f} | {bare / med[key]:.3f} |")
-    p(f"\nStep-bound floor ({STEP * 1e3:.0f} ms step a batch; medians of {2 * repeat} alternating runs):\n")
-    p("| num_workers | bare ms a batch | copy only: ratio to bare | copy + background LZ4 encode: ratio to bare "
-      "| the copy, ms a batch (training thread) | the copy as a share of the bare batch |\n"
-      "| --- | --- | --- | --- | --- | --- |")
+    p(f"\nStep-bound floor ({STEP * 1e3:.0f} ms step a batch; ratio to bare; medians of {2 * repeat} alternating runs; "
+      "the training thread copies images, labels and indices into shared memory, plus the raw crops in the last "
+      "line; the writer process does what the column says):\n")
+    p("| num_workers | bare ms a batch | copy only | + LZ4 encode in a writer process | + chunks stored durably "
+      "| + raw crops (epoch 0's bytes) | the copy, ms a batch (training thread) | the copy as a share of the bare "
+      "batch |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
     for workers, r in step.items():
-        p(f"| {workers} | {r['batch ms']:.1f} | {r['ratio']:.3f} | {r['encode ratio']:.3f} | {r['copy ms']:.2f} "
-          f"| {100 * r['copy ms'] / r['batch ms']:.1f} % |")
+        p(f"| {workers} | {r['batch ms']:.1f} | {r['copy']:.3f} | {r['encode']:.3f} | {r['durable']:.3f} "
+          f"| {r['durable, raw']:.3f} | {r['copy ms']:.2f} | {100 * r['copy ms'] / r['batch ms']:.1f} % |")
     p(f"\nbuffered disk write, 2 MiB files, no fsync: {results['disk MB/s']:,.0f} MB/s")
     p("replay ceiling, float32 images, one core: "
       + ", ".join(f"{k} {v:,.0f} samples/s" for k, v in results["replay"].items()))
