@@ -174,14 +174,14 @@ def process_floor(ds: Any, w: workloads.Workload, tmp: str, mode: str, *, worker
     slot_bytes = w.batch * (row * 4 + (row if raw else 0) + 2 * 8)
     shm = shared_memory.SharedMemory(create=True, size=slot_bytes * slots)
     slab = np.ndarray((slots * slot_bytes,), np.uint8, buffer=shm.buf)
-    ctx = multiprocessing.get_context("fork")  # the child imports nothing; its start is not the loop's cost
-    todo, send = ctx.Pipe(duplex=False)
-    free = ctx.SimpleQueue()
+    folder = tempfile.mkdtemp(dir=tmp)
     writer = None
     if mode != "copy":
+        ctx = multiprocessing.get_context("fork")  # the child imports nothing; its start is not the loop's cost
+        todo, send = ctx.Pipe(duplex=False)
+        free = ctx.SimpleQueue()
         for s in range(slots):
             free.put(s)
-        folder = tempfile.mkdtemp(dir=tmp)
         writer = ctx.Process(target=_writer, args=(shm.name, slot_bytes, todo, free, folder, mode))
         writer.start()
     handing = 0.0
@@ -215,6 +215,7 @@ def process_floor(ds: Any, w: workloads.Workload, tmp: str, mode: str, *, worker
         del slab
         shm.close()
         shm.unlink()
+        shutil.rmtree(folder, ignore_errors=True)  # an epoch's chunk files: GBs over a full run
 
 
 def bare_epoch(ds: Any, w: workloads.Workload, workers: int = 0, step: float = 0.0) -> float:
