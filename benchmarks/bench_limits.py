@@ -129,14 +129,10 @@ def _writer(name: str, slot_bytes: int, todo: Any, free: Any, folder: str, mode:
                             _store_durably(os.path.join(folder, f"c{chunks}"), block[lo : lo + CHUNK])
                             chunks += 1
                     at += n
-                del block
+                del block  # no view of the slab may outlive it: shm.close() refuses while one does
                 free.put(slot)
         if mode == "durable":
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(folder)
     finally:
         del slab
         shm.close()
@@ -147,6 +143,11 @@ def _store_durably(path: str, block: np.ndarray) -> None:
     with open(path + ".partial", "wb") as f:
         _append(f, block)
     os.replace(path + ".partial", path)
+    _fsync(path)
+
+
+def _fsync(path: str) -> None:
+    """fsync a file or a folder."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
