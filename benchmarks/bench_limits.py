@@ -99,11 +99,12 @@ def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool, wo
     return time.perf_counter() - t
 
 
+SLOTS_BYTES = 64 * 1024 * 1024  # a ProcessRecorder's slots, at most (two at least): snapstore's ring's size
 STEP = 0.030  # the step-bound loop's simulated accelerator step, seconds (as in bench_record.py)
 
 
 def _writer(name: str, slot_bytes: int, todo: Any, free: Any, folder: str, mode: str) -> None:
-    """The writer process of ``process_floor``: does what ``mode`` says with each slot's blocks, then hands the
+    """The writer process of ``ProcessRecorder``: does what ``mode`` says with each slot's blocks, then hands the
     slot back; in ``"durable"`` mode it fsyncs the folder once every block is stored (the epoch's commit).
     It runs at ``SCHED_BATCH``, as snapstore's writer does."""
     try:
@@ -155,68 +156,98 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def process_floor(ds: Any, w: workloads.Workload, tmp: str, mode: str, *, workers: int = 0, step: float = 0.0,
-                  raw: bool = True, slots: int = 8) -> tuple[float, float]:
-    """``(seconds, ms a batch on the training thread)`` of one epoch of the loop (``step`` seconds of sleep a
-    batch) with the least a recorder built as snapstore's is (a writer process fed through shared memory)
-    can do: the training thread copies each batch (its images, labels and indices, and with ``raw`` its raw
-    crops: the bytes of snapstore's epoch 0; without, those of its later epochs) into one of ``slots``
-    shared-memory slots and sends the slot's number through a pipe; the writer process hands the slot
-    back once it has done with them what ``mode`` says:
+class ProcessRecorder:
+    """The least a recorder built as snapstore's (a writer process fed through shared memory) can do, as a loop
+    peer of ``bench_record.py``: ``put`` each batch, ``end`` the epoch.
+
+    The training thread copies each batch (its images, labels and indices, and with ``raw`` its raw crops:
+    the bytes of snapstore's epoch 0; without, those of its later epochs) into one of ``slots``
+    shared-memory slots (as many as ``SLOTS_BYTES`` holds, two at least) and sends the slot's number through a
+    pipe; the writer process, forked at the first
+    ``put``, hands the slot back once it has done with them what ``mode`` says:
 
     * ``"copy"``: there is no writer process (the training thread's copy only);
     * ``"encode"``: LZ4-encodes them and drops the bytes;
     * ``"append"``: LZ4 + crc32c, appended to one file (no fsync);
-    * ``"durable"``: LZ4 + crc32c a 2 MiB chunk, each chunk its own file (temp file, rename, fsync).
+    * ``"durable"``: LZ4 + crc32c a 2 MiB chunk, each chunk its own file (temp file, rename, fsync), and the
+      folder fsynced at the end: the least a crash-consistent chunked store writes.
 
-    The epoch ends once the writer has done so with every block."""
-    loader = workloads.make_loader(ds, w, workers)
-    row = 3 * w.size * w.size
-    slot_bytes = w.batch * (row * 4 + (row if raw else 0) + 2 * 8)
-    shm = shared_memory.SharedMemory(create=True, size=slot_bytes * slots)
-    slab = np.ndarray((slots * slot_bytes,), np.uint8, buffer=shm.buf)
-    folder = tempfile.mkdtemp(dir=tmp)
-    writer = None
-    if mode != "copy":
-        ctx = multiprocessing.get_context("fork")  # the child imports nothing; its start is not the loop's cost
-        todo, send = ctx.Pipe(duplex=False)
-        free = ctx.SimpleQueue()
-        for s in range(slots):
-            free.put(s)
-        writer = ctx.Process(target=_writer, args=(shm.name, slot_bytes, todo, free, folder, mode))
-        writer.start()
-    handing = 0.0
-    batches = 0
+    ``end`` returns once the writer has done so with every block, and removes what it stored (an epoch's
+    chunk files: GBs over a full run). ``handing``: seconds the training thread spent in ``put``.
+    """
+
+    def __init__(self, ds: Any, out: str, mode: str = "durable", *, raw: bool = True, slots: int = 8) -> None:
+        self.ds, self.mode, self.raw, self.slots = ds, mode, raw, slots
+        self.folder = tempfile.mkdtemp(dir=out)
+        self.shm: shared_memory.SharedMemory | None = None
+        self.writer: Any = None
+        self.batches = 0
+        self.handing = 0.0
+
+    def _start(self, slot_bytes: int) -> None:
+        self.slot_bytes = slot_bytes
+        self.shm = shared_memory.SharedMemory(create=True, size=slot_bytes * self.slots)
+        self.slab = np.ndarray((self.slots * slot_bytes,), np.uint8, buffer=self.shm.buf)
+        if self.mode != "copy":
+            ctx = multiprocessing.get_context("fork")  # the child imports nothing
+            todo, self.todo = ctx.Pipe(duplex=False)
+            self.free = ctx.SimpleQueue()
+            for s in range(self.slots):
+                self.free.put(s)
+            self.writer = ctx.Process(target=_writer, args=(self.shm.name, slot_bytes, todo, self.free, self.folder,
+                                                             self.mode))
+            self.writer.start()
+
+    def put(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
+        a = time.perf_counter()
+        idx = index.numpy()
+        blocks = [images.numpy(), labels.numpy(), idx, *((self.ds.crops[idx],) if self.raw else ())]
+        if self.shm is None:  # slots of the first batch's size: the largest
+            slot_bytes = sum(b.nbytes for b in blocks)
+            self.slots = max(2, min(self.slots, SLOTS_BYTES // slot_bytes))
+            self._start(slot_bytes)
+        slot = self.free.get() if self.writer is not None else self.batches % self.slots
+        at, sizes = slot * self.slot_bytes, []
+        for block in blocks:
+            b = block.reshape(-1).view(np.uint8)
+            self.slab[at : at + b.nbytes] = b
+            at += b.nbytes
+            sizes.append(b.nbytes)
+        if self.writer is not None:
+            self.todo.send((slot, sizes))
+        self.batches += 1
+        self.handing += time.perf_counter() - a
+
+    def end(self) -> None:
+        try:
+            if self.writer is not None:
+                self.todo.send(None)
+                self.writer.join()
+        finally:
+            if self.writer is not None and self.writer.is_alive():
+                self.writer.kill()
+            if self.shm is not None:
+                del self.slab
+                self.shm.close()
+                self.shm.unlink()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def process_floor(ds: Any, w: workloads.Workload, tmp: str, mode: str, *, workers: int = 0, step: float = 0.0,
+                  raw: bool = True, slots: int = 8) -> tuple[float, float]:
+    """``(seconds, ms a batch on the training thread)`` of one epoch of the loop (``step`` seconds of sleep a
+    batch) recorded by a ``ProcessRecorder`` doing what ``mode`` says, its ``end`` included."""
+    rec = ProcessRecorder(ds, tmp, mode, raw=raw, slots=slots)
     try:
         t = time.perf_counter()
-        for images, labels, index in loader:
-            a = time.perf_counter()
-            slot = free.get() if writer is not None else batches % slots
-            idx = index.numpy()
-            at, sizes = slot * slot_bytes, []
-            for block in (images.numpy(), labels.numpy(), idx, *((ds.crops[idx],) if raw else ())):
-                b = block.reshape(-1).view(np.uint8)
-                slab[at : at + b.nbytes] = b
-                at += b.nbytes
-                sizes.append(b.nbytes)
-            if writer is not None:
-                send.send((slot, sizes))
-            handing += time.perf_counter() - a
+        for images, labels, index in workloads.make_loader(ds, w, workers):
+            rec.put(images, labels, index)
             images.sum()
             if step:
                 time.sleep(step)
-            batches += 1
-        if writer is not None:
-            send.send(None)
-            writer.join()
-        return time.perf_counter() - t, 1e3 * handing / max(1, batches)
     finally:
-        if writer is not None and writer.is_alive():
-            writer.kill()
-        del slab
-        shm.close()
-        shm.unlink()
-        shutil.rmtree(folder, ignore_errors=True)  # an epoch's chunk files: GBs over a full run
+        rec.end()
+    return time.perf_counter() - t, 1e3 * rec.handing / max(1, rec.batches)
 
 
 def bare_epoch(ds: Any, w: workloads.Workload, workers: int = 0, step: float = 0.0) -> float:

@@ -17,7 +17,10 @@ What is measured (medians of ``--repeat`` runs; bare and recorded runs alternate
   whose time includes ``Recorder.close()``, reported apart) and recorded by each
   peer on the training thread (``torch.save`` of every batch, preallocated
   NumPy saved at the epoch's end, h5py, and ``bench_limits.py``'s minimal
-  recorder: copy + background LZ4 + crc32c + one file), in one run. Per line:
+  recorder: copy + background LZ4 + crc32c + one file), in one run, beside
+  ``bench_limits.py``'s durable floor (a writer process fed through shared
+  memory storing LZ4 + crc32c 2 MiB chunks, a file each, fsynced: the least a
+  crash-consistent recorder built as snapstore's does). Per line:
   the ratio of its samples/s to the bare epoch of the same run, the
   training thread's time a batch inside the recorder (wall time of ``next()``
   and the peer's call over the bare loop's ``next()``; and its CPU time,
@@ -194,7 +197,8 @@ def run_recorded(ds: Any, w: Workload, workers: int, path: str, **options: Any) 
 #: Simulated accelerator step per batch, seconds: 0 is the loader-bound loop; in the others the training
 #: thread sleeps (the GIL released) as it does while a GPU computes.
 STEPS = (0.0, 0.010, 0.030)
-LOOP_RECORDERS = ("snapstore", "torch.save per batch", "preallocated NumPy", "h5py", "minimal recorder")
+LOOP_RECORDERS = ("snapstore", "torch.save per batch", "preallocated NumPy", "h5py", "minimal recorder",
+                  "durable floor")
 
 
 def _cpu() -> float:
@@ -366,8 +370,20 @@ class MinimalPeer(LoopPeer):
         super().end()
 
 
-PEER_LOOPS: dict[str, type[LoopPeer]] = {"torch.save per batch": TorchSavePeer, "preallocated NumPy": PreallocPeer,
-                                         "h5py": H5Peer, "minimal recorder": MinimalPeer}
+def durable_floor(ds: Any, out: str) -> Any:
+    """``bench_limits.py``'s durable floor: the training thread copies each batch and its raw crops into
+    shared memory; a writer process stores them as LZ4 + crc32c 2 MiB chunks, a file each, fsynced (the least
+    a crash-consistent recorder built as snapstore's, with a writer process, does)."""
+    if __package__:
+        from .bench_limits import ProcessRecorder
+    else:
+        from bench_limits import ProcessRecorder
+    return ProcessRecorder(ds, out, "durable")
+
+
+PEER_LOOPS: dict[str, Callable[[Any, str], Any]] = {
+    "torch.save per batch": TorchSavePeer, "preallocated NumPy": PreallocPeer, "h5py": H5Peer,
+    "minimal recorder": MinimalPeer, "durable floor": durable_floor}
 
 
 def _recorded_bytes(w: Workload, raw: bool) -> int:

@@ -68,7 +68,7 @@ def test_whole_table_at_tiny_size(tmp_path: Path) -> None:
     assert set(results["loops"]) == {("CIFAR-like", step, nw) for step in (0.0, 0.010, 0.030) for nw in (0, 2)} | {
         ("ImageNet-like", 0.0, nw) for nw in (0, 2)}
     recorders = {"snapstore epoch 0", "snapstore epoch 1", "torch.save per batch", "preallocated NumPy",
-                 "minimal recorder"} | ({"h5py"} if importlib.util.find_spec("h5py") else set())
+                 "minimal recorder", "durable floor"} | ({"h5py"} if importlib.util.find_spec("h5py") else set())
     for (name, step, nw), lines in results["loops"].items():
         assert set(lines) == {"bare"} | recorders
         for line, r in lines.items():
