@@ -185,6 +185,9 @@ INTERRUPTED = textwrap.dedent('''
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C's KeyboardInterrupt, even where this test runs with SIGINT ignored (a shell's background job),
+    # which Python would otherwise keep ignoring in this child
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with snapstore.Recorder(sys.argv[1]) as rec:
         stream = rec.wrap(DataLoader(TensorDataset(torch.arange(1000.0)), batch_size=10), name="train")
         for b, _ in enumerate(stream):
