@@ -162,9 +162,9 @@ class ProcessRecorder:
 
     The training thread copies each batch (its images, labels and indices, and with ``raw`` its raw crops:
     the bytes of snapstore's epoch 0; without, those of its later epochs) into one of ``slots``
-    shared-memory slots (as many as ``SLOTS_BYTES`` holds, two at least) and sends the slot's number through a
-    pipe; the writer process, forked at the first
-    ``put``, hands the slot back once it has done with them what ``mode`` says:
+    shared-memory slots (as many as ``SLOTS_BYTES`` holds, two at least) and sends the slot's number
+    through a pipe; the writer process, forked at the first ``put``, hands the slot back once it has
+    done with them what ``mode`` says:
 
     * ``"copy"``: there is no writer process (the training thread's copy only);
     * ``"encode"``: LZ4-encodes them and drops the bytes;
@@ -190,7 +190,7 @@ class ProcessRecorder:
         self.slab = np.ndarray((self.slots * slot_bytes,), np.uint8, buffer=self.shm.buf)
         if self.mode != "copy":
             ctx = multiprocessing.get_context("fork")  # the child imports nothing
-            todo, self.todo = ctx.Pipe(duplex=False)
+            todo, self.to_writer = ctx.Pipe(duplex=False)
             self.free = ctx.SimpleQueue()
             for s in range(self.slots):
                 self.free.put(s)
@@ -214,14 +214,14 @@ class ProcessRecorder:
             at += b.nbytes
             sizes.append(b.nbytes)
         if self.writer is not None:
-            self.todo.send((slot, sizes))
+            self.to_writer.send((slot, sizes))
         self.batches += 1
         self.handing += time.perf_counter() - a
 
     def end(self) -> None:
         try:
             if self.writer is not None:
-                self.todo.send(None)
+                self.to_writer.send(None)
                 self.writer.join()
         finally:
             if self.writer is not None and self.writer.is_alive():
