@@ -69,7 +69,7 @@ def _encode_nothing(self: writers.ChunkWriter, where: Any, codecs: Any, block: n
 #: The stages line by line switches off, each with the snapstore functions it replaces while the line runs.
 STAGES: list[tuple[str, list[tuple[Any, str, Any]]]] = [
     ("snapstore as shipped", []),
-    ("no fsync", [(writers, "_fsync", lambda path: None)]),
+    ("no fsync", [(writers, "_fsync", lambda path, **_: None)]),
     ("no chunk stored", [(writers, "store_chunk", lambda where, data: None)]),
     ("no chunk encoded", [(writers.ChunkWriter, "_encode_and_store", _encode_nothing)]),
     ("no row hashes", [(hashing, "hash_fields", lambda fields: {})]),
