@@ -280,7 +280,7 @@ class ChunkWriter:
         if path is not None:  # written back now, on this thread, while the loop runs: sync() only waits for it
             # Its pages then leave the page cache: nothing reads a chunk file while recording, and a cache
             # that grew by every byte recorded took fresh memory for each one (on a VM that backs it on
-            # first touch, 2.6-2.9 s a GB: later loader-bound epochs 0.45-0.47 of bare, 0.63-0.68 with the
+            # first touch, 2.6-2.9 s a GB: later loader-bound epochs 0.45-0.50 of bare, 0.62-0.66 with the
             # pages dropped; issue 17).
             _fsync(path, drop=True)
 
