@@ -99,7 +99,8 @@ def recording_floor(ds: Any, w: workloads.Workload, tmp: str, compress: bool, wo
     return time.perf_counter() - t
 
 
-SLOTS_BYTES = 64 * 1024 * 1024  # a ProcessRecorder's slots, at most (two at least): snapstore's ring's size
+#: A ProcessRecorder's shared-memory slots: eight, or as many as 64 MiB (snapstore's ring) holds, two at least.
+SLOTS, SLOTS_BYTES = 8, 64 * 1024 * 1024
 STEP = 0.030  # the step-bound loop's simulated accelerator step, seconds (as in bench_record.py)
 
 
@@ -161,10 +162,9 @@ class ProcessRecorder:
     peer of ``bench_record.py``: ``put`` each batch, ``end`` the epoch.
 
     The training thread copies each batch (its images, labels and indices, and with ``raw`` its raw crops:
-    the bytes of snapstore's epoch 0; without, those of its later epochs) into one of ``slots``
-    shared-memory slots (as many as ``SLOTS_BYTES`` holds, two at least) and sends the slot's number
-    through a pipe; the writer process, forked at the first ``put``, hands the slot back once it has
-    done with them what ``mode`` says:
+    the bytes of snapstore's epoch 0; without, those of its later epochs) into one of its shared-memory
+    slots (``SLOTS``) and sends the slot's number through a pipe; the writer process, forked at the first
+    ``put``, hands the slot back once it has done with them what ``mode`` says:
 
     * ``"copy"``: there is no writer process (the training thread's copy only);
     * ``"encode"``: LZ4-encodes them and drops the bytes;
@@ -176,8 +176,8 @@ class ProcessRecorder:
     chunk files: GBs over a full run). ``handing``: seconds the training thread spent in ``put``.
     """
 
-    def __init__(self, ds: Any, out: str, mode: str = "durable", *, raw: bool = True, slots: int = 8) -> None:
-        self.ds, self.mode, self.raw, self.slots = ds, mode, raw, slots
+    def __init__(self, ds: Any, out: str, mode: str = "durable", *, raw: bool = True) -> None:
+        self.ds, self.mode, self.raw = ds, mode, raw
         self.folder = tempfile.mkdtemp(dir=out)
         self.shm: shared_memory.SharedMemory | None = None
         self.writer: Any = None
@@ -204,7 +204,7 @@ class ProcessRecorder:
         blocks = [images.numpy(), labels.numpy(), idx, *((self.ds.crops[idx],) if self.raw else ())]
         if self.shm is None:  # slots of the first batch's size: the largest
             slot_bytes = sum(b.nbytes for b in blocks)
-            self.slots = max(2, min(self.slots, SLOTS_BYTES // slot_bytes))
+            self.slots = max(2, min(SLOTS, SLOTS_BYTES // slot_bytes))
             self._start(slot_bytes)
         slot = self.free.get() if self.writer is not None else self.batches % self.slots
         at, sizes = slot * self.slot_bytes, []
@@ -234,10 +234,10 @@ class ProcessRecorder:
 
 
 def process_floor(ds: Any, w: workloads.Workload, tmp: str, mode: str, *, workers: int = 0, step: float = 0.0,
-                  raw: bool = True, slots: int = 8) -> tuple[float, float]:
+                  raw: bool = True) -> tuple[float, float]:
     """``(seconds, ms a batch on the training thread)`` of one epoch of the loop (``step`` seconds of sleep a
     batch) recorded by a ``ProcessRecorder`` doing what ``mode`` says, its ``end`` included."""
-    rec = ProcessRecorder(ds, tmp, mode, raw=raw, slots=slots)
+    rec = ProcessRecorder(ds, tmp, mode, raw=raw)
     try:
         t = time.perf_counter()
         for images, labels, index in workloads.make_loader(ds, w, workers):

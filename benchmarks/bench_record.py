@@ -335,6 +335,15 @@ class H5Peer(LoopPeer):
         super().end()
 
 
+def _bench_limits() -> Any:
+    """The module ``bench_limits`` (imported here, not at the top: it imports this module)."""
+    if __package__:
+        from . import bench_limits
+    else:
+        import bench_limits
+    return bench_limits
+
+
 class MinimalPeer(LoopPeer):
     """``bench_limits.py``'s minimal recorder: the training thread copies each batch and its raw crops; a
     background thread Blosc-LZ4 encodes each block, crc32c-checksums it and appends it to one file an epoch
@@ -346,14 +355,10 @@ class MinimalPeer(LoopPeer):
         self.thread: threading.Thread | None = None
 
     def _store(self, path: str) -> None:
-        if __package__:
-            from .bench_limits import _append
-        else:
-            from bench_limits import _append
         with open(path, "wb") as f:
             while (blocks := self.jobs.get()) is not None:
                 for b in blocks:
-                    _append(f, b)
+                    _bench_limits()._append(f, b)
 
     def put(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
         if self.thread is None:
@@ -374,11 +379,7 @@ def durable_floor(ds: Any, out: str) -> Any:
     """``bench_limits.py``'s durable floor: the training thread copies each batch and its raw crops into
     shared memory; a writer process stores them as LZ4 + crc32c 2 MiB chunks, a file each, fsynced (the least
     a crash-consistent recorder built as snapstore's, with a writer process, does)."""
-    if __package__:
-        from .bench_limits import ProcessRecorder
-    else:
-        from bench_limits import ProcessRecorder
-    return ProcessRecorder(ds, out, "durable")
+    return _bench_limits().ProcessRecorder(ds, out, "durable")
 
 
 PEER_LOOPS: dict[str, Callable[[Any, str], Any]] = {
