@@ -35,6 +35,7 @@ through the pipe by value: an operation never waits for room its own rows hold.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import signal
@@ -58,6 +59,8 @@ _ALIGN = 64
 #: process of a job before preempting it) reach the whole process group, and the training process's
 #: handlers, inherited through the fork, are not the child's to run.
 _SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+#: glibc's ``mallopt`` parameter ``M_MMAP_THRESHOLD``, and its largest value on 64-bit platforms.
+_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX = -3, 32 * 1024 * 1024
 #: How often the child checks that the training process is alive, and the training process that the
 #: child is, while waiting for it (seconds).
 _WATCH_SECONDS = 0.1
@@ -245,6 +248,7 @@ def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header:
     for name in _SIGNALS:  # the training process's to handle (it closes us); not its handlers' to run here
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     _no_wakeup_preemption()
+    _reuse_freed_blocks()
     try:
         state = target()
         last = time.monotonic()
@@ -287,6 +291,22 @@ def _no_wakeup_preemption() -> None:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError):
         pass
+
+
+def _reuse_freed_blocks() -> None:
+    """Serve this process's chunk-sized blocks (rows staged, chunks encoded: a few MiB each, made and freed on
+    several threads) from glibc's heap, where a freed block is reused. By default glibc maps a block over its
+    mmap threshold afresh and unmaps it once freed (the threshold adapts: 128 KiB at first, then the size of
+    the last mapped block freed), and the writer's blocks kept crossing it. A CIFAR-like epoch 0 took 310
+    ``mmap`` and 274 ``munmap`` calls and 100-120 thousand page faults in the writer; with the threshold fixed
+    at glibc's largest, 44, 9 and 13 thousand, and 0.22 CPU-seconds less (medians of five alternating
+    rounds: 2.22 -> 2.00; issue 17). Blocks over 32 MiB are still mapped; where the C library has no
+    ``mallopt`` (not glibc), nothing changes."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
 
 
 def _shared(obj: Any, share: Callable[[np.ndarray], Any]) -> Any:
