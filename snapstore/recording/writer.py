@@ -296,8 +296,8 @@ def _no_wakeup_preemption() -> None:
 def _reuse_freed_blocks() -> None:
     """Serve this process's chunk-sized blocks (rows staged, chunks encoded: a few MiB each, made and freed on
     several threads) from glibc's heap, where a freed block is reused. By default glibc maps a block over its
-    mmap threshold afresh and unmaps it once freed (the threshold adapts: 128 KiB at first, then the size of
-    the last mapped block freed), and the writer's blocks kept crossing it. A CIFAR-like epoch 0 took 310
+    mmap threshold afresh and unmaps it once freed (the threshold adapts: 128 KiB at first, raised to the size
+    of each larger mapped block freed), and the writer's blocks kept crossing it. A CIFAR-like epoch 0 took 310
     ``mmap`` and 274 ``munmap`` calls and 100-120 thousand page faults in the writer; with the threshold fixed
     at glibc's largest, 44, 9 and 13 thousand, and 0.22 CPU-seconds less (medians of five alternating
     rounds: 2.22 -> 2.00; issue 17). Blocks over 32 MiB are still mapped; where the C library has no
