@@ -220,6 +220,7 @@ def test_a_chunk_file_leaves_the_page_cache_once_it_is_durable(tmp_path):
     probe = tmp_path / "probe"
     probe.write_bytes(os.urandom(1 << 20))
     assert _resident_pages(probe) > 0  # written through the page cache, and mincore sees it
+    # dropped by hand, not by writers._fsync: were that broken, the test would skip instead of failing
     fd = os.open(probe, os.O_RDONLY)
     os.fsync(fd)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
