@@ -57,6 +57,7 @@ import google_crc32c
 import numcodecs
 import numpy as np
 import torch
+import xxhash
 
 if __package__:  # imported from the package `benchmarks` (tests/benchmarks/test_bench_limits.py)
     from . import workloads
@@ -106,8 +107,8 @@ STEP = 0.030  # the step-bound loop's simulated accelerator step, seconds (as in
 
 def _writer(name: str, slot_bytes: int, todo: Any, free: Any, folder: str, mode: str) -> None:
     """The writer process of ``ProcessRecorder``: does what ``mode`` says with each slot's blocks, then hands the
-    slot back; in ``"durable"`` mode it fsyncs the folder once every block is stored (the epoch's commit).
-    It runs at ``SCHED_BATCH``, as snapstore's writer does."""
+    slot back; in ``"durable"`` and ``"hashed"`` modes it fsyncs the folder once every block is stored (the
+    epoch's commit). It runs at ``SCHED_BATCH``, as snapstore's writer does."""
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError):
@@ -118,7 +119,7 @@ def _writer(name: str, slot_bytes: int, todo: Any, free: Any, folder: str, mode:
     try:
         with open(os.path.join(folder, "floor.bin"), "wb") as f:
             while (job := todo.recv()) is not None:
-                slot, sizes = job
+                slot, sizes, rows = job
                 at = slot * slot_bytes
                 for n in sizes:
                     block = slab[at : at + n]
@@ -127,13 +128,17 @@ def _writer(name: str, slot_bytes: int, todo: Any, free: Any, folder: str, mode:
                     elif mode == "append":
                         _append(f, block)
                     else:
+                        if mode == "hashed":  # each row's content hash
+                            np.fromiter(map(xxhash.xxh3_64_intdigest, block.reshape(rows, -1)), np.uint64, rows)
                         for lo in range(0, n, CHUNK):
+                            if mode == "hashed":  # each chunk's, for the commit record
+                                xxhash.xxh3_64_intdigest(block[lo : lo + CHUNK].data)
                             _store_durably(os.path.join(folder, f"c{chunks}"), block[lo : lo + CHUNK])
                             chunks += 1
                     at += n
                 del block  # no view of the slab may outlive it: shm.close() refuses while one does
                 free.put(slot)
-        if mode == "durable":
+        if mode in ("durable", "hashed"):
             _fsync(folder)
     finally:
         del slab
@@ -171,6 +176,9 @@ class ProcessRecorder:
     * ``"append"``: LZ4 + crc32c, appended to one file (no fsync);
     * ``"durable"``: LZ4 + crc32c a 2 MiB chunk, each chunk its own file (temp file, rename, fsync), and the
       folder fsynced at the end: the least a crash-consistent chunked store writes.
+    * ``"hashed"``: ``"durable"``, plus the content hashes snapstore's format names: xxh3-64 of every row of
+      every block and of every chunk (``core.hashing.row_hashes``, ``core.merkle.chunk_hash``; here in plain
+      ``xxhash``): the least a recorder of that format computes.
 
     ``end`` returns once the writer has done so with every block, and removes what it stored (an epoch's
     chunk files: GBs over a full run). ``handing``: seconds the training thread spent in ``put``.
@@ -214,7 +222,7 @@ class ProcessRecorder:
             at += b.nbytes
             sizes.append(b.nbytes)
         if self.writer is not None:
-            self.to_writer.send((slot, sizes))
+            self.to_writer.send((slot, sizes, len(idx)))
         self.batches += 1
         self.handing += time.perf_counter() - a
 

@@ -20,7 +20,9 @@ What is measured (medians of ``--repeat`` runs; bare and recorded runs alternate
   recorder: copy + background LZ4 + crc32c + one file), in one run, beside
   ``bench_limits.py``'s durable floor (a writer process fed through shared
   memory storing LZ4 + crc32c 2 MiB chunks, a file each, fsynced: the least a
-  crash-consistent recorder built as snapstore's does). Per line:
+  crash-consistent recorder built as snapstore's does) and its hashed floor (the
+  same, plus the xxh3 content hash of every row and every chunk that snapstore's
+  format names: the least a recorder of that format does). Per line:
   the ratio of its samples/s to the bare epoch of the same run, the
   training thread's time a batch inside the recorder (wall time of ``next()``
   and the peer's call over the bare loop's ``next()``; and its CPU time,
@@ -198,7 +200,7 @@ def run_recorded(ds: Any, w: Workload, workers: int, path: str, **options: Any) 
 #: thread sleeps (the GIL released) as it does while a GPU computes.
 STEPS = (0.0, 0.010, 0.030)
 LOOP_RECORDERS = ("snapstore", "torch.save per batch", "preallocated NumPy", "h5py", "minimal recorder",
-                  "durable floor")
+                  "durable floor", "hashed floor")
 
 
 def _cpu() -> float:
@@ -382,9 +384,15 @@ def durable_floor(ds: Any, out: str) -> Any:
     return _bench_limits().ProcessRecorder(ds, out, "durable")
 
 
+def hashed_floor(ds: Any, out: str) -> Any:
+    """The durable floor plus the content hashes snapstore's format names (xxh3-64 of every row and of every
+    chunk, in the writer process): the least a recorder of that format, built as snapstore's, does."""
+    return _bench_limits().ProcessRecorder(ds, out, "hashed")
+
+
 PEER_LOOPS: dict[str, Callable[[Any, str], Any]] = {
     "torch.save per batch": TorchSavePeer, "preallocated NumPy": PreallocPeer, "h5py": H5Peer,
-    "minimal recorder": MinimalPeer, "durable floor": durable_floor}
+    "minimal recorder": MinimalPeer, "durable floor": durable_floor, "hashed floor": hashed_floor}
 
 
 def _recorded_bytes(w: Workload, raw: bool) -> int:
@@ -433,7 +441,8 @@ def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str
     """Medians over ``repeat`` runs of ``loop_lines`` (at full size after a bare epoch not counted) of
     each line: samples/s, ratio to the bare epoch of the same run, training-thread ms a batch in the recorder
     (wall: ``next`` + ``put`` over the bare loop's ``next``; CPU: ``thread_time`` over the bare loop's),
-    CPU-seconds per GB recorded over the bare loop's, peak PSS over the bare loop's."""
+    CPU-seconds per GB recorded over the bare loop's, that over the minimal recorder's of the same run, peak PSS
+    over the bare loop's."""
     threads = torch.get_num_threads()
     if workers == 0:
         torch.set_num_threads(1)
@@ -453,6 +462,10 @@ def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str
     finally:
         torch.set_num_threads(threads)
     out: dict[str, dict[str, float]] = {}
+    def per_gb(run: dict[str, list[dict[str, float]]], line: str) -> float:
+        s = run[line][0]
+        return (s["cpu"] - run["bare"][0]["cpu"]) / (s["bytes"] / 1e9) if "bytes" in s else float("nan")
+
     for line in runs[0]:
         per = []
         for run in runs:
@@ -463,7 +476,11 @@ def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str
                 "ratio": bare["seconds"] / s["seconds"],
                 "inside ms": 1e3 * (s["inside"] - bare["inside"]) / nb,
                 "thread ms": 1e3 * (s["thread"] - bare["thread"]) / nb,
-                "cpu s/GB": (s["cpu"] - bare["cpu"]) / (s["bytes"] / 1e9) if "bytes" in s else float("nan"),
+                "cpu s/GB": per_gb(run, line),
+                # over the minimal recorder's in the same run (a ratio per run, then the median: the machine's
+                # swings between runs move both alike)
+                "cpu / minimal": _over(per_gb(run, line), per_gb(run, "minimal recorder") if "minimal recorder" in run
+                                       else float("nan")),
                 "pss": s["pss"] - bare["pss"],
             })
         out[line] = {k: median([p[k] for p in per]) for k in per[0]}
@@ -485,16 +502,18 @@ def loop_table(results: dict[Any, dict[str, dict[str, float]]], ws: dict[str, Wo
         p(f"| {wname} | {step * 1e3:.0f} ms | {nw} | {_fmt(lines['bare']['samples/s'])} | " + " | ".join(cells) + " |")
     p("\nPer line: training-thread time a batch in the recorder (wall in next() + put() over the bare loop's "
       "next(); CPU: thread_time over the bare loop's), CPU-seconds (process + workers) per GB recorded over the "
-      "bare loop's, peak PSS over the bare loop's.\n")
+      "bare loop's, and over the minimal recorder's, peak PSS over the bare loop's.\n")
     p("| workload | step | num_workers | recorder | samples/s | ratio | ms/batch in recorder, wall | CPU | "
-      "CPU-s per GB | PSS over bare |")
-    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+      "CPU-s per GB | / minimal recorder's | PSS over bare |")
+    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (wname, step, nw), lines in results.items():
         for name, r in lines.items():
             if name == "bare":
                 continue
+            over = r["cpu / minimal"]
             p(f"| {wname} | {step * 1e3:.0f} ms | {nw} | {name} | {_fmt(r['samples/s'])} | {r['ratio']:.3f} "
-              f"| {r['inside ms']:.2f} | {r['thread ms']:.2f} | {_fmt(r['cpu s/GB'], 2)} | {r['pss'] / MB:.0f} MB |")
+              f"| {r['inside ms']:.2f} | {r['thread ms']:.2f} | {_fmt(r['cpu s/GB'], 2)} "
+              f"| {f'{over:.2f}x' if over == over else '-'} | {r['pss'] / MB:.0f} MB |")
 
 
 # -- 2. writers ----------------------------------------------------------------
@@ -683,6 +702,11 @@ def raw_latency(w: Workload, tmp: str, reads: int) -> dict[str, float]:
     shutil.rmtree(path, ignore_errors=True)
     return {"random cold us": median(cold) * 1e6, "random warm us": median(warm) * 1e6,
             "random again us": median(again) * 1e6}
+
+
+def _over(a: float, b: float) -> float:
+    """``a / b``; NaN where ``b`` is 0 (a tiny run's CPU over bare can be)."""
+    return a / b if b else float("nan")
 
 
 def _fmt(x: float, digits: int = 0) -> str:
