@@ -8,7 +8,8 @@ and pickles everything else. The child runs the operations in order on its
 ``sinks.Sinks`` (staging, hashing, encoding and storing rows, and committing
 every ``interval`` seconds), and after each one moves the ring's tail past the
 rows that operation was handed, in the ring's header, which the training
-process reads without a system call.
+process reads without a system call, and writes a byte to a pipe that wakes
+the training process if it is waiting for room.
 
 Why a process: in a thread of the training process, the writer's Python
 (staging rows, hashing them, encoding chunks through zarr's codecs) took the
@@ -35,9 +36,11 @@ through the pipe by value: an operation never waits for room its own rows hold.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
+import select
 import signal
 import threading
 import time
@@ -98,16 +101,22 @@ class WriterProcess:
         self._error: BaseException | None = None
         self._lock = threading.Lock()  # one operation at a time: the child frees the ring up to where it was sent
         self._conn, child = Pipe()
+        self._room, room = os.pipe()  # the child writes a byte to it each time it moves the tail
+        os.set_blocking(room, False)  # bytes nobody waited for fill it up, then are dropped
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never returns into the caller's frames
             code = 1
             try:
                 self._conn.close()
-                code = _serve(child, target, self._ring, self._header, parent, interval)
+                os.close(self._room)
+                code = _serve(child, target, self._ring, self._header, room, parent, interval)
             finally:
                 os._exit(code)
         child.close()
+        os.close(room)  # once the child is gone, the pipe reads as closed
+        self._waiting = select.poll()  # not select(): it refuses descriptors past 1023, which a large job has
+        self._waiting.register(self._room, select.POLLIN)
         self.pid = pid
         self._exit: int | None = None
 
@@ -165,6 +174,7 @@ class WriterProcess:
                 if self._exit is None:
                     self._exit = os.waitpid(self.pid, 0)[1]
                 self._conn.close()
+                os.close(self._room)
         self.check()
         return result
 
@@ -217,11 +227,16 @@ class WriterProcess:
         return False
 
     def _wait(self) -> None:
-        """Wait a little for the child to move the ring's tail; raise if it failed or died."""
+        """Wait until the child has moved the ring's tail since the last wait (or ``_WATCH_SECONDS``); raise if it
+        failed or died. Asleep until then: polling the tail every 0.2 ms woke the training thread 2,600-7,100
+        times an epoch of the ImageNet-like loop (which waits 1.3-3.1 s for room) onto CPUs the writer's threads
+        were using; woken by the writer instead, the loader-bound loops spent 5-8 % fewer CPU-seconds per GB
+        recorded, at the same speed (CIFAR- and ImageNet-like, medians of four alternating rounds: issue 17)."""
         self.check()
         if not self._alive():
             self._stopped()
-        time.sleep(0.0002)
+        if self._waiting.poll(_WATCH_SECONDS * 1000):
+            os.read(self._room, 65536)  # the bytes of every move so far: the caller reads the tail afresh
 
     def _reply(self, expected: str) -> Any:
         """The payload of the child's next ``expected`` message."""
@@ -241,10 +256,11 @@ class WriterProcess:
                 self._stopped()
 
 
-def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header: np.ndarray, parent: int,
+def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header: np.ndarray, room: int, parent: int,
            interval: float) -> int:
     """The child's loop: run operations in order, flush every ``interval`` seconds; 0 once stopped, 1 after a
-    failure (sent to the training process first) or the training process's death."""
+    failure (sent to the training process first) or the training process's death. After each operation it
+    moves the ring's tail and writes a byte to ``room`` (non-blocking) for a training thread waiting on it."""
     for name in _SIGNALS:  # the training process's to handle (it closes us); not its handlers' to run here
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     _no_wakeup_preemption()
@@ -267,6 +283,8 @@ def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header:
                 else:
                     state.run(name, _resolve(args, ring))
                 header[0] = mark  # the rows this operation was handed are free again
+                with contextlib.suppress(BlockingIOError):  # full: a byte there already wakes the waiter
+                    os.write(room, b"\0")
             if time.monotonic() - last >= interval:
                 state.flush()
                 last = time.monotonic()
