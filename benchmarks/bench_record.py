@@ -461,11 +461,12 @@ def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str
             runs.append(run)
     finally:
         torch.set_num_threads(threads)
-    out: dict[str, dict[str, float]] = {}
+
     def per_gb(run: dict[str, list[dict[str, float]]], line: str) -> float:
         s = run[line][0]
         return (s["cpu"] - run["bare"][0]["cpu"]) / (s["bytes"] / 1e9) if "bytes" in s else float("nan")
 
+    out: dict[str, dict[str, float]] = {}
     for line in runs[0]:
         per = []
         for run in runs:

@@ -174,7 +174,8 @@ class WriterProcess:
                 if self._exit is None:
                     self._exit = os.waitpid(self.pid, 0)[1]
                 self._conn.close()
-                os.close(self._room)
+                with self._lock:  # not while a send waits on it (sends wait under the lock)
+                    os.close(self._room)
         self.check()
         return result
 
@@ -230,8 +231,9 @@ class WriterProcess:
         """Wait until the child has moved the ring's tail since the last wait (or ``_WATCH_SECONDS``); raise if it
         failed or died. Asleep until then: polling the tail every 0.2 ms woke the training thread 2,600-7,100
         times an epoch of the ImageNet-like loop (which waits 1.3-3.1 s for room) onto CPUs the writer's threads
-        were using; woken by the writer instead, the loader-bound loops spent 5-8 % fewer CPU-seconds per GB
-        recorded, at the same speed (CIFAR- and ImageNet-like, medians of four alternating rounds: issue 17)."""
+        were using; woken by the writer instead, the loader-bound loops spent 3-8 % fewer CPU-seconds per GB
+        recorded, their speed level within noise (CIFAR- and ImageNet-like, medians of four to eight
+        alternating rounds: issue 17)."""
         self.check()
         if not self._alive():
             self._stopped()
