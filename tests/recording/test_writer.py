@@ -109,6 +109,44 @@ def test_the_training_thread_sleeps_until_the_writer_frees_room_in_the_ring(tmp_
     np.testing.assert_array_equal(snapstore.open(path)["train"].epoch(0).to_numpy()["0"], data.numpy())
 
 
+def test_a_loop_waiting_for_room_learns_at_once_that_the_writer_process_was_killed(tmp_path, monkeypatch):
+    """The writer process killed (SIGKILL: the kernel's OOM killer) while the loop waits for room in the ring:
+    the loop's next batch raises ``RecordingError`` instead of waiting for a writer that is gone. The
+    writer is slowed so that the ring, two batches long, is full whenever it dies."""
+    monkeypatch.setattr(config, "DEFAULT_CHUNK_BYTES", 64 * 1024)  # 16 rows of 4 KiB a chunk
+    monkeypatch.setattr(config, "DEFAULT_QUEUE_BYTES", 2 * 32 * 4096 + 4096)  # two batches of 32 rows
+    encode = _zarr.encode
+
+    def slow(codecs, block):
+        time.sleep(0.05)
+        return encode(codecs, block)
+
+    monkeypatch.setattr(_zarr, "encode", slow)
+    data = torch.from_numpy(np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32))
+    rec = snapstore.Recorder(tmp_path / "run.snap")
+    stream = rec.wrap(DataLoader(TensorDataset(data), batch_size=32), name="train", raw=None)
+    outcome: list[BaseException | int] = []
+
+    def loop():
+        batches = 0
+        try:
+            for _ in stream:
+                batches += 1
+                if batches == 4:
+                    os.kill(rec._session.writer_pid, signal.SIGKILL)
+            outcome.append(batches)
+        except BaseException as e:  # noqa: BLE001 - checked below, in the test's thread
+            outcome.append(e)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    thread.join(60)  # a loop that waited for the dead writer would still be waiting
+    assert not thread.is_alive(), "the loop still waits for room from a writer process that was killed"
+    assert len(outcome) == 1 and isinstance(outcome[0], snapstore.RecordingError), outcome
+    assert "stopped unexpectedly" in str(outcome[0])
+    rec.close()  # already raised: closing does not raise it again
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="scheduling policies are Linux's")
 def test_the_writer_process_and_its_threads_do_not_preempt_the_training_thread(tmp_path):
     """The writer process runs at SCHED_BATCH, and so does every thread it started to encode and store chunks:
