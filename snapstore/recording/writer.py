@@ -231,9 +231,9 @@ class WriterProcess:
         """Wait until the child has moved the ring's tail since the last wait (or ``_WATCH_SECONDS``); raise if it
         failed or died. Asleep until then: polling the tail every 0.2 ms woke the training thread 2,600-7,100
         times an epoch of the ImageNet-like loop (which waits 1.3-3.1 s for room) onto CPUs the writer's threads
-        were using; woken by the writer instead, the loader-bound loops spent 3-8 % fewer CPU-seconds per GB
-        recorded, their speed level within noise (CIFAR- and ImageNet-like, medians of four to eight
-        alternating rounds: issue 17)."""
+        were using; woken by the writer instead, the loader-bound loops spent 1-8 % fewer CPU-seconds per GB
+        recorded, at the same speed or higher (CIFAR- and ImageNet-like, alternating rounds in both orders:
+        issue 17)."""
         self.check()
         if not self._alive():
             self._stopped()
