@@ -53,21 +53,27 @@ def test_rows_round_trip_through_a_ring_that_wraps(tmp_path_factory, monkeypatch
     np.testing.assert_array_equal(ep.to_numpy()["0"], torch.cat(seen).numpy())
 
 
-def test_chunks_stored_from_the_ring_are_encoded_before_it_is_reused(tmp_path, monkeypatch):
-    """Whole chunks of a batch are stored from the ring itself, not staged: the writer process hands an
-    operation's rows back only once every chunk stored from them is encoded. Encoding each chunk is slowed
-    (the forked writer inherits the slower function) and the ring holds two batches, so rows handed back
-    early would be overwritten by later batches before their chunks are encoded."""
+def _slow_writer(monkeypatch, seconds: float) -> torch.Tensor:
+    """Make the ring hold two batches of 32 rows of 4 KiB (two chunks each) and every chunk's encoding take
+    ``seconds`` longer (the forked writer inherits the slower function); return 1,024 such rows."""
     monkeypatch.setattr(config, "DEFAULT_CHUNK_BYTES", 64 * 1024)  # 16 rows of 4 KiB a chunk
     monkeypatch.setattr(config, "DEFAULT_QUEUE_BYTES", 2 * 32 * 4096 + 4096)  # two batches of 32 rows
     encode = _zarr.encode
 
     def slow(codecs, block):
-        time.sleep(0.005)
+        time.sleep(seconds)
         return encode(codecs, block)
 
     monkeypatch.setattr(_zarr, "encode", slow)
-    data = torch.from_numpy(np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32))
+    return torch.from_numpy(np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32))
+
+
+def test_chunks_stored_from_the_ring_are_encoded_before_it_is_reused(tmp_path, monkeypatch):
+    """Whole chunks of a batch are stored from the ring itself, not staged: the writer process hands an
+    operation's rows back only once every chunk stored from them is encoded. Encoding each chunk is slowed
+    (the forked writer inherits the slower function) and the ring holds two batches, so rows handed back
+    early would be overwritten by later batches before their chunks are encoded."""
+    data = _slow_writer(monkeypatch, 0.005)
     path = tmp_path / "run.snap"
     with snapstore.Recorder(path) as rec:
         for _ in rec.wrap(DataLoader(TensorDataset(data), batch_size=32), name="train", raw=None):
@@ -88,16 +94,7 @@ def test_the_training_thread_sleeps_until_the_writer_frees_room_in_the_ring(tmp_
     inherits the slower function) and the ring holds two batches of 32 rows (two chunks each), so the loop waits
     at nearly every one of its 32 batches, some 10 ms each: polling the ring every 0.2 ms slept 1,233-1,265
     times, woken by the writer 33."""
-    monkeypatch.setattr(config, "DEFAULT_CHUNK_BYTES", 64 * 1024)  # 16 rows of 4 KiB a chunk
-    monkeypatch.setattr(config, "DEFAULT_QUEUE_BYTES", 2 * 32 * 4096 + 4096)  # two batches of 32 rows
-    encode = _zarr.encode
-
-    def slow(codecs, block):
-        time.sleep(0.01)
-        return encode(codecs, block)
-
-    monkeypatch.setattr(_zarr, "encode", slow)
-    data = torch.from_numpy(np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32))
+    data = _slow_writer(monkeypatch, 0.01)
     path = tmp_path / "run.snap"
     with snapstore.Recorder(path) as rec:
         stream = rec.wrap(DataLoader(TensorDataset(data), batch_size=32), name="train", raw=None)
@@ -113,16 +110,7 @@ def test_a_loop_waiting_for_room_learns_at_once_that_the_writer_process_was_kill
     """The writer process killed (SIGKILL: the kernel's OOM killer) while the loop waits for room in the ring:
     the loop's next batch raises ``RecordingError`` instead of waiting for a writer that is gone. The
     writer is slowed so that the ring, two batches long, is full whenever it dies."""
-    monkeypatch.setattr(config, "DEFAULT_CHUNK_BYTES", 64 * 1024)  # 16 rows of 4 KiB a chunk
-    monkeypatch.setattr(config, "DEFAULT_QUEUE_BYTES", 2 * 32 * 4096 + 4096)  # two batches of 32 rows
-    encode = _zarr.encode
-
-    def slow(codecs, block):
-        time.sleep(0.05)
-        return encode(codecs, block)
-
-    monkeypatch.setattr(_zarr, "encode", slow)
-    data = torch.from_numpy(np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32))
+    data = _slow_writer(monkeypatch, 0.05)
     rec = snapstore.Recorder(tmp_path / "run.snap")
     stream = rec.wrap(DataLoader(TensorDataset(data), batch_size=32), name="train", raw=None)
     outcome: list[BaseException | int] = []
