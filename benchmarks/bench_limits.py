@@ -128,13 +128,7 @@ def _writer(name: str, slot_bytes: int, todo: Any, free: Any, folder: str, mode:
                     elif mode == "append":
                         _append(f, block)
                     else:
-                        if mode == "hashed":  # each row's content hash
-                            np.fromiter(map(xxhash.xxh3_64_intdigest, block.reshape(rows, -1)), np.uint64, rows)
-                        for lo in range(0, n, CHUNK):
-                            if mode == "hashed":  # each chunk's, for the commit record
-                                xxhash.xxh3_64_intdigest(block[lo : lo + CHUNK].data)
-                            _store_durably(os.path.join(folder, f"c{chunks}"), block[lo : lo + CHUNK])
-                            chunks += 1
+                        chunks = _store_chunks(folder, block, chunks, rows if mode == "hashed" else 0)
                     at += n
                 del block  # no view of the slab may outlive it: shm.close() refuses while one does
                 free.put(slot)
@@ -143,6 +137,20 @@ def _writer(name: str, slot_bytes: int, todo: Any, free: Any, folder: str, mode:
     finally:
         del slab
         shm.close()
+
+
+def _store_chunks(folder: str, block: np.ndarray, first: int, rows: int) -> int:
+    """Store ``block`` durably in ``folder`` as 2 MiB chunk files numbered from ``first``; return the next number.
+    With ``rows`` (the block's row count; 0: none), first hash each row and each chunk (xxh3-64), as a recorder
+    of snapstore's format does."""
+    if rows:
+        np.fromiter(map(xxhash.xxh3_64_intdigest, block.reshape(rows, -1)), np.uint64, rows)
+    for lo in range(0, len(block), CHUNK):
+        if rows:
+            xxhash.xxh3_64_intdigest(block[lo : lo + CHUNK].data)
+        _store_durably(os.path.join(folder, f"c{first}"), block[lo : lo + CHUNK])
+        first += 1
+    return first
 
 
 def _store_durably(path: str, block: np.ndarray) -> None:

@@ -463,7 +463,8 @@ def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str
         torch.set_num_threads(threads)
 
     def per_gb(run: dict[str, list[dict[str, float]]], line: str) -> float:
-        s = run[line][0]
+        """CPU-seconds per GB recorded over the bare loop's; NaN for the bare line and a line not run."""
+        s = run[line][0] if line in run else {}
         return (s["cpu"] - run["bare"][0]["cpu"]) / (s["bytes"] / 1e9) if "bytes" in s else float("nan")
 
     out: dict[str, dict[str, float]] = {}
@@ -480,8 +481,7 @@ def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str
                 "cpu s/GB": per_gb(run, line),
                 # over the minimal recorder's in the same run (a ratio per run, then the median: the machine's
                 # swings between runs move both alike)
-                "cpu / minimal": _over(per_gb(run, line), per_gb(run, "minimal recorder") if "minimal recorder" in run
-                                       else float("nan")),
+                "cpu / minimal": _over(per_gb(run, line), per_gb(run, "minimal recorder")),
                 "pss": s["pss"] - bare["pss"],
             })
         out[line] = {k: median([p[k] for p in per]) for k in per[0]}
