@@ -140,10 +140,16 @@ class WriterProcess:
         """Copy ``rows`` into the ring and return the reference the child reads them through; blocks while
         the ring is full. Rows that would not fit even once the child has read every operation sent so far
         (larger than the ring, or than what the rows shared for this operation leave of it) are returned as
-        they are, to be pickled."""
+        they are, to be pickled.
+
+        Rows go to the ring's start where they do not fit before its end, and where the child has read every
+        row sent so far and they fit before the current offset: in a loop its writer keeps up with (a
+        step-bound one) the same few pages, mapped and cached, then take every batch, instead of each page of
+        the ring in turn (CIFAR-like, a 10 or 30 ms step: peak memory 40-50 MB lower; issue 17)."""
         n = -(-rows.nbytes // _ALIGN) * _ALIGN
         offset = self._head % self._size
-        skip = self._size - offset if offset + n > self._size else 0  # no room before the ring's end: its start
+        caught_up = int(self._header[0]) == self._head
+        skip = self._size - offset if offset + n > self._size or (caught_up and 0 < n <= offset) else 0
         if n == 0 or self._head + skip + n - self._sent > self._size:
             return rows
         self._head += skip

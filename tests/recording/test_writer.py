@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import snapstore
 from snapstore import config
+from snapstore.recording.writer import WriterProcess
 from snapstore.storage import _zarr
 
 
@@ -79,6 +80,57 @@ def test_chunks_stored_from_the_ring_are_encoded_before_it_is_reused(tmp_path, m
         for _ in rec.wrap(DataLoader(TensorDataset(data), batch_size=32), name="train", raw=None):
             pass
     np.testing.assert_array_equal(snapstore.open(path)["train"].epoch(0).to_numpy()["0"], data.numpy())
+
+
+class _Sums:
+    """A writer process's target that keeps the sum of the array each operation hands it."""
+
+    def __init__(self) -> None:
+        self.sums: list[float] = []
+
+    def run(self, name, args):
+        self.sums.append(float(args[0].sum()))
+
+    def flush(self, durable=False):
+        pass
+
+    def close(self):
+        return self.sums
+
+
+def _resident_kib(address: int) -> int:
+    """KiB resident of this process's mapping that holds ``address`` (Linux: ``/proc/self/smaps``)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split()[0]
+            if "-" in first and not first.endswith(":"):  # a mapping starts: "start-end perms offset ..."
+                lo, hi = (int(x, 16) for x in first.split("-"))
+                inside = lo <= address < hi
+            elif inside and first == "Rss:":
+                return int(line.split()[1])
+    raise LookupError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="resident pages per mapping are Linux's /proc")
+def test_a_loop_its_writer_keeps_up_with_hands_every_batch_over_through_the_start_of_the_ring():
+    """Where the writer process has read every row handed over before the next batch (a step-bound loop), the
+    next batch goes to the start of the ring again: 48 batches of 1 MiB through a 64 MiB ring leave a few MiB
+    of it resident, not 48 (each page touched is a page fault in both processes and a cache miss). Every
+    batch still reaches the writer whole."""
+    writer = WriterProcess(_Sums, interval=60.0, ring_bytes=64 * 1024 * 1024)
+    batches = [np.full((32, 8192), k, dtype=np.float32) for k in range(48)]  # 1 MiB each
+    try:
+        for batch in batches:
+            writer.send("put", batch)
+            writer.drain()
+        view = ctypes.c_char.from_buffer(writer._ring)
+        resident = _resident_kib(ctypes.addressof(view))
+        del view  # the ring cannot close while a view of it is alive
+    finally:
+        sums = writer.close()
+    assert sums == [float(b.sum()) for b in batches]
+    assert resident < 8 * 1024, f"{resident} KiB of the ring resident after 48 MiB handed over"
 
 
 def _sleeps() -> int:
