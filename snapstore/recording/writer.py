@@ -129,12 +129,16 @@ class WriterProcess:
         returns."""
         with self._lock:
             self.check()
-            args = _shared(args, self._share)
-            self._sent = self._head
-            try:
-                self._conn.send((name, args, self._head))
-            except OSError as e:  # the child is gone: its failure, if it sent one, says why
-                self._stopped(e)
+            self._post(name, _shared(args, self._share))
+
+    def _post(self, name: str, args: Any) -> None:
+        """Send operation ``name`` with ``args`` (arrays already in the ring) and the head: the child moves the
+        ring's tail there once it has run the operation."""
+        self._sent = self._head
+        try:
+            self._conn.send((name, args, self._head))
+        except OSError as e:  # the child is gone: its failure, if it sent one, says why
+            self._stopped(e)
 
     def _share(self, rows: np.ndarray) -> Shared | np.ndarray:
         """Copy ``rows`` into the ring and return the reference the child reads them through; blocks while
@@ -142,14 +146,17 @@ class WriterProcess:
         (larger than the ring, or than what the rows shared for this operation leave of it) are returned as
         they are, to be pickled.
 
-        Rows go to the ring's start where they do not fit before its end, and where the child has read every
-        row sent so far and they fit before the current offset: in a loop its writer keeps up with (a
-        step-bound one) the same few pages, mapped and cached, then take every batch, instead of each page of
-        the ring in turn (CIFAR-like, a 10 or 30 ms step: peak memory 40-50 MB lower; issue 17)."""
+        Where the child has read every row sent so far and the rows fit before the current offset, the ring
+        starts over (``"restart"``): in a loop its writer keeps up with (a step-bound one) the same few pages,
+        mapped and cached, then take every batch, instead of each page of the ring in turn (CIFAR-like, a 10
+        or 30 ms step: peak memory 40-50 MB lower; issue 17)."""
         n = -(-rows.nbytes // _ALIGN) * _ALIGN
         offset = self._head % self._size
-        caught_up = int(self._header[0]) == self._head
-        skip = self._size - offset if offset + n > self._size or (caught_up and 0 < n <= offset) else 0
+        if 0 < n <= offset and int(self._header[0]) == self._head:
+            self._head += self._size - offset
+            self._post("restart", ())  # the child's tail follows at once: the rest of the ring stays free
+            offset = 0
+        skip = self._size - offset if offset + n > self._size else 0  # no room before the ring's end: its start
         if n == 0 or self._head + skip + n - self._sent > self._size:
             return rows
         self._head += skip
@@ -288,7 +295,7 @@ def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header:
                     return 0
                 if name == "drain":
                     conn.send(("drained",))
-                else:
+                elif name != "restart":  # a restart only moves the tail
                     state.run(name, _resolve(args, ring))
                 header[0] = mark  # the rows this operation was handed are free again
                 with contextlib.suppress(BlockingIOError):  # full: a byte there already wakes the waiter
