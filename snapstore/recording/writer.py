@@ -149,7 +149,7 @@ class WriterProcess:
         Where the child has read every row sent so far and the rows fit before the current offset, the ring
         starts over (``"restart"``): in a loop its writer keeps up with (a step-bound one) the same few pages,
         mapped and cached, then take every batch, instead of each page of the ring in turn (CIFAR-like, a 10
-        or 30 ms step: peak memory 40-50 MB lower; issue 17)."""
+        or 30 ms step: peak memory 30-50 MB lower; issue 17)."""
         n = -(-rows.nbytes // _ALIGN) * _ALIGN
         offset = self._head % self._size
         if 0 < n <= offset and int(self._header[0]) == self._head:
@@ -168,7 +168,8 @@ class WriterProcess:
         return Shared(offset, tuple(rows.shape), rows.dtype.str)
 
     def drain(self) -> None:
-        """Return once the child has run every operation sent so far; ``RecordingError`` if it failed."""
+        """Return once the child has run every operation sent so far and freed their rows in the ring;
+        ``RecordingError`` if it failed."""
         self.send("drain")
         self._reply("drained")
 
@@ -293,13 +294,13 @@ def _serve(conn: Connection, target: Callable[[], Any], ring: mmap.mmap, header:
                     state.flush(durable=True)
                     conn.send(("stopped", state.close()))
                     return 0
-                if name == "drain":
-                    conn.send(("drained",))
-                elif name != "restart":  # a restart only moves the tail
+                if name not in ("drain", "restart"):  # those only move the tail
                     state.run(name, _resolve(args, ring))
                 header[0] = mark  # the rows this operation was handed are free again
                 with contextlib.suppress(BlockingIOError):  # full: a byte there already wakes the waiter
                     os.write(room, b"\0")
+                if name == "drain":  # once the tail has moved: a drained ring is read to its head
+                    conn.send(("drained",))
             if time.monotonic() - last >= interval:
                 state.flush()
                 last = time.monotonic()

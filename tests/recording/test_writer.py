@@ -5,6 +5,7 @@ why it failed, and does not outlive the training process or hold its lock."""
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import signal
 import subprocess
@@ -83,13 +84,14 @@ def test_chunks_stored_from_the_ring_are_encoded_before_it_is_reused(tmp_path, m
 
 
 class _Sums:
-    """A writer process's target that keeps the sum of the array each operation hands it."""
+    """A writer process's target that keeps, for each array each operation hands it, its sum and whether it
+    came through the ring (a view of the shared mapping) rather than by value."""
 
     def __init__(self) -> None:
-        self.sums: list[float] = []
+        self.sums: list[tuple[float, bool]] = []
 
     def run(self, name, args):
-        self.sums.append(float(args[0].sum()))
+        self.sums.extend((float(a.sum()), isinstance(a.base, mmap.mmap)) for a in args)
 
     def flush(self, durable=False):
         pass
@@ -129,8 +131,24 @@ def test_a_loop_its_writer_keeps_up_with_hands_every_batch_over_through_the_star
         del view  # the ring cannot close while a view of it is alive
     finally:
         sums = writer.close()
-    assert sums == [float(b.sum()) for b in batches]
+    assert sums == [(float(b.sum()), True) for b in batches]
     assert resident < 8 * 1024, f"{resident} KiB of the ring resident after 48 MiB handed over"
+
+
+def test_rows_after_the_ring_starts_over_have_the_whole_ring():
+    """The ring starts over while most of it lies past the head (40 of 64 MiB handed over, all read); the
+    next operation's second array, 50 MiB, still goes through the ring: the end skipped is free at once, not
+    once the operation is read (which would send it by value, or make the loop wait for room it has)."""
+    writer = WriterProcess(_Sums, interval=60.0, ring_bytes=64 * 1024 * 1024)
+    first = np.full(40 * 1024 * 256, 1, dtype=np.float32)
+    small, large = np.full(1024 * 256, 2, dtype=np.float32), np.full(50 * 1024 * 256, 3, dtype=np.float32)
+    try:
+        writer.send("put", first)
+        writer.drain()
+        writer.send("put", small, large)
+    finally:
+        sums = writer.close()
+    assert sums == [(float(a.sum()), True) for a in (first, small, large)]
 
 
 def _sleeps() -> int:
