@@ -4,9 +4,11 @@ One run, one generated workload, one table::
 
     python benchmarks/bench_record.py --full      # the README numbers (about 40 minutes on 2 cores)
     python benchmarks/bench_record.py --full --part loops   # only the training-loop tables (~27 minutes)
+    python benchmarks/bench_record.py --full --part cpu     # CPU per GB at num_workers=0, 12 runs (~17 minutes)
     python benchmarks/bench_record.py             # tiny size, seconds (what tests/benchmarks/test_bench_record.py runs)
 
-What is measured (medians of ``--repeat`` runs; bare and recorded runs alternate so machine noise hits both):
+What is measured (medians of ``--repeat`` runs; within a run of a loop the lines run one after another, in an
+order rotated run by run, so machine noise and what one line leaves behind for the next hit all alike):
 
 * the training loop, recorded: one epoch of a loop over a ``DataLoader`` (CIFAR-like:
   loader-bound, and step-bound with a simulated accelerator step of 10 and 30 ms
@@ -199,6 +201,11 @@ def run_recorded(ds: Any, w: Workload, workers: int, path: str, **options: Any) 
 #: Simulated accelerator step per batch, seconds: 0 is the loader-bound loop; in the others the training
 #: thread sleeps (the GIL released) as it does while a GPU computes.
 STEPS = (0.0, 0.010, 0.030)
+#: ``--part cpu``: the lines and runs that measure issue 17's CPU target where it is closest. Each run's CPU per GB
+#: over the minimal recorder's moved 1.2-1.6x between runs of the same loop minutes apart (RESULTS.md, session 19):
+#: a median needs a dozen runs, the lines in rotating order.
+CPU_RECORDERS = ("snapstore", "minimal recorder", "durable floor", "hashed floor")
+CPU_REPEAT = 12
 LOOP_RECORDERS = ("snapstore", "torch.save per batch", "preallocated NumPy", "h5py", "minimal recorder",
                   "durable floor", "hashed floor")
 
@@ -224,7 +231,8 @@ def timed_epoch(start: Callable[[], Any], step: float, put: Callable[..., None] 
                 finish: Callable[[], None] | None = None) -> dict[str, float]:
     """One epoch of the training loop: ``next()`` of the iterator ``start()`` makes, the recorder's ``put`` of
     the batch (peers), ``images.sum()`` and a ``step``-second sleep (the accelerator); ``finish()`` after the
-    last batch. ``inside``: seconds the training thread spent in ``start``, ``next``, ``put`` and ``finish``."""
+    last batch. ``inside``: seconds the training thread spent in ``start``, ``next``, ``put`` and ``finish``;
+    ``start``: when the epoch began (``time.perf_counter``)."""
     with PeakPss() as pss:
         t, cpu, thread, sampling = time.perf_counter(), _cpu(), time.thread_time(), pss.cpu
         it = start()
@@ -253,7 +261,7 @@ def timed_epoch(start: Callable[[], Any], step: float, put: Callable[..., None] 
         thread = time.thread_time() - thread
         cpu = _cpu() - cpu - (pss.cpu - sampling)
     return {"seconds": seconds, "cpu": cpu, "inside": inside, "thread": thread, "pss": pss.peak,
-            "batches": batches, "samples": n}
+            "batches": batches, "samples": n, "start": t}
 
 
 class LoopPeer:
@@ -402,12 +410,17 @@ def _recorded_bytes(w: Workload, raw: bool) -> int:
 
 
 def loop_lines(ds: Any, w: Workload, workers: int, step: float, tmp: str,
-               recorders: tuple[str, ...] = LOOP_RECORDERS) -> dict[str, list[dict[str, float]]]:
+               recorders: tuple[str, ...] = LOOP_RECORDERS, shift: int = 0) -> dict[str, list[dict[str, float]]]:
     """One run of every line of one loop: the bare epoch, snapstore's epoch 0 (raw capture) and epoch 1
-    (``close()`` included) in one ``Recorder``, and an epoch of each peer. Returns line -> [epoch stats]."""
-    out: dict[str, list[dict[str, float]]] = {"bare": [timed_epoch(lambda: iter(workloads.make_loader(ds, w, workers)),
-                                                                    step)]}
-    if "snapstore" in recorders:
+    (``close()`` included) in one ``Recorder``, and an epoch of each peer, in that order rotated by ``shift``
+    (what a line costs depends on what ran before it: ``loops`` rotates the order run by run). Returns line ->
+    [epoch stats]."""
+    out: dict[str, list[dict[str, float]]] = {}
+
+    def bare() -> None:
+        out["bare"] = [timed_epoch(lambda: iter(workloads.make_loader(ds, w, workers)), step)]
+
+    def recorded() -> None:
         path = os.path.join(tmp, "loop.snap")
         shutil.rmtree(path, ignore_errors=True)
         state: dict[str, Any] = {}
@@ -421,43 +434,51 @@ def loop_lines(ds: Any, w: Workload, workers: int, step: float, tmp: str,
         epoch1 = timed_epoch(lambda: iter(state["stream"]), step, finish=lambda: state["rec"].close())
         epoch0["bytes"], epoch1["bytes"] = _recorded_bytes(w, True), _recorded_bytes(w, False)
         out["snapstore epoch 0"], out["snapstore epoch 1"] = [epoch0], [epoch1]
-    for name in recorders:
-        if name == "snapstore":
-            continue
+
+    def peer(name: str) -> None:
         where = os.path.join(tmp, "loop-peer")
         shutil.rmtree(where, ignore_errors=True)
         os.makedirs(where)
-        peer = PEER_LOOPS[name](ds, where)
-        stats = timed_epoch(lambda: iter(workloads.make_loader(ds, w, workers)), step, peer.put, peer.end)  # noqa: B023
+        recorder = PEER_LOOPS[name](ds, where)
+        stats = timed_epoch(lambda: iter(workloads.make_loader(ds, w, workers)), step, recorder.put, recorder.end)
         stats["bytes"] = _recorded_bytes(w, True)
         out[name] = [stats]
-        del peer
+
+    lines = ["bare", *recorders]
+    for name in lines[shift % len(lines):] + lines[: shift % len(lines)]:
+        if name == "bare":
+            bare()
+        elif name == "snapstore":
+            recorded()
+        else:
+            peer(name)
     shutil.rmtree(os.path.join(tmp, "loop-peer"), ignore_errors=True)
-    return out
+    return {name: out[name] for name in ("bare", "snapstore epoch 0", "snapstore epoch 1", *recorders) if name in out}
 
 
 def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str,
-          skipped: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Medians over ``repeat`` runs of ``loop_lines`` (at full size after a bare epoch not counted) of
-    each line: samples/s, ratio to the bare epoch of the same run, training-thread ms a batch in the recorder
-    (wall: ``next`` + ``put`` over the bare loop's ``next``; CPU: ``thread_time`` over the bare loop's),
-    CPU-seconds per GB recorded over the bare loop's, that over the minimal recorder's of the same run, peak PSS
-    over the bare loop's."""
+          skipped: dict[str, str], recorders: tuple[str, ...] = LOOP_RECORDERS) -> dict[str, dict[str, float]]:
+    """Medians over ``repeat`` runs of ``loop_lines`` (at full size after a bare epoch not counted; the order of
+    the lines rotated run by run) of each line: samples/s, ratio to the bare epoch of the same run,
+    training-thread ms a batch in the recorder (wall: ``next`` + ``put`` over the bare loop's ``next``; CPU:
+    ``thread_time`` over the bare loop's), CPU-seconds per GB recorded over the bare loop's, that over the minimal
+    recorder's of the same run (and its quartiles over the runs, from four runs on; NaN before), peak PSS over
+    the bare loop's."""
     threads = torch.get_num_threads()
     if workers == 0:
         torch.set_num_threads(1)
-    recorders = tuple(r for r in LOOP_RECORDERS if r not in skipped)
+    recorders = tuple(r for r in recorders if r not in skipped)
     runs: list[dict[str, list[dict[str, float]]]] = []
     try:
         if w.samples >= 10_000:  # full size: one bare epoch first, not counted (page cache, allocator, imports)
             timed_epoch(lambda: iter(workloads.make_loader(ds, w, workers)), step)
-        for _ in range(repeat):
+        for shift in range(repeat):
             try:
-                run = loop_lines(ds, w, workers, step, tmp, recorders)
+                run = loop_lines(ds, w, workers, step, tmp, recorders, shift)
             except peers.Unavailable as e:  # h5py missing: its line is skipped
                 skipped["h5py"] = str(e)
                 recorders = tuple(x for x in recorders if x != "h5py")
-                run = loop_lines(ds, w, workers, step, tmp, recorders)
+                run = loop_lines(ds, w, workers, step, tmp, recorders, shift)
             runs.append(run)
     finally:
         torch.set_num_threads(threads)
@@ -485,6 +506,9 @@ def loops(w: Workload, ds: Any, workers: int, step: float, repeat: int, tmp: str
                 "pss": s["pss"] - bare["pss"],
             })
         out[line] = {k: median([p[k] for p in per]) for k in per[0]}
+        over = [p["cpu / minimal"] for p in per if p["cpu / minimal"] == p["cpu / minimal"]]
+        quartiles = statistics.quantiles(over, n=4) if len(over) >= 4 else [float("nan")] * 3
+        out[line]["cpu / minimal q1"], out[line]["cpu / minimal q3"] = quartiles[0], quartiles[2]
     return out
 
 
@@ -495,7 +519,7 @@ def loop_table(results: dict[Any, dict[str, dict[str, float]]], ws: dict[str, Wo
     p("Step: a simulated accelerator step per batch (the training thread sleeps, GIL released); 0 = loader-bound. "
       "snapstore records seen rows + raw crops once (epoch 0) with `Recorder(path).wrap(loader)` defaults; "
       "every peer records images + raw crops + labels + indices every epoch.\n")
-    names = ["snapstore epoch 0", "snapstore epoch 1", *[n for n in LOOP_RECORDERS if n != "snapstore"]]
+    names = [n for n in next(iter(results.values())) if n != "bare"]
     p("| workload | step | num_workers | bare samples/s | " + " | ".join(names) + " |")
     p("| --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
     for (wname, step, nw), lines in results.items():
@@ -503,7 +527,8 @@ def loop_table(results: dict[Any, dict[str, dict[str, float]]], ws: dict[str, Wo
         p(f"| {wname} | {step * 1e3:.0f} ms | {nw} | {_fmt(lines['bare']['samples/s'])} | " + " | ".join(cells) + " |")
     p("\nPer line: training-thread time a batch in the recorder (wall in next() + put() over the bare loop's "
       "next(); CPU: thread_time over the bare loop's), CPU-seconds (process + workers) per GB recorded over the "
-      "bare loop's, and over the minimal recorder's, peak PSS over the bare loop's.\n")
+      "bare loop's, and over the minimal recorder's (median of each run's own ratio; from four runs on, with its "
+      "quartiles), peak PSS over the bare loop's.\n")
     p("| workload | step | num_workers | recorder | samples/s | ratio | ms/batch in recorder, wall | CPU | "
       "CPU-s per GB | / minimal recorder's | PSS over bare |")
     p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -511,10 +536,11 @@ def loop_table(results: dict[Any, dict[str, dict[str, float]]], ws: dict[str, Wo
         for name, r in lines.items():
             if name == "bare":
                 continue
-            over = r["cpu / minimal"]
+            over, q1, q3 = r["cpu / minimal"], r["cpu / minimal q1"], r["cpu / minimal q3"]
+            cell = "-" if over != over else f"{over:.2f}x" + (f" ({q1:.2f}-{q3:.2f})" if q1 == q1 else "")
             p(f"| {wname} | {step * 1e3:.0f} ms | {nw} | {name} | {_fmt(r['samples/s'])} | {r['ratio']:.3f} "
-              f"| {r['inside ms']:.2f} | {r['thread ms']:.2f} | {_fmt(r['cpu s/GB'], 2)} "
-              f"| {f'{over:.2f}x' if over == over else '-'} | {r['pss'] / MB:.0f} MB |")
+              f"| {r['inside ms']:.2f} | {r['thread ms']:.2f} | {_fmt(r['cpu s/GB'], 2)} | {cell} "
+              f"| {r['pss'] / MB:.0f} MB |")
 
 
 # -- 2. writers ----------------------------------------------------------------
@@ -633,9 +659,11 @@ def _count(batches: Any) -> int:
 # -- the table -----------------------------------------------------------------
 def run(full: bool = False, repeat: int | None = None, tmp: str | None = None, only: list[str] | None = None,
         reads: int | None = None, out: Any = sys.stdout, part: str = "all") -> dict[str, Any]:
-    """Run every measurement (``part="loops"``: only the training loops) and print the tables; returns the
-    numbers (``only``: a subset of the writer peers)."""
-    repeat = repeat or (3 if full else 1)
+    """Run every measurement (``part="loops"``: only the training loops; ``"cpu"``: only the CIFAR-like
+    ``num_workers=0`` loops with snapstore and ``CPU_RECORDERS``, ``CPU_REPEAT`` runs each) and print the tables;
+    returns the numbers (``only``: a subset of the writer peers)."""
+    cpu = part == "cpu"
+    repeat = repeat or (CPU_REPEAT if cpu and full else 3 if full else 1)
     reads = reads or (1000 if full else 20)
     own_tmp = tmp is None
     tmp = tmp or tempfile.mkdtemp(prefix="snapstore-bench-")
@@ -645,10 +673,13 @@ def run(full: bool = False, repeat: int | None = None, tmp: str | None = None, o
         ws = workloads.workloads(full)
         load = os.getloadavg()[0]
         for key, w in ws.items():
+            if cpu and key != "cifar":
+                continue
             ds = workloads.make_dataset(w)
             for step in STEPS if key == "cifar" else (0.0,):
-                for nw in (0, 2):
-                    r = results["loops"][(w.name, step, nw)] = loops(w, ds, nw, step, repeat, tmp, results["skipped"])
+                for nw in (0,) if cpu else (0, 2):
+                    r = results["loops"][(w.name, step, nw)] = loops(w, ds, nw, step, repeat, tmp, results["skipped"],
+                                                                     CPU_RECORDERS if cpu else LOOP_RECORDERS)
                     print(f"[bench] loop {w.name} step={step} num_workers={nw}: "
                           + ", ".join(f"{k} {v['ratio']:.3f}" for k, v in r.items()), file=sys.stderr, flush=True)
             del ds
@@ -771,8 +802,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reads", type=int, help="random single-sample reads (default 1000 full, 20 tiny)")
     ap.add_argument("--tmp",
                     help="directory for the stores (default: a fresh temporary directory on the same disk as /tmp)")
-    ap.add_argument("--part", choices=("all", "loops"), default="all",
-                    help="loops: only the training-loop tables (no writers and readers)")
+    ap.add_argument("--part", choices=("all", "loops", "cpu"), default="all",
+                    help="loops: only the training-loop tables (no writers and readers); cpu: only CIFAR-like "
+                         "num_workers=0 with snapstore, the minimal recorder and the floors, 12 runs each")
     args = ap.parse_args(argv)
     run(full=args.full, repeat=args.repeat, tmp=args.tmp, reads=args.reads, part=args.part)
     return 0

@@ -73,11 +73,29 @@ def test_whole_table_at_tiny_size(tmp_path: Path) -> None:
     for (name, step, nw), lines in results["loops"].items():
         assert set(lines) == {"bare"} | recorders
         for line, r in lines.items():
-            assert set(r) == {"samples/s", "ratio", "inside ms", "thread ms", "cpu s/GB", "cpu / minimal", "pss"}
+            assert set(r) == {"samples/s", "ratio", "inside ms", "thread ms", "cpu s/GB", "cpu / minimal",
+                              "cpu / minimal q1", "cpu / minimal q3", "pss"}
             assert r["samples/s"] > 0 and (line == "bare") == (r["cpu s/GB"] != r["cpu s/GB"])  # nan: bare only
         assert f"| {name} | {step * 1e3:.0f} ms | {nw} | snapstore epoch 1 |" in text
         over = lines["minimal recorder"]["cpu / minimal"]  # each run's own ratio: 1 (NaN where its CPU read 0)
         assert over != over or over == 1.0
+        assert lines["hashed floor"]["cpu / minimal q1"] != lines["hashed floor"]["cpu / minimal q1"]  # one run: NaN
     assert "CPU-s per GB" in text and "/ minimal recorder's" in text and "ms/batch in recorder" in text
     assert "snapstore" in results["writers"] and "snapstore" in results["readers"]
 
+
+
+def test_loop_lines_rotate_and_quartiles_come_from_four_runs(tmp_path: Path) -> None:
+    w = workloads.Workload("tiny", 64, 16, 32, 2)
+    ds = workloads.make_dataset(w)
+    firsts = []
+    for shift in range(3):
+        run = bench_record.loop_lines(ds, w, 0, 0.0, str(tmp_path), ("minimal recorder", "durable floor"), shift)
+        assert list(run) == ["bare", "minimal recorder", "durable floor"]  # one order returned, whichever ran first
+        firsts.append(min(run, key=lambda line: run[line][0]["start"]))  # noqa: B023
+    assert firsts == ["bare", "minimal recorder", "durable floor"]
+    lines = bench_record.loops(w, ds, 0, 0.0, 4, str(tmp_path), {}, bench_record.CPU_RECORDERS)
+    assert set(lines) == {"bare", "snapstore epoch 0", "snapstore epoch 1", "minimal recorder", "durable floor",
+                          "hashed floor"}
+    q1, q3 = lines["hashed floor"]["cpu / minimal q1"], lines["hashed floor"]["cpu / minimal q3"]
+    assert q1 <= q3  # not NaN: four runs (at this size, CPU over bare is noise, of either sign)
