@@ -8,7 +8,8 @@ One run, one generated workload, one table::
     python benchmarks/bench_record.py             # tiny size, seconds (what tests/benchmarks/test_bench_record.py runs)
 
 What is measured (medians of ``--repeat`` runs; within a run of a loop the lines run one after another, in an
-order rotated run by run, so machine noise and what one line leaves behind for the next hit all alike):
+order rotated run by run, so machine noise and what one line leaves behind for the next hit all alike; glibc's
+allocator pinned, ``pin_malloc``, so freed blocks of a batch's size are reused alike in every line):
 
 * the training loop, recorded: one epoch of a loop over a ``DataLoader`` (CIFAR-like:
   loader-bound, and step-bound with a simulated accelerator step of 10 and 30 ms
@@ -52,6 +53,7 @@ order rotated run by run, so machine noise and what one line leaves behind for t
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import queue
 import resource
@@ -208,6 +210,21 @@ CPU_RECORDERS = ("snapstore", "minimal recorder", "durable floor", "hashed floor
 CPU_REPEAT = 12
 LOOP_RECORDERS = ("snapstore", "torch.save per batch", "preallocated NumPy", "h5py", "minimal recorder",
                   "durable floor", "hashed floor")
+
+
+def pin_malloc() -> None:
+    """Fix glibc's mmap threshold (32 MiB, its largest) and trim threshold (256 MiB) in this process and the
+    processes it forks, so that freed blocks of a few MiB (the loader's batch tensors, the peers' copies) are
+    reused alike in every line. glibc's adaptive thresholds (its default) otherwise map some of them afresh
+    and hand heap back at times, at random: the bare loop itself took from 1.5 to 98 thousand page faults an
+    epoch (+0.25 CPU-s on this VM), which every line's CPU over bare inherited (session 19). Nothing changes
+    where the C library has no ``mallopt`` (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
+    mallopt(-1, 256 * 1024 * 1024)  # M_TRIM_THRESHOLD
 
 
 def _cpu() -> float:
@@ -806,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="loops: only the training-loop tables (no writers and readers); cpu: only CIFAR-like "
                          "num_workers=0 with snapstore, the minimal recorder and the floors, 12 runs each")
     args = ap.parse_args(argv)
+    pin_malloc()
     run(full=args.full, repeat=args.repeat, tmp=args.tmp, reads=args.reads, part=args.part)
     return 0
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +102,30 @@ def test_loop_lines_rotate_and_quartiles_come_from_four_runs(tmp_path: Path) -> 
                           "hashed floor"}
     q1, q3 = lines["hashed floor"]["cpu / minimal q1"], lines["hashed floor"]["cpu / minimal q3"]
     assert q1 <= q3  # not NaN: four runs (at this size, CPU over bare is noise, of either sign)
+
+
+PIN = """
+import resource, sys
+import numpy as np
+from benchmarks.bench_record import pin_malloc
+if sys.argv[1] == "pinned":
+    pin_malloc()
+def two_batches():  # freed top-down: glibc's adaptive trim threshold hands the heap back each time
+    a = np.ones(3 << 20, np.uint8)
+    b = np.ones(3 << 20, np.uint8)
+    del b, a
+two_batches()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    two_batches()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="pin_malloc sets glibc's mallopt")
+def test_pin_malloc_reuses_freed_batches_instead_of_faulting_in_fresh_pages() -> None:
+    root = Path(__file__).parents[2]
+    faults = {how: int(subprocess.run([sys.executable, "-c", PIN, how], cwd=root, capture_output=True, text=True,
+                                      check=True).stdout) for how in ("adaptive", "pinned")}
+    assert faults["adaptive"] > 20 * 1000  # ~1,500 a round: the 6 MiB faulted in afresh
+    assert faults["pinned"] < 1000
