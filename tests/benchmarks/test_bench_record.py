@@ -87,7 +87,6 @@ def test_whole_table_at_tiny_size(tmp_path: Path) -> None:
     assert "snapstore" in results["writers"] and "snapstore" in results["readers"]
 
 
-
 def test_loop_lines_rotate_and_quartiles_come_from_four_runs(tmp_path: Path) -> None:
     w = workloads.Workload("tiny", 64, 16, 32, 2)
     ds = workloads.make_dataset(w)
