@@ -270,10 +270,16 @@ def translating(url: str) -> contextlib.AbstractContextManager[None]:
 
 
 def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
-    """Whether anything exists at ``path`` (a local directory with entries, or any key under a URL but a
-    writer's lock, ``LOCK_KEY``)."""
+    """Whether anything exists at ``path`` (a local directory with entries but zarr's temporary ``*.partial``
+    files, as while a recorder writes the root ``zarr.json``; or any key under a URL but a writer's lock,
+    ``LOCK_KEY``)."""
     if not _is_url(path):
-        return os.path.exists(path) and (not os.path.isdir(path) or bool(os.listdir(path)))
+        try:
+            return any(not name.endswith(".partial") for name in os.listdir(path))
+        except NotADirectoryError:
+            return True
+        except FileNotFoundError:  # nothing, or a new snapshot's folder replaced by zarr as it is created
+            return False
     fs, root = filesystem(path, storage_options)
     with translating(path):
         try:
@@ -303,10 +309,16 @@ def open_group(path: str, *, mode: str, storage_options: dict[str, Any] | None =
     if mode == "a" and not _is_url(path):
         for stray in Path(path).rglob("*.partial"):
             stray.unlink(missing_ok=True)
-    try:
+
+    def open_root() -> Group:
         return zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3, use_consolidated=False)
+
+    try:
+        return open_root()
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
         if has_data(path, storage_options):
+            with contextlib.suppress(FileNotFoundError, zarr.errors.GroupNotFoundError):
+                return open_root()  # its zarr.json written since it was looked for: a recorder creating it
             raise NotASnapshotError(
                 f"{path} holds data but no Zarr v3 group; pass the path of a snapshot written by snapstore "
                 "(if this was one, its root zarr.json is missing: restore it from a copy)"
@@ -421,17 +433,16 @@ def _being_written(group: Group, name: str) -> bool:
         return False
     base = name.rsplit("/", 1)[-1]
     folder = Path(group.store.root) / group.path / base
-    if not folder.is_dir():  # gone since zarr listed it (a replaced array being deleted)
-        return True
-    if (folder / "zarr.json").is_file():  # written since zarr listed the folder, or damaged: read it again
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                group[base]
-            except (*METADATA_ERRORS, OSError):
-                return False
-        return True
-    return all(p.is_dir() or _ignorable(p.name) for p in folder.rglob("*"))
+    if not (folder / "zarr.json").is_file() and all(p.is_dir() or _ignorable(p.name) for p in folder.rglob("*")):
+        return True  # nothing but temp files, or gone since zarr listed it (a replaced array being deleted)
+    # its zarr.json written since zarr listed the folder (perhaps while it was looked through), or damage
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            group[base]
+        except (*METADATA_ERRORS, OSError):
+            return False
+    return True
 
 
 def _find_damage(group: Group) -> str | None:

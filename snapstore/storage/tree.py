@@ -56,18 +56,22 @@ def manifested(group: Any, attrs: tuple[str, ...], where: str) -> dict[str, Any]
 
     A child without one is skipped only while it is empty (a recorder stopped,
     or still running, between creating the group and writing its manifest);
-    one holding data without its manifest is damage.
+    one holding data without its manifest, read again (a recorder writes the
+    manifest before the data), is damage.
     """
     out = {}
     for name, node in members(group, where).items():
         if not isinstance(node, Group):  # a node's zarr.json replaced by an array's: the node would vanish
             raise CorruptionError.damaged(f"{where}/{name}: an array where snapstore writes only groups (its "
                                           "zarr.json was replaced)")
-        if any(a in node.attrs for a in attrs):
-            out[name] = node
-        elif members(node, f"{where}/{name}"):
-            raise CorruptionError.damaged(f"{where}/{name} holds data but its {attrs[0]!r} manifest attribute "
-                                          "is missing")
+        if not any(a in node.attrs for a in attrs):
+            if not members(node, f"{where}/{name}"):
+                continue
+            node = reread(node)  # its manifest is written before its data: written since ``node`` was read?
+            if not any(a in node.attrs for a in attrs):
+                raise CorruptionError.damaged(f"{where}/{name} holds data but its {attrs[0]!r} manifest "
+                                              "attribute is missing")
+        out[name] = node
     return out
 
 
@@ -97,19 +101,25 @@ def check_pieces(epochs: Group, found: dict[str, Group], where: str, *, prefix: 
     an epoch that vanishes (its
     ``zarr.json`` replaced by an array's or deleted), an epoch copied in from elsewhere, a record replaced by
     another or by an older version of itself, are ``CorruptionError``. Pieces of a snapshot without a list
-    (format version 1) are not checked.
+    (format version 1) are not checked. A piece the list read first does not name (a writer starting it
+    while this reads) is looked up in the list read again; it is not checked against a seal read after it.
     """
     listed = epochs.attrs.get(layout.PIECES_ATTR)
-    if listed is None:
-        if any(isinstance(r := g.attrs.get(layout.EPOCH_ATTR), dict) and layout.CHUNKS in r for g in found.values()):
-            raise CorruptionError.damaged(f"{where}: its list of epochs (attribute {layout.PIECES_ATTR!r} of "
-                                          "epochs/) is missing although its epochs were recorded with one")
-        return
-    pieces = parse_seals(listed, where)
+    if listed is None and not any(isinstance(r := g.attrs.get(layout.EPOCH_ATTR), dict) and layout.CHUNKS in r
+                                  for g in found.values()):
+        return  # format version 1
+    # none read although the records need one: written since (a writer starting its first epoch), or missing
+    pieces = parse_seals(listed, where) if listed is not None else {}
+    named_since: dict[str, int | None] | None = None
     for key, group in found.items():
         if key not in pieces:  # named since the list was read (a writer starting it), or not at all
-            pieces = {**parse_seals(reread(epochs).attrs.get(layout.PIECES_ATTR), where), **pieces}
-            if key not in pieces:
+            if named_since is None:
+                now = reread(epochs).attrs.get(layout.PIECES_ATTR)
+                if now is None:
+                    raise CorruptionError.damaged(f"{where}: its list of epochs (attribute {layout.PIECES_ATTR!r} "
+                                                  "of epochs/) is missing although its epochs were recorded with one")
+                named_since = parse_seals(now, where)
+            if key not in named_since:
                 raise CorruptionError.damaged(
                     f"{where}/{key}: an epoch its stream's list of epochs does not name (copied in from elsewhere, or "
                     "the list was replaced by an older one)")
@@ -126,6 +136,12 @@ def check_pieces(epochs: Group, found: dict[str, Group], where: str, *, prefix: 
                                           "missing (its group was deleted, or its zarr.json replaced)")
 
 
+def _committed_rows(raw: Group) -> Any:
+    """The rows the commit record of raw group ``raw`` commits, as stored (checked by ``RawManifest``)."""
+    record = raw.attrs.get(layout.RAW_ATTR, {})
+    return record.get("rows", 0) if isinstance(record, dict) else 0
+
+
 def raw_coverage(rank_group: Group, raw: Group, where: str) -> Coverage:
     """What the commit record of raw group ``raw`` (of one rank's stream ``rank_group``) names of its chunks;
     ``CorruptionError`` when it names none in a stream recorded with format version 2 (one whose
@@ -136,12 +152,14 @@ def raw_coverage(rank_group: Group, raw: Group, where: str) -> Coverage:
     listed = epochs.attrs.get(layout.PIECES_ATTR) if epochs is not None else None
     if listed is not None:
         parse_seals(listed, where)
-        rows = record.get("rows", 0) if isinstance(record, dict) else 0
+        rows = _committed_rows(raw)
         sealed = listed.get(RAW_ROWS, 0)  # type: ignore[union-attr]
         if isinstance(rows, int) and rows < sealed:
-            raise CorruptionError.damaged(
-                f"{where}: its commit record commits {rows} raw rows, fewer than the {sealed} committed when its "
-                "stream's last epoch finished (the record was deleted or replaced by an older one)")
+            now = _committed_rows(reread(raw))  # more committed since ``raw`` was read (a live writer)?
+            if not isinstance(now, int) or now < sealed:
+                raise CorruptionError.damaged(
+                    f"{where}: its commit record commits {rows} raw rows, fewer than the {sealed} committed when "
+                    "its stream's last epoch finished (the record was deleted or replaced by an older one)")
         if entries is None and rows:
             raise CorruptionError.damaged(f"{where}: its commit record names no chunk hashes")
     return Coverage(entries, raw.path, where)
