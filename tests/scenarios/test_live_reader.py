@@ -1,4 +1,5 @@
-"""A Stream opened while a recording runs reads epochs committed after it was opened, schema included."""
+"""A Stream opened while a recording runs reads epochs committed after it was opened, schema included; a
+reader that reads between two of the recorder's steps sees a snapshot being written, never damage."""
 
 from __future__ import annotations
 
@@ -48,7 +49,6 @@ def test_a_stream_lists_epochs_appended_after_it_was_opened(snap_path):
             assert stream.epochs == [0]
     assert stream.epochs == [0, 1]  # listed again, not kept from the first access
     assert len(stream.epoch(1)) == 16 and len(stream.epoch(-1)) == 16
-
 
 
 # -- a reader racing the recorder: each step below is one the recorder takes between two of the reader's reads
