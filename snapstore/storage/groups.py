@@ -209,10 +209,13 @@ class SnapshotStore(zarr.storage.LocalStore):
 
     async def list_prefix(self, prefix: str) -> Any:
         """Every key under ``prefix`` that is not a folder (zarr lists regular files only): a named pipe or a
-        symlink where a chunk belongs is found, and ``read`` says what it is. Symlinked folders are not entered."""
+        symlink where a chunk belongs is found, and ``read`` says what it is. Symlinked folders are not entered.
+        zarr's ``*.partial`` temporary files are no keys: a writer renames them away (while a reader sizes
+        the keys listed, in ``Array.nbytes_stored``), or a killed one left them."""
         for folder, _, names in os.walk(self.root / prefix.rstrip("/")):
             for name in names:
-                yield Path(folder, name).relative_to(self.root).as_posix()
+                if not name.endswith(".partial"):
+                    yield Path(folder, name).relative_to(self.root).as_posix()
 
     def read(self, key: str) -> bytes | None:
         """The bytes of ``key``; a ``zarr.json`` checked for size and depth, any other key at most 2 GiB

@@ -147,3 +147,14 @@ def test_a_raw_record_read_before_a_later_epoch_committed_more_is_read_again(sna
     edit_attrs(snap_path / "train/raw/zarr.json", lambda a: a.update({layout.RAW_ATTR: before.attrs[layout.RAW_ATTR]}))
     with pytest.raises(snapstore.CorruptionError, match="commits 8 raw rows, fewer than the 16"):
         tree.raw_coverage(stream, before, where)  # replaced by the older record: damage
+
+
+def test_a_chunk_being_written_is_no_stored_key(snap_path):
+    """zarr writes a chunk to ``c.<uuid>.partial`` and renames it: a reader sizing the keys it listed found
+    the temporary file gone (a bare ``FileNotFoundError`` from ``snapstore.audit`` in a stress run)."""
+    record(snap_path)
+    stored = snapstore.open(snap_path).info()["bytes_stored"]
+    (snap_path / "train/epochs/0/order/c.1.0123.partial").write_bytes(bytes(4096))  # the next chunk, half written
+    assert snapstore.open(snap_path).info()["bytes_stored"] == stored
+    report = snapstore.audit(snap_path)
+    assert report.ok and report.to_dict()["scanned"]["bytes_stored"] == stored
