@@ -214,7 +214,7 @@ class SnapshotStore(zarr.storage.LocalStore):
         the keys listed, in ``Array.nbytes_stored``), or a killed one left them."""
         for folder, _, names in os.walk(self.root / prefix.rstrip("/")):
             for name in names:
-                if not name.endswith(".partial"):
+                if not _temporary(name):
                     yield Path(folder, name).relative_to(self.root).as_posix()
 
     def read(self, key: str) -> bytes | None:
@@ -278,7 +278,7 @@ def has_data(path: str, storage_options: dict[str, Any] | None) -> bool:
     ``LOCK_KEY``)."""
     if not _is_url(path):
         try:
-            return any(not name.endswith(".partial") for name in os.listdir(path))
+            return not all(_temporary(name) for name in os.listdir(path))
         except NotADirectoryError:
             return True
         except FileNotFoundError:  # nothing, or a new snapshot's folder replaced by zarr as it is created
@@ -372,10 +372,15 @@ def _damaged(group: Group, name: str, e: Exception) -> CorruptionError:
     return CorruptionError.damaged(f"the metadata (zarr.json) of {path!r} cannot be read: {e}")
 
 
+def _temporary(name: str) -> bool:
+    """Whether file ``name`` is a temporary file of zarr's local writes (renamed to its key once written)."""
+    return name.endswith(".partial")
+
+
 def _ignorable(name: str) -> bool:
     """Entries that are not nodes and not damage: hidden files, temp files of interrupted writes."""
     base = name.rsplit("/", 1)[-1]
-    return base.startswith(".") or base.endswith(".partial")
+    return base.startswith(".") or _temporary(base)
 
 
 def members(group: Group, where: str, *, recursive: bool = False,
