@@ -3,7 +3,6 @@ reader that reads between two of the recorder's steps sees a snapshot being writ
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
@@ -18,6 +17,8 @@ from snapstore.core import layout
 from snapstore.core.merkle import RAW_ROWS
 from snapstore.storage import tree
 from snapstore.storage.groups import SnapshotStore
+from tests.support.recording import record
+from tests.support.snapshots import edit_json
 
 
 def test_stream_opened_before_the_first_batch_reads_later_epochs(snap_path):
@@ -70,21 +71,12 @@ def write_after_read(monkeypatch, key, write):
     monkeypatch.setattr(SnapshotStore, "get", get)
 
 
-def record(path, mode="w", sampler=range(16)):
-    data = TensorDataset(torch.arange(16.0).reshape(16, 1))
-    with snapstore.Recorder(path, mode=mode) as rec:
-        for _ in rec.wrap(DataLoader(data, batch_size=4, sampler=list(sampler)), name="train"):
-            pass
-
-
-def edit_attrs(path, edit):
-    meta = json.loads(path.read_text())
-    edit(meta["attributes"])
-    path.write_text(json.dumps(meta))
+def sixteen(sampler=range(16)):
+    return DataLoader(TensorDataset(torch.arange(16.0).reshape(16, 1)), batch_size=4, sampler=list(sampler))
 
 
 def test_a_snapshot_whose_root_is_written_as_it_is_opened_opens(snap_path, tmp_path, monkeypatch):
-    record(tmp_path / "done.snap")
+    record(tmp_path / "done.snap", sixteen(), epochs=1)
     snap_path.mkdir()  # the folder a recorder makes and locks before zarr writes the root's zarr.json
     (snap_path / "zarr.0123.partial").write_bytes(b"{")  # zarr's temporary file: no data yet
     with pytest.raises(snapstore.SnapshotNotFoundError, match="no snapshot at"):
@@ -97,27 +89,28 @@ def test_a_snapshot_whose_root_is_written_as_it_is_opened_opens(snap_path, tmp_p
 def test_a_list_of_epochs_read_before_the_first_epoch_was_named_is_read_again(snap_path, monkeypatch):
     """A reader reads a stream's list of epochs before the epochs' records; one read before the recorder
     named the first epoch names none (seen in CI: the crash test's concurrent reader raised)."""
-    record(snap_path)
+    record(snap_path, sixteen(), epochs=1)
     listed = snap_path / "train/epochs/zarr.json"
     written = listed.read_bytes()
-    edit_attrs(listed, lambda a: a.pop(layout.PIECES_ATTR))  # as the stream's group was made
+    edit_json(listed, lambda d: d["attributes"].pop(layout.PIECES_ATTR))  # as the stream's group was made
     stream = snapstore.open(snap_path)["train"]
     write_after_read(monkeypatch, "train/epochs/zarr.json", lambda: listed.write_bytes(written))
     assert stream.epochs == [0] and len(stream.epoch(0)) == 16
 
-    edit_attrs(listed, lambda a: a.pop(layout.PIECES_ATTR))  # never written: damage
+    edit_json(listed, lambda d: d["attributes"].pop(layout.PIECES_ATTR))  # never written: damage
     with pytest.raises(snapstore.CorruptionError, match=r"list of epochs .* is missing"):
         stream.epochs
-    edit_attrs(listed, lambda a: a.update({layout.PIECES_ATTR: {}}))  # written without epoch 0
+    edit_json(listed, lambda d: d["attributes"].update({layout.PIECES_ATTR: {}}))  # written without epoch 0
     with pytest.raises(snapstore.CorruptionError, match="an epoch its stream's list of epochs does not name"):
         stream.epochs
 
 
 def test_an_epoch_read_before_its_record_with_its_data_read_after_is_read_again(snap_path, tmp_path, monkeypatch):
-    record(snap_path)
+    record(snap_path, sixteen(), epochs=1)
     epoch = snap_path / "train/epochs/0"
     shutil.copytree(epoch, tmp_path / "recorded")
-    edit_attrs(epoch / "zarr.json", dict.clear)  # as the recorder made its group, before its record and data
+    # as the recorder made its group, before its record and data
+    edit_json(epoch / "zarr.json", lambda d: d["attributes"].clear())
     created = (epoch / "zarr.json").read_bytes()
     stream = snapstore.open(snap_path)["train"]
 
@@ -136,15 +129,18 @@ def test_an_epoch_read_before_its_record_with_its_data_read_after_is_read_again(
 def test_a_raw_record_read_before_a_later_epoch_committed_more_is_read_again(snap_path):
     """A reader reads the raw samples' commit record (``before``), then the list of epochs: an epoch that
     finished in between seals more raw rows than that record commits."""
-    record(snap_path, sampler=range(8))
+    record(snap_path, sixteen(range(8)), epochs=1)
     before = zarr.open_group(snap_path, path="train/raw", mode="r")
-    record(snap_path, mode="a")  # fetches samples 8-15 for the first time
+    with snapstore.Recorder(snap_path, mode="a") as rec:  # fetches samples 8-15 for the first time
+        for _ in rec.wrap(sixteen(), name="train"):
+            pass
     stream = zarr.open_group(snap_path, path="train", mode="r")
     assert before.attrs[layout.RAW_ATTR]["rows"] == 8 < stream["epochs"].attrs[layout.PIECES_ATTR][RAW_ROWS] == 16
     where = f"{snap_path}/train/raw"
     tree.raw_coverage(stream, before, where)  # the record read again commits 16
 
-    edit_attrs(snap_path / "train/raw/zarr.json", lambda a: a.update({layout.RAW_ATTR: before.attrs[layout.RAW_ATTR]}))
+    older = {layout.RAW_ATTR: before.attrs[layout.RAW_ATTR]}
+    edit_json(snap_path / "train/raw/zarr.json", lambda d: d["attributes"].update(older))
     with pytest.raises(snapstore.CorruptionError, match="commits 8 raw rows, fewer than the 16"):
         tree.raw_coverage(stream, before, where)  # replaced by the older record: damage
 
@@ -152,7 +148,7 @@ def test_a_raw_record_read_before_a_later_epoch_committed_more_is_read_again(sna
 def test_a_chunk_being_written_is_no_stored_key(snap_path):
     """zarr writes a chunk to ``c.<uuid>.partial`` and renames it: a reader sizing the keys it listed found
     the temporary file gone (a bare ``FileNotFoundError`` from ``snapstore.audit`` in a stress run)."""
-    record(snap_path)
+    record(snap_path, sixteen(), epochs=1)
     stored = snapstore.open(snap_path).info()["bytes_stored"]
     (snap_path / "train/epochs/0/order/c.1.0123.partial").write_bytes(bytes(4096))  # the next chunk, half written
     assert snapstore.open(snap_path).info()["bytes_stored"] == stored
