@@ -136,9 +136,8 @@ def check_pieces(epochs: Group, found: dict[str, Group], where: str, *, prefix: 
                                           "missing (its group was deleted, or its zarr.json replaced)")
 
 
-def _committed_rows(raw: Group) -> Any:
-    """The rows the commit record of raw group ``raw`` commits, as stored (checked by ``RawManifest``)."""
-    record = raw.attrs.get(layout.RAW_ATTR, {})
+def _committed_rows(record: Any) -> Any:
+    """The rows raw commit record ``record`` commits, as stored (checked by ``RawManifest``)."""
     return record.get("rows", 0) if isinstance(record, dict) else 0
 
 
@@ -152,10 +151,10 @@ def raw_coverage(rank_group: Group, raw: Group, where: str) -> Coverage:
     listed = epochs.attrs.get(layout.PIECES_ATTR) if epochs is not None else None
     if listed is not None:
         parse_seals(listed, where)
-        rows = _committed_rows(raw)
+        rows = _committed_rows(record)
         sealed = listed.get(RAW_ROWS, 0)  # type: ignore[union-attr]
         if isinstance(rows, int) and rows < sealed:
-            now = _committed_rows(reread(raw))  # more committed since ``raw`` was read (a live writer)?
+            now = _committed_rows(reread(raw).attrs.get(layout.RAW_ATTR))  # committed since (a live writer)?
             if not isinstance(now, int) or now < sealed:
                 raise CorruptionError.damaged(
                     f"{where}: its commit record commits {rows} raw rows, fewer than the {sealed} committed when "
